@@ -1,0 +1,270 @@
+"""The event contract: what may enter dynalign, and the one place that decides.
+
+Every source (file, stdin, Kafka) hands raw payloads to :func:`parse_event`; it either returns a validated,
+immutable :class:`Event` or raises :class:`InvalidEvent` whose ``reason`` goes to the dead-letter sink with
+the original payload. Nothing downstream re-validates.
+
+Wire format: one JSON object per line (files, stdin) or per message value (Kafka).
+
+>>> e = parse_event('{"op": "add_edge", "net": "online", "u": 17, "v": "42", "time": 1700000000}')
+>>> e.op, e.net, e.u, e.v, e.time
+('add_edge', 'online', '17', '42', 1700000000.0)
+>>> parse_event('{"op": "add_anchor", "net": "a", "node": 1, "to": "b", "to_node": 9, "time": 5}').v
+'9'
+>>> parse_event('{"op": "teleport", "net": "a", "time": 1}')
+Traceback (most recent call last):
+...
+stream.events.InvalidEvent: unknown op 'teleport' (expected one of add_anchor, add_edge, remove_anchor, remove_edge, set_attr)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping
+
+ADD_EDGE = "add_edge"
+REMOVE_EDGE = "remove_edge"
+SET_ATTR = "set_attr"
+ADD_ANCHOR = "add_anchor"
+REMOVE_ANCHOR = "remove_anchor"
+OPS = (ADD_EDGE, REMOVE_EDGE, SET_ATTR, ADD_ANCHOR, REMOVE_ANCHOR)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+# Fields each op requires / allows, in wire names.
+_COMMON_REQUIRED = ("op", "time")
+_COMMON_OPTIONAL = ("id",)
+_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    ADD_EDGE: (("net", "u", "v"), ("weight",)),
+    REMOVE_EDGE: (("net", "u", "v"), ()),
+    SET_ATTR: (("net", "node", "attrs"), ()),
+    ADD_ANCHOR: (("net", "node", "to", "to_node"), ()),
+    REMOVE_ANCHOR: (("net", "node", "to", "to_node"), ()),
+}
+
+
+class InvalidEvent(ValueError):
+    """A payload that breaks the contract; ``reason`` says how, in words a user can act on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """Bounds beyond which an event is absurd rather than merely large."""
+
+    max_payload_bytes: int = 1 << 20
+    max_node_id_chars: int = 256
+    max_event_id_chars: int = 256
+    max_attr_dim: int = 65_536
+    max_abs_value: float = 1e12
+    min_time: float = 0.0
+    max_time: float = 1e11  # year ~5138 in unix seconds: anything later is a unit mistake (ms, ns)
+
+
+DEFAULT_LIMITS = EventLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated change to the networks.
+
+    ``u``/``v`` are the edge endpoints; for ``set_attr`` ``u`` is the node; for anchors ``u`` is the node in
+    ``net`` and ``v`` the node in network ``to``. ``attrs`` is a tuple of floats (a vector) or a sorted tuple
+    of ``(name, value)`` pairs (named fields).
+    """
+
+    op: str
+    time: float
+    net: str
+    u: str
+    v: str | None = None
+    to: str | None = None
+    weight: float = 1.0
+    attrs: tuple[float, ...] | tuple[tuple[str, float], ...] | None = None
+    id: str | None = None
+
+    @property
+    def named_attrs(self) -> bool:
+        return bool(self.attrs) and isinstance(self.attrs[0], tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical wire form; ``parse_event(e.to_dict()) == e``."""
+        d: dict[str, Any] = {"op": self.op, "time": self.time, "net": self.net}
+        if self.op in (ADD_EDGE, REMOVE_EDGE):
+            d["u"], d["v"] = self.u, self.v
+            if self.op == ADD_EDGE and self.weight != 1.0:
+                d["weight"] = self.weight
+        elif self.op == SET_ATTR:
+            d["node"] = self.u
+            d["attrs"] = dict(self.attrs) if self.named_attrs else list(self.attrs or ())
+        else:
+            d["node"], d["to"], d["to_node"] = self.u, self.to, self.v
+        if self.id is not None:
+            d["id"] = self.id
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def parse_event(payload: str | bytes | Mapping[str, Any], limits: EventLimits = DEFAULT_LIMITS) -> Event:
+    """Validate one payload (JSON text, bytes, or an already-decoded object) into an :class:`Event`."""
+    obj = _decode(payload, limits)
+    op = obj.get("op")
+    if "op" not in obj:
+        raise InvalidEvent("missing field 'op'")
+    if not isinstance(op, str):
+        raise InvalidEvent(f"field 'op' must be a string, got {_type(op)}")
+    if op not in _FIELDS:
+        raise InvalidEvent(f"unknown op {op!r} (expected one of {', '.join(sorted(OPS))})")
+    required, optional = _FIELDS[op]
+    missing = [f for f in (*_COMMON_REQUIRED, *required) if f not in obj]
+    if missing:
+        raise InvalidEvent(f"{op}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    unknown = sorted(set(obj) - set(_COMMON_REQUIRED) - set(_COMMON_OPTIONAL) - set(required) - set(optional))
+    if unknown:
+        raise InvalidEvent(f"{op}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}")
+
+    time = _time(obj["time"], limits)
+    event_id = None
+    if obj.get("id") is not None:
+        event_id = _text(obj["id"], "id", limits.max_event_id_chars)
+    net = _net_name(obj["net"], "net")
+
+    if op in (ADD_EDGE, REMOVE_EDGE):
+        u = _node_id(obj["u"], "u", limits)
+        v = _node_id(obj["v"], "v", limits)
+        if u == v:
+            raise InvalidEvent(f"{op}: self-loop on node {u!r} (u == v)")
+        weight = 1.0
+        if "weight" in obj:
+            weight = _number(obj["weight"], "weight", limits)
+            if weight <= 0:
+                raise InvalidEvent(f"{op}: 'weight' must be > 0, got {weight!r} (use remove_edge to delete)")
+        return Event(op=op, time=time, net=net, u=u, v=v, weight=weight, id=event_id)
+    if op == SET_ATTR:
+        node = _node_id(obj["node"], "node", limits)
+        return Event(op=op, time=time, net=net, u=node, attrs=_attrs(obj["attrs"], limits), id=event_id)
+    node = _node_id(obj["node"], "node", limits)
+    to = _net_name(obj["to"], "to")
+    if to == net:
+        raise InvalidEvent(f"{op}: an anchor joins two different networks, got net == to == {net!r}")
+    return Event(op=op, time=time, net=net, u=node, to=to, v=_node_id(obj["to_node"], "to_node", limits), id=event_id)
+
+
+def _decode(payload: str | bytes | Mapping[str, Any], limits: EventLimits) -> dict[str, Any]:
+    if isinstance(payload, Mapping):
+        return dict(payload)
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        if len(payload) > limits.max_payload_bytes:
+            raise InvalidEvent(f"payload of {len(payload)} bytes exceeds the limit of {limits.max_payload_bytes}")
+        try:
+            payload = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidEvent(f"payload is not UTF-8: {e.reason} at byte {e.start}") from None
+    if not isinstance(payload, str):
+        raise InvalidEvent(f"payload must be JSON text or an object, got {_type(payload)}")
+    if len(payload) > limits.max_payload_bytes:
+        raise InvalidEvent(f"payload of {len(payload)} characters exceeds the limit of {limits.max_payload_bytes}")
+    if not payload.strip():
+        raise InvalidEvent("empty payload")
+    try:
+        obj = json.loads(payload, parse_constant=_reject_constant)
+    except InvalidEvent:
+        raise
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise InvalidEvent(f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"an event must be a JSON object, got {_type(obj)}")
+    return obj
+
+
+def _reject_constant(name: str) -> float:
+    raise InvalidEvent(f"non-finite number {name} is not allowed")
+
+
+def _type(x: Any) -> str:
+    return {type(None): "null", bool: "boolean", dict: "object", list: "array", str: "string"}.get(
+        type(x), type(x).__name__
+    )
+
+
+def _number(x: Any, field: str, limits: EventLimits) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise InvalidEvent(f"field {field!r} must be a number, got {_type(x)}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise InvalidEvent(f"field {field!r} must be finite, got {x}")
+    if abs(x) > limits.max_abs_value:
+        raise InvalidEvent(f"field {field!r} = {x:g} is beyond the limit of ±{limits.max_abs_value:g}")
+    return x
+
+
+def _time(x: Any, limits: EventLimits) -> float:
+    if isinstance(x, str):
+        try:
+            t = datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise InvalidEvent(f"field 'time' must be unix seconds or ISO-8601, got {x[:40]!r}") from None
+    elif isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise InvalidEvent(f"field 'time' must be unix seconds or ISO-8601, got {_type(x)}")
+    else:
+        t = float(x)
+    if not math.isfinite(t):
+        raise InvalidEvent(f"field 'time' must be finite, got {t}")
+    if not limits.min_time <= t <= limits.max_time:
+        raise InvalidEvent(
+            f"field 'time' = {t:g} is outside [{limits.min_time:g}, {limits.max_time:g}] unix seconds "
+            "(milliseconds by mistake?)"
+        )
+    return t
+
+
+def _text(x: Any, field: str, max_chars: int) -> str:
+    if isinstance(x, bool) or not isinstance(x, (str, int)):
+        raise InvalidEvent(f"field {field!r} must be a string or an integer, got {_type(x)}")
+    s = str(x)
+    if not s:
+        raise InvalidEvent(f"field {field!r} must not be empty")
+    if len(s) > max_chars:
+        raise InvalidEvent(f"field {field!r} has {len(s)} characters, more than the limit of {max_chars}")
+    return s
+
+
+def _node_id(x: Any, field: str, limits: EventLimits) -> str:
+    return _text(x, field, limits.max_node_id_chars)
+
+
+def _net_name(x: Any, field: str) -> str:
+    if not isinstance(x, str) or not _NAME.match(x):
+        shown = x if not isinstance(x, str) else x[:80]
+        raise InvalidEvent(f"field {field!r} must be a network name of 1-64 letters, digits, '_', '.', '-', got {shown!r}")
+    return x
+
+
+def _attrs(x: Any, limits: EventLimits) -> tuple[float, ...] | tuple[tuple[str, float], ...]:
+    if isinstance(x, list):
+        if not x:
+            raise InvalidEvent("field 'attrs' must not be empty")
+        if len(x) > limits.max_attr_dim:
+            raise InvalidEvent(f"field 'attrs' has {len(x)} values, more than the limit of {limits.max_attr_dim}")
+        return tuple(_number(value, f"attrs[{i}]", limits) for i, value in enumerate(x))
+    if isinstance(x, dict):
+        if not x:
+            raise InvalidEvent("field 'attrs' must not be empty")
+        if len(x) > limits.max_attr_dim:
+            raise InvalidEvent(f"field 'attrs' has {len(x)} fields, more than the limit of {limits.max_attr_dim}")
+        out = []
+        for name, value in x.items():
+            if not _NAME.match(name):
+                raise InvalidEvent(f"attribute name {name[:80]!r} must be 1-64 letters, digits, '_', '.', '-'")
+            out.append((name, _number(value, f"attrs.{name}", limits)))
+        return tuple(sorted(out))
+    raise InvalidEvent(f"field 'attrs' must be an array of numbers or an object of named numbers, got {_type(x)}")

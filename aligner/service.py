@@ -25,7 +25,6 @@ from aligner.engine import Aligner
 from aligner.update import AlignmentUpdate
 from aligner.redis_alignments import RedisPublisher
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
-from snapshots.graph import StateConflict
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import InvalidEvent, parse_event
@@ -94,11 +93,10 @@ class AlignmentService:
         policy = SnapshotPolicy(window_seconds=cfg.snapshots.window_seconds, every_events=cfg.snapshots.every_events,
                                 lateness_seconds=cfg.snapshots.lateness_seconds,
                                 dedup_capacity=cfg.snapshots.dedup_capacity)
-        cutter = SnapshotCutter(policy)
         aligner = Aligner(cfg.model, cfg.meta, cfg.adapt, cfg.service.pairs, cfg.publish.top_k, cfg.service.seed)
         position = None
+        cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
         if checkpoint:
-            cutter.load_state(checkpoint["cutter"])
             if checkpoint.get("aligner"):
                 aligner.load_state_bytes(checkpoint["aligner"])
             position = checkpoint.get("position")
@@ -132,13 +130,13 @@ class AlignmentService:
                     try:
                         event = parse_event(rec.value)
                         completed = cutter.offer(event)
-                    except (InvalidEvent, StateConflict) as e:
-                        dead.write(rec.value, getattr(e, "reason", str(e)), rec.origin)
+                    except InvalidEvent as e:
+                        dead.write(rec.value, e.reason, rec.origin)
                         continue
                     accepted_lines.append(event.to_json())
                     snapshots += completed
                 store.append_events(accepted_lines)
-                snapshots += self._rejected_to_dead_letters(cutter, dead)
+                self._rejected_to_dead_letters(cutter, dead)
                 summary.records += len(records)
                 summary.accepted += len(accepted_lines)
                 if bar:
@@ -150,7 +148,8 @@ class AlignmentService:
                     last_checkpoint = time.monotonic()
                 position = records[-1].position
             if not self.stop_requested and source.exhausted:
-                snapshots = cutter.flush() + self._rejected_to_dead_letters(cutter, dead)
+                snapshots = cutter.flush()
+                self._rejected_to_dead_letters(cutter, dead)
                 for snap in snapshots:
                     last_snapshot = self._process(snap, store, aligner, publisher, summary)
             self._retry_pending(publisher, summary)
@@ -197,17 +196,16 @@ class AlignmentService:
             log.warning(f"Redis unavailable, keeping snapshot {self.pending.snapshot_id} for later: {e}")
 
     @staticmethod
-    def _rejected_to_dead_letters(cutter: SnapshotCutter, dead: DeadLetterSink) -> list:
+    def _rejected_to_dead_letters(cutter: SnapshotCutter, dead: DeadLetterSink) -> None:
         """Events the graph refused when the cutter applied them (after lateness buffering) go to the sink too."""
         for event, reason in cutter.drain_rejected():
             dead.write(event.to_json(), reason, f"event {event.id or '?'} at t={event.time:g}")
-        return []
 
     def _checkpoint(self, store, dead, cutter, aligner, source, position, snapshot_id) -> None:
         store.sync()
         dead.flush(durable=True)
         store.write_checkpoint({
-            "cutter": cutter.state(),
+            "cutter": cutter.to_state(),
             "aligner": aligner.state_bytes(),
             "position": position,
             "events_log_size": store.events_log_size(),

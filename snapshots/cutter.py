@@ -1,0 +1,286 @@
+"""Turns an unbounded, slightly disordered event stream into a sequence of snapshots.
+
+Real sources redeliver (at-least-once Kafka, restarted file readers) and interleave producers whose clocks
+disagree, so the cutter drops repeated event ids, holds events back for a bounded lateness to apply them in
+event-time order, and only then folds them into the :class:`TemporalGraphState`, cutting a snapshot whenever an
+event-time window closes and/or every N applied events.
+
+>>> from stream.events import Event
+>>> cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0))
+>>> cutter.offer(Event("add_edge", 3.0, "a", "x", "y", id="e1"))
+[]
+>>> cutter.offer(Event("add_edge", 3.0, "a", "x", "y", id="e1"))  # redelivered: dropped
+[]
+>>> [(s.id, s.start_time, s.end_time, s.events) for s in cutter.offer(Event("add_edge", 25.0, "a", "y", "z"))]
+[(1, 0.0, 10.0, 1)]
+>>> [(s.id, s.start_time, s.end_time, s.events) for s in cutter.flush()]
+[(2, 20.0, 30.0, 1)]
+>>> cutter.stats["duplicates"], cutter.stats["snapshots"]
+(1, 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from snapshots.graph import StateConflict, TemporalGraphState
+from snapshots.snapshot import Snapshot
+from stream.events import Event
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When to cut, and how much disorder and redelivery to absorb.
+
+    ``window_seconds``: cut when event time crosses a multiple of it (windows ``[k*W, (k+1)*W)``).
+    ``every_events``: also (or instead) cut after this many applied events. ``lateness_seconds``: events up to
+    this far behind the newest event time are still applied in time order. ``dedup_capacity``: how many recent
+    event ids are remembered to drop redeliveries (oldest forgotten first).
+
+    >>> SnapshotPolicy(window_seconds=None)
+    Traceback (most recent call last):
+    ...
+    ValueError: SnapshotPolicy needs window_seconds or every_events (or both); both are None
+    """
+
+    window_seconds: float | None = 3600.0
+    every_events: int | None = None
+    lateness_seconds: float = 0.0
+    dedup_capacity: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.window_seconds is None and self.every_events is None:
+            raise ValueError("SnapshotPolicy needs window_seconds or every_events (or both); both are None")
+        window, lateness = self.window_seconds, self.lateness_seconds
+        if window is not None and not (_is_number(window) and 0 < window < math.inf):
+            raise ValueError(f"window_seconds must be a positive finite number of seconds, got {window!r}")
+        if self.every_events is not None and not (_is_integer(self.every_events) and self.every_events > 0):
+            raise ValueError(f"every_events must be a positive integer, got {self.every_events!r}")
+        if not (_is_number(lateness) and 0 <= lateness < math.inf):
+            raise ValueError(f"lateness_seconds must be a finite number of seconds >= 0, got {lateness!r}")
+        if not (_is_integer(self.dedup_capacity) and self.dedup_capacity > 0):
+            raise ValueError(f"dedup_capacity must be a positive integer, got {self.dedup_capacity!r}")
+
+
+class SnapshotCutter:
+    """Feeds events into a :class:`TemporalGraphState` in event-time order and cuts snapshots.
+
+    - An event whose ``id`` was seen among the last ``dedup_capacity`` ids is dropped (``stats["duplicates"]``).
+    - Events wait in a min-heap keyed by ``(time, arrival order)`` until the watermark (newest event time seen
+      minus ``lateness_seconds``) reaches them; so an event at most ``lateness_seconds`` behind the newest is
+      applied in its place (``stats["reordered"]`` when it arrived after a newer one), and ties keep arrival order.
+    - Before applying an event at or past the open window's end, the open window is cut if any event was applied
+      in it since the last cut; windows in which nothing was applied produce no snapshot, so snapshot ids stay
+      consecutive but windows may be skipped. A window cut spans the window bounds.
+    - With ``every_events``, a snapshot is also cut after every that many applied events; such a cut spans the
+      earliest to the latest time of the events it covers.
+    - An event older than what was already handed over (before the open window, or before the newest event of
+      the last cut) is *late*: it is applied to the open window (``stats["late"]``). One behind the watermark but
+      not late is applied where it falls, after newer events (``stats["out_of_order"]``).
+    - An event the graph refuses (:class:`StateConflict`) changes nothing, counts in ``stats["rejected"]`` and
+      waits in :meth:`drain_rejected` for the dead-letter sink.
+    """
+
+    def __init__(self, policy: SnapshotPolicy, graph: TemporalGraphState | None = None):
+        self.policy = policy
+        self.graph = graph if graph is not None else TemporalGraphState()
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("accepted", "duplicates", "reordered", "late", "out_of_order", "rejected", "snapshots"), 0)
+        self._seen_ids: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self._buffer: list[tuple[float, int, Event]] = []
+        self._arrivals = 0
+        self._newest = -math.inf
+        self._window: int | None = None  # index k of the open window [k*W, (k+1)*W)
+        self._sealed_before = -math.inf  # events older than this were handed over already
+        self._last_applied = -math.inf
+        self._pending = 0  # events applied since the last cut
+        self._pending_min = math.inf
+        self._pending_max = -math.inf
+        self._next_id = 1
+        self._rejected: list[tuple[Event, str]] = []
+
+    @property
+    def buffered(self) -> int:
+        """Events accepted but not yet applied (waiting for the watermark)."""
+        return len(self._buffer)
+
+    def offer(self, event: Event) -> list[Snapshot]:
+        """Accept one event; returns the snapshots it completed (usually none). O(log buffered) per event."""
+        if event.id is not None:
+            if event.id in self._seen_ids:
+                self.stats["duplicates"] += 1
+                return []
+            self._remember(event.id)
+        self.stats["accepted"] += 1
+        time = event.time
+        if time >= self._newest:
+            self._newest = time
+        elif time >= self._newest - self.policy.lateness_seconds:
+            self.stats["reordered"] += 1
+        watermark = self._newest - self.policy.lateness_seconds
+        out: list[Snapshot] = []
+        if not self._buffer and time <= watermark:
+            # in-order fast path: nothing waits ahead of it, so skip the heap
+            self._apply(event, out)
+            return out
+        heapq.heappush(self._buffer, (time, self._arrivals, event))
+        self._arrivals += 1
+        self._release(watermark, out)
+        return out
+
+    def flush(self) -> list[Snapshot]:
+        """End of a finite stream: apply everything buffered and cut the open snapshot if it has events."""
+        out: list[Snapshot] = []
+        self._release(math.inf, out)
+        if self._pending:
+            if self._window is not None:
+                out.append(self._cut(*self._window_bounds(self._window)))
+            else:
+                out.append(self._cut(self._pending_min, self._pending_max))
+        return out
+
+    def drain_rejected(self) -> list[tuple[Event, str]]:
+        """Events the graph refused since the last call, with the reason, for the dead-letter sink."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: plain values, lists, dicts and the graph's numpy arrays."""
+        return {
+            "policy": dataclasses.asdict(self.policy),
+            "graph": self.graph.to_state(),
+            "stats": dict(self.stats),
+            "seen_ids": list(self._seen_order),
+            "buffer": [[time, arrival, _event_record(event)] for time, arrival, event in self._buffer],
+            "arrivals": self._arrivals,
+            "newest": self._newest,
+            "window": self._window,
+            "sealed_before": self._sealed_before,
+            "last_applied": self._last_applied,
+            "pending": self._pending,
+            "pending_min": self._pending_min,
+            "pending_max": self._pending_max,
+            "next_id": self._next_id,
+            "rejected": [[_event_record(event), reason] for event, reason in self._rejected],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], policy: SnapshotPolicy | None = None) -> SnapshotCutter:
+        """Resume from :meth:`to_state`, under the saved policy or under ``policy`` (e.g. from a changed config).
+
+        A new policy may change anything but ``window_seconds`` (the open window and sealed boundary are in its
+        units); a smaller ``dedup_capacity`` forgets the oldest ids.
+        """
+        saved = SnapshotPolicy(**state["policy"])
+        if policy is None:
+            policy = saved
+        elif policy.window_seconds != saved.window_seconds:
+            raise ValueError(f"cannot resume with window_seconds={policy.window_seconds!r}: the state was cut with "
+                             f"window_seconds={saved.window_seconds!r} (start from a fresh state dir to change it)")
+        cutter = cls(policy, TemporalGraphState.from_state(state["graph"]))
+        cutter.stats.update(state["stats"])
+        for event_id in state["seen_ids"]:
+            cutter._remember(event_id)
+        # saved in heap order, so the list is a valid heap as it stands
+        cutter._buffer = [(float(time), int(arrival), _event_from_record(record))
+                          for time, arrival, record in state["buffer"]]
+        cutter._arrivals = int(state["arrivals"])
+        cutter._newest = float(state["newest"])
+        cutter._window = None if state["window"] is None else int(state["window"])
+        cutter._sealed_before = float(state["sealed_before"])
+        cutter._last_applied = float(state["last_applied"])
+        cutter._pending = int(state["pending"])
+        cutter._pending_min = float(state["pending_min"])
+        cutter._pending_max = float(state["pending_max"])
+        cutter._next_id = int(state["next_id"])
+        cutter._rejected = [(_event_from_record(record), reason) for record, reason in state["rejected"]]
+        return cutter
+
+    def _remember(self, event_id: str) -> None:
+        self._seen_ids.add(event_id)
+        self._seen_order.append(event_id)
+        if len(self._seen_order) > self.policy.dedup_capacity:
+            self._seen_ids.discard(self._seen_order.popleft())
+
+    def _release(self, watermark: float, out: list[Snapshot]) -> None:
+        buffer = self._buffer
+        while buffer and buffer[0][0] <= watermark:
+            self._apply(heapq.heappop(buffer)[2], out)
+
+    def _apply(self, event: Event, out: list[Snapshot]) -> None:
+        time = event.time
+        if self.policy.window_seconds is not None:
+            window = self._window_of(time)
+            if self._window is None or window > self._window:
+                if self._window is not None and self._pending:
+                    out.append(self._cut(*self._window_bounds(self._window)))
+                self._window = window
+                self._sealed_before = max(self._sealed_before, window * self.policy.window_seconds)
+        if time < self._sealed_before:
+            self.stats["late"] += 1
+        elif time < self._last_applied:
+            self.stats["out_of_order"] += 1
+        try:
+            self.graph.apply(event)
+        except StateConflict as conflict:
+            self.stats["rejected"] += 1
+            self._rejected.append((event, conflict.reason))
+            return
+        self._pending += 1
+        self._pending_min = min(self._pending_min, time)
+        self._pending_max = max(self._pending_max, time)
+        self._last_applied = max(self._last_applied, time)
+        if self.policy.every_events is not None and self._pending >= self.policy.every_events:
+            out.append(self._cut(self._pending_min, self._pending_max))
+
+    def _cut(self, start_time: float, end_time: float) -> Snapshot:
+        snapshot = self.graph.snapshot(self._next_id, start_time, end_time, self._pending)
+        self._next_id += 1
+        self.stats["snapshots"] += 1
+        self._sealed_before = max(self._sealed_before, self._pending_max)
+        self._pending = 0
+        self._pending_min, self._pending_max = math.inf, -math.inf
+        return snapshot
+
+    def _window_of(self, time: float) -> int:
+        """k with k*W <= time < (k+1)*W as computed in floats, so bounds and membership never disagree."""
+        width = self.policy.window_seconds
+        assert width is not None
+        k = math.floor(time / width)
+        if time < k * width:
+            k -= 1
+        elif time >= (k + 1) * width:
+            k += 1
+        return k
+
+    def _window_bounds(self, window: int) -> tuple[float, float]:
+        width = self.policy.window_seconds
+        assert width is not None
+        return window * width, (window + 1) * width
+
+
+def _event_record(event: Event) -> list[Any]:
+    attrs = None if event.attrs is None else [list(item) if isinstance(item, tuple) else item for item in event.attrs]
+    return [event.op, event.time, event.net, event.u, event.v, event.to, event.weight, attrs, event.id]
+
+
+def _event_from_record(record: list[Any]) -> Event:
+    op, time, net, u, v, to, weight, attrs, event_id = record
+    if attrs is not None:
+        attrs = tuple((str(item[0]), float(item[1])) if isinstance(item, (list, tuple)) else float(item)
+                      for item in attrs)
+    return Event(op=op, time=float(time), net=net, u=u, v=v, to=to, weight=float(weight), attrs=attrs, id=event_id)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -23,7 +23,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 ADD_EDGE = "add_edge"
@@ -179,7 +179,7 @@ def _decode(payload: str | bytes | Mapping[str, Any], limits: EventLimits) -> di
         obj = json.loads(payload, parse_constant=_reject_constant)
     except InvalidEvent:
         raise
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError also covers integers of over 4300 digits
         raise InvalidEvent(f"not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent(f"an event must be a JSON object, got {_type(obj)}")
@@ -199,7 +199,7 @@ def _type(x: Any) -> str:
 def _number(x: Any, field: str, limits: EventLimits) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise InvalidEvent(f"field {field!r} must be a number, got {_type(x)}")
-    x = float(x)
+    x = _float(x)
     if not math.isfinite(x):
         raise InvalidEvent(f"field {field!r} must be finite, got {x}")
     if abs(x) > limits.max_abs_value:
@@ -210,13 +210,15 @@ def _number(x: Any, field: str, limits: EventLimits) -> float:
 def _time(x: Any, limits: EventLimits) -> float:
     if isinstance(x, str):
         try:
-            t = datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
-        except ValueError:
+            dt = datetime.fromisoformat(x.replace("Z", "+00:00"))
+            # Without an offset, UTC: the host's time zone must not change what an event means.
+            t = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+        except (ValueError, OverflowError):
             raise InvalidEvent(f"field 'time' must be unix seconds or ISO-8601, got {x[:40]!r}") from None
     elif isinstance(x, bool) or not isinstance(x, (int, float)):
         raise InvalidEvent(f"field 'time' must be unix seconds or ISO-8601, got {_type(x)}")
     else:
-        t = float(x)
+        t = _float(x)
     if not math.isfinite(t):
         raise InvalidEvent(f"field 'time' must be finite, got {t}")
     if not limits.min_time <= t <= limits.max_time:
@@ -227,6 +229,13 @@ def _time(x: Any, limits: EventLimits) -> float:
     return t
 
 
+def _float(x: int | float) -> float:
+    try:
+        return float(x)
+    except OverflowError:  # an integer beyond float range
+        return math.inf if x > 0 else -math.inf
+
+
 def _text(x: Any, field: str, max_chars: int) -> str:
     if isinstance(x, bool) or not isinstance(x, (str, int)):
         raise InvalidEvent(f"field {field!r} must be a string or an integer, got {_type(x)}")
@@ -235,6 +244,10 @@ def _text(x: Any, field: str, max_chars: int) -> str:
         raise InvalidEvent(f"field {field!r} must not be empty")
     if len(s) > max_chars:
         raise InvalidEvent(f"field {field!r} has {len(s)} characters, more than the limit of {max_chars}")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate from a JSON escape would break every UTF-8 writer downstream
+        raise InvalidEvent(f"field {field!r} is not valid Unicode: {e.reason} at character {e.start}") from None
     return s
 
 

@@ -1,0 +1,132 @@
+"""Where rejected payloads go, so that a bad event costs one line in a file rather than the service.
+
+:func:`stream.events.parse_event` decides *what* is invalid; this module keeps the evidence: the original
+payload, the reason, and where it came from, one JSON object per line, in a file an operator can grep and
+replay after fixing the producer. A Kafka topic can receive the same lines, for teams that watch topics rather
+than files.
+
+>>> import json, tempfile
+>>> path = Path(tempfile.mkdtemp()) / "dlq" / "rejected.jsonl"
+>>> with DeadLetterSink(path) as dlq:
+...     dlq.write(b'{"op": "add_edge"', "not valid JSON: Expecting ',' delimiter", "events.jsonl:7")
+>>> line = json.loads(path.read_text())
+>>> line["reason"], line["origin"], line["payload"]
+("not valid JSON: Expecting ',' delimiter", 'events.jsonl:7', '{"op": "add_edge"')
+>>> dlq.count, dict(dlq.by_reason_kind)
+(1, {'not valid JSON': 1})
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# A flood of distinct garbage must not grow the counter without bound; past this many kinds, new ones are
+# lumped together.
+MAX_REASON_KINDS = 64
+OTHER_KIND = "other"
+
+_OP_PREFIX = re.compile(r"^[a-z_]+:\s+")
+# Quoted text is usually a user value (a node id, an unknown op) and would make every line its own kind;
+# right after "field(s)" it names one of a few wire fields, which is worth keeping.
+_QUOTED = re.compile(r"(\bfields? )?('[^']*'|\"[^\"]*\")")
+_NUMBER = re.compile(r"(?<![\w.-])[-+]?\d[\w.+-]*")
+_CLAUSE_END = re.compile(r"[:,(=]")
+
+
+def reason_kind(reason: str) -> str:
+    """A short, low-cardinality label for a reason, for counting.
+
+    The first clause of the reason (up to ``:``, ``,``, ``(`` or ``=``), without a leading ``<op>:`` prefix,
+    with numbers shown as ``N`` and quoted values dropped unless they name a field.
+
+    >>> reason_kind("not valid JSON: Expecting value: line 1 column 1 (char 0)")
+    'not valid JSON'
+    >>> reason_kind("add_edge: self-loop on node 'x7' (u == v)")
+    'self-loop on node'
+    >>> reason_kind("add_anchor: missing fields 'to', 'to_node'")
+    "missing fields 'to'"
+    >>> reason_kind("field 'time' = 1.7e+12 is outside [0, 1e+11] unix seconds (milliseconds by mistake?)")
+    "field 'time'"
+    >>> reason_kind("payload of 2000000 bytes exceeds the limit of 1048576")
+    'payload of N bytes exceeds the limit of N'
+    """
+    text = _OP_PREFIX.sub("", reason.strip(), count=1)
+    text = _QUOTED.sub(lambda m: m.group(0) if m.group(1) else "", text)
+    text = _NUMBER.sub("N", text)
+    clause = _CLAUSE_END.split(text, maxsplit=1)[0]
+    return " ".join(clause.split())[:80] or OTHER_KIND
+
+
+class DeadLetterSink:
+    """Appends rejected payloads to a JSONL file (and optionally a Kafka topic).
+
+    Lines are buffered; :meth:`flush` pushes them to the OS and, with ``durable=True``, to disk: the service
+    does that before each checkpoint so that a resumed run never loses a rejection it has already skipped.
+    ``producer`` is a kafka-python ``KafkaProducer`` owned by the caller: it is flushed here, never closed.
+    """
+
+    def __init__(self, path: Path | str, *, topic: str | None = None, producer: Any = None):
+        if (topic is None) != (producer is None):
+            raise ValueError("a dead-letter topic needs a producer, and a producer needs a topic")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self.topic = topic
+        self._producer = producer
+        self.count = 0
+        self.by_reason_kind: Counter[str] = Counter()
+
+    def write(self, payload: bytes | str, reason: str, origin: str) -> None:
+        """Record one rejected payload; ``origin`` says where it came from (``"events.jsonl:12"``)."""
+        entry: dict[str, Any] = {"reason": reason, "origin": origin}
+        if isinstance(payload, str):
+            entry["payload"] = payload
+        else:
+            try:
+                entry["payload"] = bytes(payload).decode("utf-8")
+            except UnicodeDecodeError:
+                entry["payload_b64"] = base64.b64encode(payload).decode("ascii")
+        entry["at"] = time.time()
+        # ensure_ascii keeps lone surrogates (possible in str payloads) from breaking the UTF-8 file.
+        line = json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+        self._file.write(line + "\n")
+        if self._producer is not None:
+            self._producer.send(self.topic, value=line.encode("utf-8"), key=origin.encode("utf-8"))
+        self.count += 1
+        kind = reason_kind(reason)
+        if kind not in self.by_reason_kind and len(self.by_reason_kind) >= MAX_REASON_KINDS:
+            kind = OTHER_KIND
+        self.by_reason_kind[kind] += 1
+
+    def flush(self, durable: bool = False) -> None:
+        """Hand buffered lines to the OS; ``durable=True`` also waits until they are on disk."""
+        self._file.flush()
+        if durable:
+            os.fsync(self._file.fileno())
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self.flush(durable=True)
+        self._file.close()
+
+    def __enter__(self) -> DeadLetterSink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

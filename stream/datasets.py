@@ -143,6 +143,11 @@ def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tup
     return dataset.anchors[chosen], dataset.anchors[~chosen]
 
 
+# Midnight UTC, a multiple of any whole-hour or whole-day window, so synthetic windows coincide with the
+# snapshot cutter's window boundaries (which are aligned to multiples of the window length).
+BASE_TIME = 1_699_920_000.0
+
+
 def dataset_events(
     ds: Dataset,
     *,
@@ -151,7 +156,7 @@ def dataset_events(
     seed: int = 0,
     train: np.ndarray | None = None,
     window_seconds: float = 3600.0,
-    base_time: float = 1_700_000_000.0,
+    base_time: float = BASE_TIME,
 ) -> Iterator[Event]:
     """Replay ``ds`` as time-ordered events; only ``train`` anchors (default: the dataset's train split).
 

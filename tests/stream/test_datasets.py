@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.datasets import Dataset, dataset_events, load_dataset, split_anchors, write_events
+from stream.datasets import BASE_TIME, Dataset, dataset_events, load_dataset, split_anchors, write_events
 from stream.events import ADD_ANCHOR, ADD_EDGE, SET_ATTR, Event, parse_event
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -201,7 +201,7 @@ def test_tiny_static_with_a_ratio_split(tiny):
     check_events(ds, events, train, test)
     first_edge = next(i for i, e in enumerate(events) if e.op == ADD_EDGE)
     assert {e.op for e in events[12:first_edge]} == {ADD_ANCHOR} and first_edge == 12 + len(train)
-    assert {e.time for e in events[: first_edge + 1]} == {1_700_000_000.0}
+    assert {e.time for e in events[: first_edge + 1]} == {BASE_TIME}
 
 
 def test_timestamps_are_kept_and_merged(timed):
@@ -268,7 +268,7 @@ def test_real_dataset_stream_replay(name):
         edge_times = sorted(e.time for e in events if e.op == ADD_EDGE)
         assert edge_times == sorted(np.concatenate([ds.source_times, ds.target_times]).tolist())
     else:
-        start, span = 1_700_000_000.0, windows * 3600.0
+        start, span = BASE_TIME, windows * 3600.0
         per_window = window_counts(events, ADD_EDGE, start, span, windows)
         total = len(ds.source_edges) + len(ds.target_edges)
         assert all(abs(c - total / windows) <= 1 for c in per_window)
@@ -281,4 +281,4 @@ def test_real_dataset_static_replay():
     events = list(dataset_events(ds, protocol="static"))
     first_edge = next(i for i, e in enumerate(events) if e.op == ADD_EDGE)
     assert [e.op for e in events[first_edge - len(ds.train) : first_edge]] == [ADD_ANCHOR] * len(ds.train)
-    assert events[first_edge - 1].time == events[0].time == 1_700_000_000.0
+    assert events[first_edge - 1].time == events[0].time == BASE_TIME

@@ -51,6 +51,7 @@ def run_demo(cfg: Config, windows: int = 5, echo: Callable[[str], None] = print,
         echo(f"{name + ' (test anchors)':<24}{value:>10.3f}")
     echo(f"{'chance Hits@1':<24}{1 / ds.num_target:>10.4f}")
     echo(f"{'events/s (end to end)':<24}{summary.events_per_s:>10.0f}")
+    echo(f"{'events/s (ingest only)':<24}{summary.ingest_events_per_s:>10.0f}")
     echo(f"{'snapshots':<24}{summary.snapshots:>10d}")
     echo(f"{'aligner time (s)':<24}{summary.align_s:>10.1f}")
     echo(f"{'wall time (s)':<24}{summary.wall_s:>10.1f}")

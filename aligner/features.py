@@ -34,7 +34,7 @@ class GraphTensors:
     num_nodes: int
     edge_index: torch.Tensor  # (2, 2E) both directions
     edge_weight: torch.Tensor  # (2E,)
-    adjacency: torch.Tensor  # sparse (n, n), D^-1/2 A D^-1/2
+    adjacency: torch.Tensor  # sparse COO (n, n), D^-1/2 A D^-1/2
     log_degree: torch.Tensor  # (n, 1)
     alive: torch.Tensor  # (n,) bool
     attrs: torch.Tensor | None  # (n, d) rows L2-normalised, or None
@@ -50,7 +50,7 @@ class GraphTensors:
         degree = torch.zeros(n).index_add_(0, edge_index[0], edge_weight)
         inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-12).rsqrt(), torch.zeros(()))
         norm_w = inv_sqrt[edge_index[0]] * edge_weight * inv_sqrt[edge_index[1]]
-        adjacency = torch.sparse_coo_tensor(edge_index, norm_w, (n, n)).coalesce().to_sparse_csr()
+        adjacency = torch.sparse_coo_tensor(edge_index, norm_w, (n, n), check_invariants=False).coalesce()
         attrs = None
         if net.attrs is not None:
             a = torch.from_numpy(np.asarray(net.attrs, dtype=np.float32))

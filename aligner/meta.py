@@ -161,4 +161,4 @@ def _key(name: str) -> str:
 
 
 def _mean(xs: list[float]) -> float:
-    return float(sum(xs) / len(xs)) if xs else float("nan")
+    return round(float(sum(xs) / len(xs)), 4) if xs else float("nan")

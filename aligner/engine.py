@@ -200,12 +200,15 @@ class Aligner:
     def _ensure_learner(self, graphs: dict[str, GraphTensors]) -> None:
         if self.learner is not None:
             return
-        torch.manual_seed(self.seed)
         attr_dim = max((g.attrs.shape[1] for g in graphs.values() if g.attrs is not None), default=0)
-        encoder = AlignmentEncoder(attr_dim, self.model_cfg.position_dim, self.model_cfg.hidden,
-                                   self.model_cfg.embedding_dim, self.model_cfg.cheb_k)
-        self.learner = MetaLearner(encoder, self.meta_cfg.algorithm, self.meta_cfg.inner_lr, self.meta_cfg.meta_lr,
-                                   self.meta_cfg.reptile_step)
+        self.learner = self._new_learner(attr_dim)
+
+    def _new_learner(self, attr_dim: int) -> MetaLearner:
+        torch.manual_seed(self.seed)
+        m = self.model_cfg
+        encoder = AlignmentEncoder(attr_dim, m.position_dim, m.hidden, m.embedding_dim, m.cheb_k)
+        return MetaLearner(encoder, self.meta_cfg.algorithm, self.meta_cfg.inner_lr, self.meta_cfg.meta_lr,
+                           self.meta_cfg.reptile_step)
 
     def _hidden_for(self, net: str, n: int) -> torch.Tensor | None:
         h = self.hidden.get(net)
@@ -274,11 +277,7 @@ class Aligner:
         self.model_cfg = ModelConfig(**state["model_cfg"])
         self.meta_cfg = dataclasses.replace(self.meta_cfg, algorithm=state["algorithm"])
         if state["learner"] is not None:
-            torch.manual_seed(self.seed)
-            encoder = AlignmentEncoder(state["attr_dim"], self.model_cfg.position_dim, self.model_cfg.hidden,
-                                       self.model_cfg.embedding_dim, self.model_cfg.cheb_k)
-            self.learner = MetaLearner(encoder, self.meta_cfg.algorithm, self.meta_cfg.inner_lr,
-                                       self.meta_cfg.meta_lr, self.meta_cfg.reptile_step)
+            self.learner = self._new_learner(state["attr_dim"])
             self.learner.load_state_dict(state["learner"])
             self.learner.optimizer.load_state_dict(state["optimizer"])
         self.hidden = state["hidden"]

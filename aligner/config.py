@@ -80,6 +80,16 @@ class AdaptConfig:
 
 
 @dataclass
+class RefineConfig:
+    enabled: bool = True
+    tau: float = 0.05
+    beta: float = 0.3
+    rounds: int = 10
+    sinkhorn_iters: int = 5
+    max_cells: int = 120_000_000  # larger pairs fall back to plain embedding similarity (dense plan memory)
+
+
+@dataclass
 class PublishConfig:
     redis_url: str | None = None  # None: start the embedded redis-server under the state dir
     namespace: str = "dynalign"
@@ -104,6 +114,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 

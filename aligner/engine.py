@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aligner.config import AdaptConfig, MetaConfig, ModelConfig
+from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.features import GraphTensors, anchor_entities, anchors_of, rwr_positions
-from aligner.matching import ranking_metrics, top_k
+from aligner.matching import CosineScorer, PlanScorer, ranking_metrics, top_k
+from aligner.refine import refine
 from aligner.update import AlignmentUpdate, PairTopK
 from aligner.meta import FastWeights, MetaLearner
 from aligner.model import AlignmentEncoder, anchor_loss
@@ -90,8 +91,9 @@ class Aligner:
     that has anchors) or ``"a:b,c:d"``."""
 
     def __init__(self, model: ModelConfig, meta: MetaConfig, adapt: AdaptConfig, pairs: str = "auto",
-                 top_k: int = 10, seed: int = 0):
+                 top_k: int = 10, seed: int = 0, refine: RefineConfig | None = None):
         self.model_cfg, self.meta_cfg, self.adapt_cfg = model, meta, adapt
+        self.refine_cfg = refine or RefineConfig()
         self.pairs_spec = pairs
         self.k = top_k
         self.seed = seed
@@ -101,6 +103,7 @@ class Aligner:
         self.embeddings: dict[str, torch.Tensor] = {}
         self.node_ids: dict[str, tuple[str, ...]] = {}
         self.alive: dict[str, torch.Tensor] = {}
+        self.edges: dict[str, torch.Tensor] = {}  # (2, 2E) of the latest snapshot, for structure-aware scoring
         self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
         self.snapshots_seen = 0
         self.meta_iterations = 0
@@ -181,20 +184,37 @@ class Aligner:
                 out[net] = z.detach()
                 self.node_ids[net] = inputs.snapshot.networks[net].node_ids
                 self.alive[net] = g.alive
+                self.edges[net] = g.edge_index
         self.embeddings.update(out)
         return out
 
     def rank(self, snapshot: Snapshot, embeddings: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> AlignmentUpdate:
         results = []
         for a, b in pairs:
+            scorers = self.scorers(a, b)
             for src, dst in ((a, b), (b, a)):
-                alive_src = torch.from_numpy(np.asarray(snapshot.networks[src].alive, dtype=bool))
-                alive_dst = torch.from_numpy(np.asarray(snapshot.networks[dst].alive, dtype=bool))
-                rows = alive_src.nonzero().flatten()
-                idx, val = top_k(embeddings[src], embeddings[dst], alive_dst, self.k, rows)
+                rows = self.alive[src].nonzero().flatten()
+                idx, val = top_k(scorers[(src, dst)], self.alive[dst], self.k, rows)
                 results.append(PairTopK(src, dst, rows.numpy(), idx.numpy(), val.numpy()))
         node_ids = {n: snapshot.networks[n].node_ids for n in {n for p in pairs for n in p}}
         return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
+
+    def scorers(self, a: str, b: str) -> dict[tuple[str, str], object]:
+        """How candidates are scored for both directions of a pair: the structure-consistent transport plan
+        (:mod:`aligner.refine`) when it fits in ``refine.max_cells``, else embedding cosine."""
+        z_a, z_b = self.embeddings[a], self.embeddings[b]
+        cfg = self.refine_cfg
+        if not cfg.enabled or z_a.shape[0] * z_b.shape[0] > cfg.max_cells:
+            return {(a, b): CosineScorer(z_a, z_b), (b, a): CosineScorer(z_b, z_a)}
+        with torch.no_grad():
+            log_plan = refine(z_a @ z_b.T, self._adjacency(a), self._adjacency(b), cfg.tau, cfg.beta, cfg.rounds,
+                              cfg.sinkhorn_iters, self.alive[a], self.alive[b])
+        return {(a, b): PlanScorer(log_plan), (b, a): PlanScorer(log_plan, transpose=True)}
+
+    def _adjacency(self, net: str) -> torch.Tensor:
+        n = self.embeddings[net].shape[0]
+        edges = self.edges[net]
+        return torch.sparse_coo_tensor(edges, torch.ones(edges.shape[1]), (n, n), check_invariants=False).coalesce()
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _ensure_learner(self, graphs: dict[str, GraphTensors]) -> None:
@@ -247,7 +267,7 @@ class Aligner:
         index_b = {n: i for i, n in enumerate(self.node_ids[to])}
         rows = [(index_a[a], index_b[b]) for a, b in id_pairs if a in index_a and b in index_b]
         pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
-        out = ranking_metrics(self.embeddings[net], self.embeddings[to], pairs, self.alive[to])
+        out = ranking_metrics(self.scorers(net, to)[(net, to)], pairs, self.alive[to])
         out["unknown"] = len(id_pairs) - len(rows)
         return out
 
@@ -265,6 +285,7 @@ class Aligner:
             "embeddings": self.embeddings,
             "node_ids": self.node_ids,
             "alive": self.alive,
+            "edges": self.edges,
             "rng": self.rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
@@ -284,6 +305,7 @@ class Aligner:
         self.embeddings = state["embeddings"]
         self.node_ids = state["node_ids"]
         self.alive = state["alive"]
+        self.edges = state["edges"]
         self.rng.bit_generator.state = state["rng"]
         self.snapshots_seen = state["snapshots_seen"]
         self.meta_iterations = state["meta_iterations"]

@@ -33,7 +33,7 @@ def load_aligner(state_dir: Path) -> Aligner:
     if not checkpoint or not checkpoint.get("aligner"):
         raise FileNotFoundError(f"{state_dir} has no checkpoint with an aligner yet: run the service first")
     cfg = load_config(env={})
-    aligner = Aligner(cfg.model, cfg.meta, cfg.adapt)
+    aligner = Aligner(cfg.model, cfg.meta, cfg.adapt, refine=cfg.refine)
     aligner.load_state_bytes(checkpoint["aligner"])
     return aligner
 

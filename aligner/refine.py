@@ -1,0 +1,68 @@
+"""Structure-consistent matching: optimal-transport refinement of a similarity matrix.
+
+Embedding similarity scores each pair of nodes on its own; a good alignment is also *consistent*: if ``i`` maps
+to ``j``, the neighbours of ``i`` should map to neighbours of ``j``. This is the fused Gromov–Wasserstein idea
+(as in PARROT and SLOTAlign), solved by proximal iterations of entropic optimal transport: each round adds to
+the similarity a bonus ``beta * (A_src T A_dst)[i, j]`` — how much of ``i``'s neighbourhood the current plan
+``T`` sends into ``j``'s neighbourhood — and re-solves a Sinkhorn problem with uniform marginals, warm-started
+from the previous round's dual potentials so that a few inner iterations suffice.
+
+The result is a log transport plan; its rows (columns) rank candidates for source (target) nodes, and a
+softmax over a row turns it into a confidence.
+
+>>> import torch
+>>> sim = torch.tensor([[0.9, 0.8], [0.85, 0.1]])
+>>> adjacency = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.ones(2), (2, 2))
+>>> plan = refine(sim, adjacency, adjacency, tau=0.05, beta=0.3, rounds=5, sinkhorn_iters=20)
+>>> plan.argmax(dim=1).tolist()   # one-to-one: node 1 takes 0, so node 0 goes to 1 despite its raw scores
+[1, 0]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def refine(
+    similarity: torch.Tensor,
+    adjacency_src: torch.Tensor,
+    adjacency_dst: torch.Tensor,
+    tau: float = 0.05,
+    beta: float = 0.3,
+    rounds: int = 10,
+    sinkhorn_iters: int = 5,
+    alive_src: torch.Tensor | None = None,
+    alive_dst: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Log transport plan ``(n_src, n_dst)``; dead nodes get ``-inf`` rows/columns and carry no mass.
+
+    ``adjacency_*`` are sparse ``(n, n)`` (0/1 or weights); ``similarity`` is dense, roughly in [-1, 2].
+    """
+    n_src, n_dst = similarity.shape
+    alive_src = torch.ones(n_src, dtype=torch.bool) if alive_src is None else alive_src
+    alive_dst = torch.ones(n_dst, dtype=torch.bool) if alive_dst is None else alive_dst
+    log_a = torch.where(alive_src, torch.tensor(-math.log(max(int(alive_src.sum()), 1))), torch.tensor(float("-inf")))
+    log_b = torch.where(alive_dst, torch.tensor(-math.log(max(int(alive_dst.sum()), 1))), torch.tensor(float("-inf")))
+    mask = alive_src[:, None] & alive_dst[None, :]
+    u = torch.zeros(n_src)
+    v = torch.zeros(n_dst)
+    bonus = torch.zeros_like(similarity)
+    log_plan = similarity
+    with torch.no_grad():
+        for _ in range(rounds):
+            log_kernel = ((similarity + beta * bonus) / tau).masked_fill_(~mask, float("-inf"))
+            for _ in range(sinkhorn_iters):
+                u = _finite(log_a - torch.logsumexp(log_kernel + v[None, :], dim=1))
+                v = _finite(log_b - torch.logsumexp(log_kernel + u[:, None], dim=0))
+            log_plan = log_kernel + u[:, None] + v[None, :]
+            # Scale so a source node's row sums to ~1: the bonus then counts matched neighbour pairs.
+            plan = (log_plan + math.log(max(int(alive_src.sum()), 1))).exp_()
+            bonus = torch.sparse.mm(adjacency_src, torch.sparse.mm(adjacency_dst, plan.T).T)
+    return log_plan
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """Dead rows produce -inf - (-inf) = nan potentials; they carry no mass, so any finite value will do."""
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

@@ -31,13 +31,21 @@ CONFIG_ENV = "DYNALIGN_CONFIG"
 class StreamConfig:
     batch_size: int = 2000
     poll_timeout_s: float = 0.5
-    dead_letter_topic: str | None = None
+    dead_letter_topic: str | None = "{topic}.deadletter"  # for Kafka sources; {topic}: the source topic; "" = none
     kafka_group: str = "dynalign"
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_instance_id: str | None = None  # static group membership: a restarted worker keeps its partitions
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_password: str | None = None
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_interval_ms: int = 3_000
+    kafka_max_poll_interval_ms: int = 300_000
+    kafka_check_crcs: bool = True  # off: ~2x faster consumption where the crc32c C extension is not installed
     kafka_connect_timeout_s: float = 60.0
 
 
@@ -53,9 +61,9 @@ class SnapshotsConfig:
 class ModelConfig:
     hidden: int = 64
     embedding_dim: int = 64
-    position_dim: int = 128
+    position_dim: int = 256
     rwr_restart: float = 0.15
-    rwr_steps: int = 10
+    rwr_steps: int = 20
     cheb_k: int = 2
     temperature: float = 0.1
 
@@ -86,6 +94,8 @@ class RefineConfig:
     beta: float = 0.3
     rounds: int = 10
     sinkhorn_iters: int = 5
+    marginal_weight: float | None = None  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
+    feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior
     max_cells: int = 120_000_000  # larger pairs fall back to plain embedding similarity (dense plan memory)
 
 
@@ -119,7 +129,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
-SECRET_KEYS = {("stream", "kafka_sasl_password")}
+SECRET_KEYS = {("stream", "kafka_sasl_password"), ("stream", "kafka_ssl_password")}
 SECRET_URL_KEYS = {("publish", "redis_url")}
 
 

@@ -104,6 +104,10 @@ class Aligner:
         self.node_ids: dict[str, tuple[str, ...]] = {}
         self.alive: dict[str, torch.Tensor] = {}
         self.edges: dict[str, torch.Tensor] = {}  # (2, 2E) of the latest snapshot, for structure-aware scoring
+        # Evidence that needs no training (unit anchor-position sketch, normalised attributes): it anchors the
+        # scores when the encoder is still young, and explanations quote it.
+        self.positions: dict[str, torch.Tensor] = {}
+        self.attrs: dict[str, torch.Tensor | None] = {}
         self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
         self.snapshots_seen = 0
         self.meta_iterations = 0
@@ -180,6 +184,8 @@ class Aligner:
                 pos = rwr_positions(g, entities.get(net, []), self.model_cfg.position_dim, self.model_cfg.rwr_restart,
                                     self.model_cfg.rwr_steps)
                 z, h = fast(g.attrs, pos, g.edge_index, g.edge_weight, inputs.hidden[net])
+                self.positions[net] = pos[:, :-2].contiguous()
+                self.attrs[net] = g.attrs
                 self.hidden[net] = h.detach()
                 out[net] = z.detach()
                 self.node_ids[net] = inputs.snapshot.networks[net].node_ids
@@ -207,9 +213,22 @@ class Aligner:
         if not cfg.enabled or z_a.shape[0] * z_b.shape[0] > cfg.max_cells:
             return {(a, b): CosineScorer(z_a, z_b), (b, a): CosineScorer(z_b, z_a)}
         with torch.no_grad():
-            log_plan = refine(z_a @ z_b.T, self._adjacency(a), self._adjacency(b), cfg.tau, cfg.beta, cfg.rounds,
-                              cfg.sinkhorn_iters, self.alive[a], self.alive[b])
+            log_plan = refine(self.similarity(a, b), self._adjacency(a), self._adjacency(b), cfg.tau, cfg.beta, cfg.rounds,
+                              cfg.sinkhorn_iters, self.alive[a], self.alive[b], cfg.marginal_weight)
         return {(a, b): PlanScorer(log_plan), (b, a): PlanScorer(log_plan, transpose=True)}
+
+    def similarity(self, a: str, b: str) -> torch.Tensor:
+        """Dense prior similarity: embedding cosine plus ``refine.feature_weight`` x (position cosine + attribute
+        cosine, when both networks have attributes)."""
+        sim = self.embeddings[a] @ self.embeddings[b].T
+        w = self.refine_cfg.feature_weight
+        if w and a in self.positions and b in self.positions:
+            sim = sim + w * (self.positions[a] @ self.positions[b].T)
+            xa, xb = self.attrs.get(a), self.attrs.get(b)
+            if xa is not None and xb is not None:
+                width = min(xa.shape[1], xb.shape[1])
+                sim = sim + w * (xa[:, :width] @ xb[:, :width].T)
+        return sim
 
     def _adjacency(self, net: str) -> torch.Tensor:
         n = self.embeddings[net].shape[0]
@@ -286,6 +305,8 @@ class Aligner:
             "node_ids": self.node_ids,
             "alive": self.alive,
             "edges": self.edges,
+            "positions": self.positions,
+            "attrs": self.attrs,
             "rng": self.rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
@@ -306,6 +327,8 @@ class Aligner:
         self.node_ids = state["node_ids"]
         self.alive = state["alive"]
         self.edges = state["edges"]
+        self.positions = state["positions"]
+        self.attrs = state["attrs"]
         self.rng.bit_generator.state = state["rng"]
         self.snapshots_seen = state["snapshots_seen"]
         self.meta_iterations = state["meta_iterations"]

@@ -38,5 +38,14 @@ def load_aligner(state_dir: Path) -> Aligner:
     return aligner
 
 
+def load_aligner_and_snapshot(state_dir: Path):
+    """The aligner of the last checkpoint and the snapshot it last aligned (from the snapshot store)."""
+    store = SnapshotStore(state_dir)
+    checkpoint = store.read_checkpoint()
+    aligner = load_aligner(state_dir)
+    snapshot_id = checkpoint.get("snapshot_id") or store.latest_id()
+    return aligner, store.load_snapshot(snapshot_id)
+
+
 def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str) -> dict:
     return load_aligner(state_dir).evaluate(net, to, read_pairs(anchors_file))

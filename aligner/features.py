@@ -1,11 +1,10 @@
 """Node features that make two networks comparable: anchor-relative positions and normalised attributes.
 
-Known anchors give the networks a shared coordinate system. Every anchored *entity* (the accounts that anchors
-join, across any number of networks) gets a fixed random direction in ``R^d``, derived from a hash of the entity's
-name, so the direction is the same in every network and every snapshot. A random walk with restart spreads
-these seed directions over each graph: a node's position is (a Johnson–Lindenstrauss sketch of) its personalised
-PageRank proximity to every anchor. The same person ends up at nearby positions in both networks, and the
-feature width stays fixed however many anchors arrive.
+Known anchors give the networks a shared coordinate system. A node's position is its (log-scaled) personalised
+PageRank proximity to every anchored *entity* (the accounts that anchors join, across any number of networks),
+so the same person ends up at nearby positions in both networks. To keep the feature width fixed however many
+anchors arrive, the proximity profile is projected (Johnson–Lindenstrauss) onto fixed random directions, one
+per entity, derived from a hash of the entity's name: the same in every network and every snapshot.
 
 >>> import numpy as np
 >>> entity_directions(["online/17", "online/17"], 4).shape
@@ -27,14 +26,14 @@ from snapshots.snapshot import NetworkSnapshot, Snapshot, pair_key
 
 @dataclass
 class GraphTensors:
-    """One network of one snapshot as tensors: symmetric, normalised adjacency for propagation plus raw edges
-    (both directions) for the GNN."""
+    """One network of one snapshot as tensors: the random-walk operator for positions plus raw edges (both
+    directions) for the GNN."""
 
     name: str
     num_nodes: int
     edge_index: torch.Tensor  # (2, 2E) both directions
     edge_weight: torch.Tensor  # (2E,)
-    adjacency: torch.Tensor  # sparse COO (n, n), D^-1/2 A D^-1/2
+    walk: torch.Tensor  # sparse COO (n, n), A D^-1: one step of a random walk on column vectors
     log_degree: torch.Tensor  # (n, 1)
     alive: torch.Tensor  # (n,) bool
     attrs: torch.Tensor | None  # (n, d) rows L2-normalised, or None
@@ -48,9 +47,10 @@ class GraphTensors:
         edge_index = torch.cat([ei, ei.flip(0)], dim=1)
         edge_weight = torch.cat([w, w])
         degree = torch.zeros(n).index_add_(0, edge_index[0], edge_weight)
-        inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-12).rsqrt(), torch.zeros(()))
-        norm_w = inv_sqrt[edge_index[0]] * edge_weight * inv_sqrt[edge_index[1]]
-        adjacency = torch.sparse_coo_tensor(edge_index, norm_w, (n, n), check_invariants=False).coalesce()
+        # Column j of A D^-1 spreads node j's mass over its neighbours in proportion to edge weight.
+        inv_degree = torch.where(degree > 0, 1.0 / degree.clamp_min(1e-12), torch.zeros(()))
+        walk_w = edge_weight * inv_degree[edge_index[0]]
+        walk = torch.sparse_coo_tensor(edge_index.flip(0), walk_w, (n, n), check_invariants=False).coalesce()
         attrs = None
         if net.attrs is not None:
             a = torch.from_numpy(np.asarray(net.attrs, dtype=np.float32))
@@ -60,7 +60,7 @@ class GraphTensors:
             num_nodes=n,
             edge_index=edge_index,
             edge_weight=edge_weight,
-            adjacency=adjacency,
+            walk=walk,
             log_degree=torch.log1p(degree).unsqueeze(1),
             alive=torch.from_numpy(np.asarray(net.alive, dtype=bool)),
             attrs=attrs,
@@ -110,19 +110,33 @@ def anchor_entities(snapshot: Snapshot, anchors: dict[tuple[str, str], np.ndarra
 
 
 def rwr_positions(
-    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int
+    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024
 ) -> torch.Tensor:
     """Anchor-relative position features ``(n, dim + 2)``: the unit-normalised sketch, its log-norm (how close the
-    node is to any anchor at all) and the node's log-degree."""
-    signal = torch.zeros(graph.num_nodes, dim)
-    if seeds:
-        index = torch.tensor([i for i, _ in seeds], dtype=torch.long)
-        signal[index] = torch.from_numpy(entity_directions([k for _, k in seeds], dim))
-    position = restart * signal
-    walk = signal
-    for _ in range(steps):
-        walk = (1.0 - restart) * torch.sparse.mm(graph.adjacency, walk)
-        position = position + restart * walk
+    node is to any anchor at all) and the node's log-degree.
+
+    Each anchored entity's personalised PageRank vector is computed exactly, log-scaled (proximity spans orders
+    of magnitude; in log space a node's profile of distances to the anchors, not its nearest hub, dominates), and
+    only then projected onto the entity's fixed random direction. Entities are processed ``chunk`` at a time,
+    so memory stays at ``n x chunk`` whatever the number of anchors.
+    """
+    n = graph.num_nodes
+    position = torch.zeros(n, dim)
+    keys = sorted({k for _, k in seeds})
+    column = {k: i for i, k in enumerate(keys)}
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        signal = torch.zeros(n, len(part))
+        for node, key in seeds:
+            c = column[key] - start
+            if 0 <= c < len(part):
+                signal[node, c] = 1.0
+        ppr = restart * signal
+        walk = signal
+        for _ in range(steps):
+            walk = (1.0 - restart) * torch.sparse.mm(graph.walk, walk)
+            ppr = ppr + restart * walk
+        position += torch.log1p(n * ppr) @ torch.from_numpy(entity_directions(part, dim))
     norm = position.norm(dim=1, keepdim=True)
     unit = position / norm.clamp_min(1e-12)
     return torch.cat([unit, torch.log(norm + 1e-6) / 10.0, graph.log_degree], dim=1)

@@ -66,9 +66,10 @@ def ranks(scorer, pairs: torch.Tensor, alive_dst: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         for start in range(0, len(pairs), CHUNK_ROWS):
             p = pairs[start:start + CHUNK_ROWS]
-            scores = scorer.rows(p[:, 0]).masked_fill(~alive_dst, float("-inf"))
+            # A nan score must not rank first: it counts as the worst possible.
+            scores = torch.nan_to_num(scorer.rows(p[:, 0]), nan=float("-inf")).masked_fill(~alive_dst, float("-inf"))
             true = scores.gather(1, p[:, 1:2])
-            out[start:start + len(p)] = (scores >= true).sum(dim=1)
+            out[start:start + len(p)] = (scores >= true).sum(dim=1).clamp_min(1)
     return out
 
 

@@ -35,11 +35,15 @@ def refine(
     sinkhorn_iters: int = 5,
     alive_src: torch.Tensor | None = None,
     alive_dst: torch.Tensor | None = None,
+    marginal_weight: float | None = None,
 ) -> torch.Tensor:
     """Log transport plan ``(n_src, n_dst)``; dead nodes get ``-inf`` rows/columns and carry no mass.
 
     ``adjacency_*`` are sparse ``(n, n)`` (0/1 or weights); ``similarity`` is dense, roughly in [-1, 2].
+    ``marginal_weight`` (rho) relaxes the uniform marginals into a KL penalty (unbalanced transport), so nodes with
+    no counterpart in the other network need not receive mass; ``None`` keeps them exact.
     """
+    damp = 1.0 if marginal_weight is None else marginal_weight / (marginal_weight + tau)
     n_src, n_dst = similarity.shape
     alive_src = torch.ones(n_src, dtype=torch.bool) if alive_src is None else alive_src
     alive_dst = torch.ones(n_dst, dtype=torch.bool) if alive_dst is None else alive_dst
@@ -54,11 +58,12 @@ def refine(
         for _ in range(rounds):
             log_kernel = ((similarity + beta * bonus) / tau).masked_fill_(~mask, float("-inf"))
             for _ in range(sinkhorn_iters):
-                u = _finite(log_a - torch.logsumexp(log_kernel + v[None, :], dim=1))
-                v = _finite(log_b - torch.logsumexp(log_kernel + u[:, None], dim=0))
+                u = _finite(damp * (log_a - torch.logsumexp(log_kernel + v[None, :], dim=1)))
+                v = _finite(damp * (log_b - torch.logsumexp(log_kernel + u[:, None], dim=0)))
             log_plan = log_kernel + u[:, None] + v[None, :]
-            # Scale so a source node's row sums to ~1: the bonus then counts matched neighbour pairs.
-            plan = (log_plan + math.log(max(int(alive_src.sum()), 1))).exp_()
+            # Where each source node's mass goes, rows summing to 1, so the bonus counts matched neighbour pairs
+            # whatever the marginals; dead rows (all -inf) become 0 rather than nan.
+            plan = torch.nan_to_num(torch.softmax(log_plan, dim=1), nan=0.0)
             bonus = torch.sparse.mm(adjacency_src, torch.sparse.mm(adjacency_dst, plan.T).T)
     return log_plan
 

@@ -94,7 +94,7 @@ class RefineConfig:
     beta: float = 0.3
     rounds: int = 10
     sinkhorn_iters: int = 5
-    marginal_weight: float | None = None  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
+    marginal_weight: float | None = 0.1  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
     feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior
     max_cells: int = 120_000_000  # larger pairs fall back to plain embedding similarity (dense plan memory)
 

@@ -1,0 +1,6 @@
+"""dynalign's aligner package; ``from aligner import AlignmentClient`` reads published alignments from Redis
+(without loading torch)."""
+
+from aligner.redis_alignments import Announcement, AlignmentClient, Candidate
+
+__all__ = ["AlignmentClient", "Announcement", "Candidate"]

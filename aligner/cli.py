@@ -55,13 +55,16 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log
 @click.option("--lateness", "lateness_seconds", type=float, default=None, help="Allowed lateness of out-of-order events (s).")
 @click.option("--pairs", default=None, help="Network pairs to align: 'auto' or 'a:b,a:c'.")
 @click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--until-idle", "until_idle_s", type=float, default=None,
+              help="Stop after this many seconds with nothing to do (Kafka: every owned partition caught up).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_context
-def run(ctx, source, state_dir, redis_url, window_seconds, every_events, lateness_seconds, pairs, seed, as_json) -> None:
+def run(ctx, source, state_dir, redis_url, window_seconds, every_events, lateness_seconds, pairs, seed, until_idle_s,
+        as_json) -> None:
     """Run the service: ingest events, cut snapshots, adapt, publish alignments to Redis.
 
-    A file source ends the run at end of file; Kafka runs until SIGINT/SIGTERM. Restarting with the same
-    --state resumes from the last checkpoint.
+    A file source ends the run at end of file; Kafka runs until SIGINT/SIGTERM (or --until-idle). Restarting with
+    the same --state resumes from the last checkpoint.
     """
     from aligner.service import AlignmentService
 
@@ -70,11 +73,11 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
         "snapshots.every_events": every_events, "snapshots.lateness_seconds": lateness_seconds,
         "service.pairs": pairs, "service.seed": seed, **ctx.obj["log_overrides"],
     })
-    _threads(cfg)
-    summary = AlignmentService(cfg, source, progress=not as_json).run()
+    summary = AlignmentService(cfg, source, progress=not as_json, until_idle_s=until_idle_s).run()
     out = {
-        "records": summary.records, "accepted": summary.accepted, "dead_letters": summary.dead_letters,
-        "snapshots": summary.snapshots, "published": summary.published, "version": summary.last_version,
+        "records": summary.records, "accepted": summary.accepted, "restored": summary.restored,
+        "dead_letters": summary.dead_letters, "snapshots": summary.snapshots, "published": summary.published,
+        "version": summary.last_version, "versions": summary.versions, "lag": summary.lag,
         "events_per_s": round(summary.events_per_s, 1),
         "ingest_events_per_s": round(summary.ingest_events_per_s, 1), "wall_s": round(summary.wall_s, 2),
         "align_s": round(summary.align_s, 2), "ingest_s": round(summary.ingest_s, 2), "state_dir": cfg.service.state_dir, "cutter": summary.cutter,
@@ -149,6 +152,51 @@ def events(dataset_dir, protocol, windows, window_seconds, seed, train_ratio, ou
 
 
 @cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--to", "to", required=True, help="Topic to produce to: kafka://HOST:PORT[,HOST:PORT]/TOPIC.")
+@click.option("--rate", type=float, default=None, help="Events per second (a paced live replay); default: full speed.")
+@click.option("--loop", is_flag=True, help="Replay FILE until interrupted or --count; later passes shift times and ids.")
+@click.option("--count", type=int, default=None, help="Stop after this many events.")
+@click.option("--key", default=None,
+              help="One message key for every event instead of its network: keeps networks aligned together in one "
+                   "partition, so that workers of a group can split independent alignment problems.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Up to this many events of one key per message, one per line (faster to consume).")
+@click.pass_context
+def feed(ctx, file, to, rate, loop, count, key, batch) -> None:
+    """Produce the events of FILE ('-' for stdin) to Kafka, keyed by network so that one network's events stay
+    in order in one partition. Malformed lines are sent too (unkeyed): the consumer dead-letters them."""
+    import signal
+    import threading
+
+    from aligner.service import kafka_settings
+    from stream.producer import feed as produce
+
+    cfg = _config(ctx, **ctx.obj["log_overrides"])
+    stop = threading.Event()  # Ctrl-C ends a feed cleanly: what was sent is flushed and counted
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="ev", desc="events", file=sys.stderr, total=count, smoothing=0.1)
+    try:
+        summary = produce(file, to, settings=kafka_settings(cfg), rate=rate, loop=loop, key=key, batch=batch,
+                          limit=count, progress=bar.update if bar else None, stop=stop)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if bar:
+            bar.close()
+    click.echo(f"{summary.events} events ({summary.malformed} malformed) in {summary.messages} messages to {to} "
+               f"in {summary.seconds:.1f} s ({summary.events_per_s:.0f} events/s)", err=True)
+    if summary.failed:
+        raise click.ClickException(f"{summary.failed} messages not acknowledged by Kafka (first: {summary.first_error})")
+
+
+@cli.command()
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--anchors", "anchors_file", type=click.Path(exists=True, dir_okay=False), required=True,
               help="TSV of true pairs: node id in --net, node id in --to.")
@@ -168,6 +216,54 @@ def evaluate(ctx, state_dir, anchors_file, net, to, as_json) -> None:
 
 
 @cli.command()
+@click.argument("node")
+@click.option("--net", required=True, help="Network of NODE.")
+@click.option("--to", "to", required=True, help="Network of the candidates.")
+@click.option("--k", type=int, default=5, show_default=True)
+@click.option("--state", "state_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="State dir of a dynalign run (its last checkpoint and snapshot are explained).")
+@click.option("--json", "as_json", is_flag=True)
+def explain(node, net, to, k, state_dir, as_json) -> None:
+    """Why NODE is matched to its candidates: shared anchors, attribute and position agreement, scores."""
+    from aligner.evaluation import load_aligner_and_snapshot
+    from aligner.explain import Explainer, describe
+
+    aligner, snapshot = load_aligner_and_snapshot(Path(state_dir))
+    try:
+        evidence = Explainer(aligner, snapshot, net, to).explain(node, k)
+    except KeyError as e:
+        raise click.ClickException(str(e).strip('"')) from None
+    if as_json:
+        click.echo(json.dumps({"node": node, "net": net, "to": to, "snapshot": snapshot.id,
+                               "candidates": [e.to_dict() for e in evidence]}))
+    else:
+        click.echo(describe(node, net, to, evidence))
+
+
+@cli.command()
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--protocol", type=click.Choice(["static"]), default="static", show_default=True)
+@click.option("--seeds", type=int, default=3, show_default=True)
+@click.option("--train-ratio", type=float, default=None, help="Seeded fraction of anchors.tsv instead of train.tsv.")
+@click.option("--full-steps", type=int, default=200, show_default=True, help="Steps of ordinary training ('full').")
+@click.option("--validation", is_flag=True,
+              help="Score on a held-out quarter of the train anchors instead of the test anchors (to choose settings).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results as JSON here.")
+@click.pass_context
+def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation, json_out) -> None:
+    """Alignment quality (Hits@1/5/10, MRR on test anchors), time and peak memory per seed: the meta-learned
+    initialisation with few-step adaptation ('fast') next to ordinary full training ('full')."""
+    from aligner.bench import bench_static, format_table
+
+    cfg = _config(ctx, **ctx.obj["log_overrides"])
+    result = bench_static(dataset_dir, cfg, seeds=seeds, train_ratio=train_ratio, full_steps=full_steps,
+                          validation=validation, echo=lambda line: click.echo(line, err=True))
+    click.echo(format_table(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=1))
+
+
+@cli.command()
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default=".dynalign/demo", show_default=True)
 @click.option("--windows", type=int, default=5, show_default=True)
 @click.pass_context
@@ -176,7 +272,6 @@ def demo(ctx, state_dir, windows) -> None:
     from aligner.demo import run_demo
 
     cfg = _config(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
-    _threads(cfg)
     run_demo(cfg, windows=windows, echo=click.echo)
 
 
@@ -225,13 +320,6 @@ class _redis_url:
     def __exit__(self, *exc) -> None:
         if self.server:
             self.server.stop()
-
-
-def _threads(cfg: Config) -> None:
-    if cfg.service.threads:
-        import torch
-
-        torch.set_num_threads(cfg.service.threads)
 
 
 def main() -> None:

@@ -114,7 +114,7 @@ class ServiceConfig:
     seed: int = 0
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = 0  # torch intra-op threads of the aligner; 0 = all cores but one (the polling thread's)
 
 
 @dataclass

@@ -1,44 +1,74 @@
 """The service loop: source → validation → snapshots → aligner → Redis, with checkpoints that lose nothing.
 
-One batch at a time: poll records, validate each (bad ones go to the dead-letter sink with the reason), log
-accepted events, feed the snapshot cutter; for every snapshot it completes, persist it, align, publish. A
-checkpoint (graph and cutter state, aligner state, source position, event-log size) is written atomically after
-any batch that completed a snapshot, every ``CHECKPOINT_EVERY_S`` seconds, and at exit; only then is the source
-told to commit. After a crash the service resumes from the last checkpoint and re-reads the source from its
-position, so every accepted event takes effect exactly once. SIGINT/SIGTERM finish the current batch first.
+The main thread polls a batch, validates each record (bad ones go to the dead-letter sink with the reason),
+logs accepted events and feeds the snapshot cutter; every snapshot it completes is saved and queued for the
+aligner. The aligner runs in a worker thread, one snapshot at a time, while the main thread keeps polling
+the paused source: a Kafka consumer thus stays in its group (``max_poll_interval_ms`` counts time between
+polls, and slow poll loops are the classic cause of ``CommitFailedError`` and rebalance storms) and handles
+rebalances while the model adapts. When an alignment ends its update is published, the newest one winning
+while Redis is away, and the source resumes.
+
+A checkpoint holds the graph and cutter state, the aligner's state as of the last snapshot it finished
+(``aligned_through``), the update Redis has not taken yet, the partitions each network's events came from,
+and the source position. It can be written at any moment (after a batch that cut a snapshot, after every
+alignment, every ``CHECKPOINT_EVERY_S``, when Kafka revokes partitions, at exit) because snapshots cut but not
+yet aligned are on disk and are aligned again after a restart. Only once it is durable is the source told
+to commit; after a crash the service resumes from it and re-reads the source from its position, so every
+accepted event takes effect exactly once. SIGINT/SIGTERM finish the current batch and alignment first.
+
+With Kafka, a worker publishes a pair only while it owns, caught up, every partition that carried the two
+networks' events (see :class:`stream.sources.KafkaSource`): a pair is published by one worker at a time, and
+never from a partial history.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 import signal
+import socket
 import sys
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from aligner.config import Config
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
-from aligner.engine import Aligner
-from aligner.update import AlignmentUpdate
 from aligner.redis_alignments import RedisPublisher
+from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
+from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import InvalidEvent, parse_event
-from stream.sources import KafkaSettings, open_source
+from stream.sources import KafkaSettings, Record, Source, open_source, parse_kafka_url
+
+if TYPE_CHECKING:
+    from aligner.engine import Aligner
 
 log = logging.getLogger("dynalign.service")
 
 CHECKPOINT_EVERY_S = 5.0
+ALIGN_POLL_S = 0.2  # while the aligner works: how often the paused source is polled (and the job checked)
+LAG_REPORT_EVERY_S = 30.0
+PUBLISH_BACKOFF_S = (0.5, 10.0)  # retry delays while Redis is away: first, then doubling up to the last
 
 
 @dataclass
 class RunSummary:
-    records: int = 0
-    accepted: int = 0
+    records: int = 0  # records read, restored ones included
+    accepted: int = 0  # events accepted as new work
+    restored: int = 0  # events re-applied to rebuild partitions other workers processed (Kafka)
     dead_letters: int = 0
     snapshots: int = 0
     published: int = 0
@@ -47,6 +77,8 @@ class RunSummary:
     ingest_s: float = 0.0
     redis_url: str = ""
     last_version: int | None = None
+    versions: dict[str, int] = field(default_factory=dict)  # newest version per pair "A|B"
+    lag: dict[int, int] = field(default_factory=dict)  # records behind per partition (Kafka)
     cutter: dict = field(default_factory=dict)
 
     @property
@@ -60,150 +92,414 @@ class RunSummary:
         return self.records / self.ingest_s if self.ingest_s else 0.0
 
 
+def aligner_threads(configured: int, cores: int | None = None) -> int:
+    """Torch intra-op threads for the aligner: ``configured``, or (0) every core but the one the polling thread uses.
+
+    The main thread keeps polling and ingesting while the aligner thread trains; letting torch's OpenMP pool
+    take every core then oversubscribes them, and spinning OpenMP workers that wait for a preempted sibling made
+    alignment 5x slower on a 2-core machine (demo meta-training 58 s vs 11 s with a second core kept busy;
+    14 s with one torch thread).
+
+    >>> [aligner_threads(0, cores=2), aligner_threads(0, cores=16), aligner_threads(3, cores=2)]
+    [1, 15, 3]
+    """
+    if configured > 0:
+        return configured
+    return max(1, (cores or os.cpu_count() or 1) - 1)
+
+
 def redis_for(cfg: Config) -> tuple[redis.Redis, EmbeddedRedis | None]:
-    """The configured Redis, or the embedded server under the state dir when none is configured."""
+    """The configured Redis, or the embedded server under the state dir when none is configured.
+
+    One attempt per command and short timeouts: the service retries publications itself, with backoff, and
+    must not stall its poll loop waiting for a Redis that is away.
+    """
+    options = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0, "retry": Retry(NoBackoff(), 0)}
     if cfg.publish.redis_url:
-        return redis.Redis.from_url(cfg.publish.redis_url), None
+        return redis.Redis.from_url(cfg.publish.redis_url, **options), None
     server = EmbeddedRedis(Path(cfg.service.state_dir) / "redis").start()
-    return redis.Redis.from_url(server.url), server
+    return redis.Redis.from_url(server.url, **options), server
 
 
 def kafka_settings(cfg: Config) -> KafkaSettings:
     s = cfg.stream
     return KafkaSettings(
-        group_id=s.kafka_group, security_protocol=s.kafka_security_protocol, sasl_mechanism=s.kafka_sasl_mechanism,
-        sasl_plain_username=s.kafka_sasl_username, sasl_plain_password=s.kafka_sasl_password,
-        ssl_cafile=s.kafka_ssl_cafile, connect_timeout_s=s.kafka_connect_timeout_s,
+        group_id=s.kafka_group, group_instance_id=s.kafka_instance_id, security_protocol=s.kafka_security_protocol,
+        sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+        sasl_plain_password=s.kafka_sasl_password, ssl_cafile=s.kafka_ssl_cafile, ssl_certfile=s.kafka_ssl_certfile,
+        ssl_keyfile=s.kafka_ssl_keyfile, ssl_password=s.kafka_ssl_password,
+        session_timeout_ms=s.kafka_session_timeout_ms, heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+        max_poll_interval_ms=s.kafka_max_poll_interval_ms, check_crcs=s.kafka_check_crcs,
+        connect_timeout_s=s.kafka_connect_timeout_s,
     )
 
 
 class AlignmentService:
-    def __init__(self, cfg: Config, source_url: str, progress: bool = False):
+    """``until_idle_s``: stop once nothing happened for that long: no record came, nothing is left to align, and
+    every owned Kafka partition is caught up (backfills, benchmarks, tests); a file source ends at its end anyway."""
+
+    def __init__(self, cfg: Config, source_url: str, progress: bool = False, until_idle_s: float | None = None):
         self.cfg = cfg
         self.source_url = source_url
         self.progress = progress
+        self.until_idle_s = until_idle_s
         self.state_dir = Path(cfg.service.state_dir)
         self.stop_requested = False
+        self.summary = RunSummary()  # live counts; complete when run() returns
         self.pending: AlignmentUpdate | None = None  # the newest update Redis has not accepted yet
 
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stop_requested:
-            log.info("stop requested: finishing the current batch, then checkpointing")
+            log.info("stop requested: finishing the current batch and alignment, then checkpointing")
         self.stop_requested = True
 
     def run(self) -> RunSummary:
-        cfg = self.cfg
         started = time.perf_counter()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        store = SnapshotStore(self.state_dir)
-        checkpoint = store.recover()
-        policy = SnapshotPolicy(window_seconds=cfg.snapshots.window_seconds, every_events=cfg.snapshots.every_events,
-                                lateness_seconds=cfg.snapshots.lateness_seconds,
-                                dedup_capacity=cfg.snapshots.dedup_capacity)
-        aligner = Aligner(cfg.model, cfg.meta, cfg.adapt, cfg.service.pairs, cfg.publish.top_k, cfg.service.seed)
-        position = None
-        cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
-        if checkpoint:
-            if checkpoint.get("aligner"):
-                aligner.load_state_bytes(checkpoint["aligner"])
-            position = checkpoint.get("position")
-            log.info("resuming from checkpoint", extra={"fields": {
-                "snapshot": checkpoint.get("snapshot_id"), "position": position}})
-
-        client, server = redis_for(cfg)
-        summary = RunSummary(redis_url=server.url if server else cfg.publish.redis_url)
-        if server:
-            cli = Path(redis_server_binary()).with_name("redis-cli")
-            log.info(f"embedded Redis at {server.url} (connect: {cli} -p {server.port}); data in {server.directory}")
-        publisher = RedisPublisher(client, cfg.publish.namespace, cfg.publish.retain_versions)
-        dead = DeadLetterSink(self.state_dir / "deadletter.jsonl")
-        source = open_source(self.source_url, position=position, kafka=kafka_settings(cfg))
-        previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, self.request_stop)
-        bar = _progress(self.progress)
-        last_checkpoint = time.monotonic()
-        last_snapshot = checkpoint.get("snapshot_id") if checkpoint else None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signals can only be handled there
+            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            for sig in previous:
+                signal.signal(sig, self.request_stop)
         try:
-            while not self.stop_requested:
-                records = source.poll(cfg.stream.batch_size, cfg.stream.poll_timeout_s)
-                if not records:
-                    if source.exhausted:
-                        break
-                    self._retry_pending(publisher, summary)
-                    continue
-                t_ingest = time.perf_counter()
-                accepted_lines = []
-                snapshots = []
-                for rec in records:
-                    try:
-                        event = parse_event(rec.value)
-                        completed = cutter.offer(event)
-                    except InvalidEvent as e:
-                        dead.write(rec.value, e.reason, rec.origin)
-                        continue
-                    accepted_lines.append(event.to_json())
-                    snapshots += completed
-                store.append_events(accepted_lines)
-                self._rejected_to_dead_letters(cutter, dead)
-                summary.ingest_s += time.perf_counter() - t_ingest
-                summary.records += len(records)
-                summary.accepted += len(accepted_lines)
-                if bar:
-                    bar.update(len(records))
-                for snap in snapshots:
-                    last_snapshot = self._process(snap, store, aligner, publisher, summary)
-                if snapshots or time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
-                    self._checkpoint(store, dead, cutter, aligner, source, records[-1].position, last_snapshot)
-                    last_checkpoint = time.monotonic()
-                position = records[-1].position
-            if not self.stop_requested and source.exhausted:
-                snapshots = cutter.flush()
-                self._rejected_to_dead_letters(cutter, dead)
-                for snap in snapshots:
-                    last_snapshot = self._process(snap, store, aligner, publisher, summary)
-            self._retry_pending(publisher, summary)
-            self._checkpoint(store, dead, cutter, aligner, source, position, last_snapshot)
+            self._open()
+            self._loop()
+            if not self.stop_requested and self.source.exhausted:
+                for snap in self.cutter.flush():
+                    self._queue(snap)
+                self._rejected_to_dead_letters(self.cutter, self.dead)
+                while self.backlog:
+                    self._align_next()
+                    self._collect(wait_s=None)
+            elif self.job is not None:
+                self._collect(wait_s=None)
+            self._publish_pending(now=True)
+            self._checkpoint()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if bar:
-                bar.close()
-            source.close()
-            dead.close()
-            if server:
-                server.stop()
-        summary.dead_letters = dead.count
+            self._close()
+        summary = self.summary
+        summary.dead_letters = self.dead.count
         summary.wall_s = time.perf_counter() - started
-        summary.cutter = dict(cutter.stats)
+        summary.cutter = dict(self.cutter.stats)
         return summary
 
-    def _process(self, snap, store, aligner: Aligner, publisher: RedisPublisher, summary: RunSummary) -> int:
-        store.save_snapshot(snap)
-        summary.snapshots += 1
-        t0 = time.perf_counter()
-        update = aligner.on_snapshot(snap)
-        summary.align_s += time.perf_counter() - t0
+    # -- start and stop ----------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Recover the state dir and connect everything; the attributes set here are the run's state."""
+        from aligner.engine import Aligner  # torch: loaded when a run starts, not by commands that share this module
+        import torch
+
+        cfg = self.cfg
+        torch.set_num_threads(aligner_threads(cfg.service.threads))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store = SnapshotStore(self.state_dir)
+        checkpoint = store.recover() or {}
+        policy = SnapshotPolicy(window_seconds=cfg.snapshots.window_seconds, every_events=cfg.snapshots.every_events,
+                                lateness_seconds=cfg.snapshots.lateness_seconds,
+                                dedup_capacity=cfg.snapshots.dedup_capacity)
+        self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
+        self.aligner: Aligner = Aligner(cfg.model, cfg.meta, cfg.adapt, cfg.service.pairs, cfg.publish.top_k,
+                                        cfg.service.seed, cfg.refine)
+        self.aligner_state: bytes | None = checkpoint.get("aligner")
+        if self.aligner_state:
+            self.aligner.load_state_bytes(self.aligner_state)
+        self.last_snapshot: int | None = checkpoint.get("snapshot_id")
+        self.aligned_through: int | None = checkpoint.get("aligned_through", self.last_snapshot)
+        self.position: dict | None = checkpoint.get("position")
+        self.net_partitions: dict[str, set[int]] = {
+            net: set(parts) for net, parts in (checkpoint.get("net_partitions") or {}).items()}
+        if checkpoint.get("pending_update"):
+            self.pending = update_from_state(checkpoint["pending_update"])
+        # Snapshots cut before the checkpoint but not aligned then: aligned again, in order.
+        self.backlog: deque[tuple[Snapshot, set[int] | None]] = deque(
+            (store.load_snapshot(entry["id"]), None) for entry in store.list_snapshots()
+            if (self.aligned_through or 0) < entry["id"] <= (self.last_snapshot or 0))
+        if checkpoint:
+            log.info("resuming from checkpoint", extra={"fields": {
+                "snapshot": self.last_snapshot, "aligned_through": self.aligned_through, "position": self.position,
+                "to_align": len(self.backlog), "unpublished": self.pending is not None}})
+
+        client, self.redis_server = redis_for(cfg)
+        self.summary.redis_url = self.redis_server.url if self.redis_server else cfg.publish.redis_url
+        if self.redis_server:
+            cli = Path(redis_server_binary()).with_name("redis-cli")
+            log.info(f"embedded Redis at {self.redis_server.url} (connect: {cli} -p {self.redis_server.port}); "
+                     f"data in {self.redis_server.directory}")
+        self.publisher = RedisPublisher(client, cfg.publish.namespace, cfg.publish.retain_versions,
+                                        worker=f"{socket.gethostname()}/{os.getpid()}/{self.state_dir.name}")
+        self.dead = self._dead_letter_sink(checkpoint.get("deadletter_size"))
+        self.source: Source = open_source(self.source_url, position=self.position, kafka=kafka_settings(cfg),
+                                          on_revoke=self._on_revoke)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
+        self.job: Future | None = None
+        self.bar = _progress(self.progress)
+        self.dirty = False  # events applied since the last checkpoint
+        self.last_checkpoint = self.last_lag_report = time.monotonic()
+        self.redis_down_since: float | None = None
+        self.next_publish = 0.0
+        self.publish_delay = PUBLISH_BACKOFF_S[0]
+        self.warned_pairs: set[tuple[str, str]] = set()  # (pair, reason) already logged
+
+    def _dead_letter_sink(self, truncate_to: int | None) -> DeadLetterSink:
+        """The local file, plus the configured topic when the events come from Kafka."""
+        path = self.state_dir / "deadletter.jsonl"
+        template = self.cfg.stream.dead_letter_topic
+        if not self.source_url.startswith("kafka://") or not template:
+            return DeadLetterSink(path, truncate_to=truncate_to)
+        from stream.producer import kafka_producer
+
+        servers, topic, _ = parse_kafka_url(self.source_url)
+        dead_topic = template.format(topic=topic)
+        self.dlq_producer = kafka_producer(servers, kafka_settings(self.cfg), linger_ms=50)
+        log.info("dead letters go to %s and to Kafka topic %s", path, dead_topic)
+        return DeadLetterSink(path, topic=dead_topic, producer=self.dlq_producer, truncate_to=truncate_to)
+
+    def _close(self) -> None:
+        """Release whatever :meth:`_open` got to, in reverse order (it may have failed half-way)."""
+        for name, close in (("executor", lambda x: x.shutdown(wait=True)), ("bar", lambda x: x.close()),
+                            ("source", lambda x: x.close()), ("dead", lambda x: x.close()),
+                            ("dlq_producer", lambda x: x.close()), ("redis_server", lambda x: x.stop())):
+            thing = getattr(self, name, None)
+            if thing is not None:
+                close(thing)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        cfg = self.cfg.stream
+        idle_since = time.monotonic()
+        while not self.stop_requested:
+            timeout = cfg.poll_timeout_s
+            if self.job is not None:
+                self._collect(wait_s=ALIGN_POLL_S)
+                timeout = 0.0
+            if self.job is None and self.backlog:
+                self._align_next()
+                timeout = 0.0
+            records = self.source.poll(cfg.batch_size, timeout)
+            if records:
+                self._ingest(records)
+                idle_since = time.monotonic()
+            elif self.source.exhausted and self.job is None and not self.backlog:
+                break
+            elif self.until_idle_s is not None and not self._idle():
+                idle_since = time.monotonic()
+            elif self.until_idle_s is not None and time.monotonic() - idle_since >= self.until_idle_s:
+                log.info(f"idle for {self.until_idle_s:g} s: stopping")
+                break
+            self._publish_pending()
+            if self.dirty and time.monotonic() - self.last_checkpoint > CHECKPOINT_EVERY_S:
+                self._checkpoint()
+            self._report_lag()
+
+    def _ingest(self, records: list[Record]) -> None:
+        started = time.perf_counter()
+        summary, cutter, dead = self.summary, self.cutter, self.dead
+        accepted_lines = []
+        restoring_only = True
+        snapshots: list[Snapshot] = []
+        for rec in records:
+            restoring_only &= rec.restoring
+            try:
+                event = parse_event(rec.value)
+                completed = cutter.offer(event)
+            except InvalidEvent as e:
+                if not rec.restoring:  # an earlier owner of the partition dead-lettered it already
+                    dead.write(rec.value, e.reason, rec.origin)
+                continue
+            accepted_lines.append(event.to_json())
+            if rec.restoring:
+                summary.restored += 1
+            else:
+                summary.accepted += 1
+            if rec.partition is not None:
+                parts = self.net_partitions.get(event.net)
+                if parts is None:
+                    self.net_partitions[event.net] = {rec.partition}
+                elif rec.partition not in parts:
+                    parts.add(rec.partition)
+            if completed:
+                snapshots += completed
+        self.store.append_events(accepted_lines)
+        if not restoring_only:
+            self._rejected_to_dead_letters(cutter, dead)
+        else:
+            cutter.drain_rejected()
+        self.position = records[-1].position
+        self.dirty = True
+        summary.records += len(records)
+        summary.ingest_s += time.perf_counter() - started
+        if self.bar:
+            self.bar.update(len(records))
+        for snap in snapshots:
+            self._queue(snap)
+        if snapshots:
+            self._checkpoint()  # the cut is durable before more events come
+
+    def _queue(self, snap: Snapshot) -> None:
+        self.store.save_snapshot(snap)
+        self.summary.snapshots += 1
+        self.last_snapshot = snap.id
+        self.backlog.append((snap, self.source.live_partitions()))
+
+    def _align_next(self) -> None:
+        """Hand the oldest queued snapshot to the aligner thread; the source pauses until the queue is empty."""
+        self.source.pause()
+        self.job = self.executor.submit(self._align, self.backlog[0][0])
+
+    def _align(self, snap: Snapshot) -> tuple[AlignmentUpdate | None, bytes, float]:
+        """In the aligner thread: the only code that touches the aligner while a job is in flight."""
+        started = time.perf_counter()
+        update = self.aligner.on_snapshot(snap)
+        return update, self.aligner.state_bytes(), time.perf_counter() - started
+
+    def _collect(self, wait_s: float | None) -> None:
+        """If the alignment in flight has finished (waiting up to ``wait_s``), publish it and checkpoint."""
+        if self.job is None or not wait([self.job], timeout=wait_s).done:
+            return
+        update, self.aligner_state, seconds = self.job.result()  # an aligner failure stops the service
+        self.job = None
+        snap, live_at_cut = self.backlog.popleft()
+        self.aligned_through = snap.id
+        self.summary.align_s += seconds
         fields = {"snapshot": snap.id, "events": snap.events,
                   **{f"nodes:{n}": int(s.alive.sum()) for n, s in snap.networks.items()}}
         if update is None:
             log.info("snapshot cut", extra={"fields": fields})
-            return snap.id
-        log.info("snapshot aligned", extra={"fields": {**fields, **update.stats}})
-        self.pending = update
-        self._retry_pending(publisher, summary)
-        return snap.id
+        else:
+            log.info("snapshot aligned", extra={"fields": {**fields, **update.stats}})
+            owned = self._owned_pairs(update, live_at_cut)
+            if live_at_cut is not None:
+                self._skipped([t for t in update.pairs if not self._within(t, live_at_cut)],
+                              "its partitions were not caught up here when the snapshot was cut")
+            if owned is not None:
+                self.pending = owned  # newest wins: an older unpublished update is superseded
+                self._publish_pending(now=True)
+        self.dirty = True
+        self._checkpoint()
+        if not self.backlog:
+            self.source.resume()
 
-    def _retry_pending(self, publisher: RedisPublisher, summary: RunSummary) -> None:
-        if self.pending is None:
+    def _idle(self) -> bool:
+        """Nothing to align, and every owned partition caught up and at its end (a file: nothing came)."""
+        if self.job is not None or self.backlog:
+            return False
+        lag_of = getattr(self.source, "lag", None)
+        if lag_of is None:
+            return True
+        owned, lag = self.source.assigned, lag_of()
+        return bool(owned) and set(lag) == owned and not any(lag.values()) and self.source.live_partitions() == owned
+
+    # -- publishing -----------------------------------------------------------------------------------------------
+
+    def _within(self, t: PairTopK, partitions: set[int]) -> bool:
+        """Whether every event of both networks of ``t`` seen here came from ``partitions``."""
+        return all(parts and parts <= partitions
+                   for parts in (self.net_partitions.get(t.src), self.net_partitions.get(t.dst)))
+
+    def _owned_pairs(self, update: AlignmentUpdate, live: set[int] | None) -> AlignmentUpdate | None:
+        """The part of ``update`` whose networks' events all came from ``live`` partitions (``None``: all)."""
+        if live is None:
+            return update
+        pairs = [t for t in update.pairs if self._within(t, live)]
+        return dataclasses.replace(update, pairs=pairs) if pairs else None
+
+    def _skipped(self, pairs: list[PairTopK], why: str) -> None:
+        """Say once per pair and reason why this worker does not publish it."""
+        for t in pairs:
+            tag = "|".join(sorted((t.src, t.dst)))
+            if (tag, why) not in self.warned_pairs:
+                self.warned_pairs.add((tag, why))
+                came_from = ", ".join(f"{net} from {sorted(self.net_partitions.get(net, ())) or 'none seen here'}"
+                                      for net in sorted((t.src, t.dst)))
+                log.info(f"not publishing {tag} from this worker: {why} (partitions: {came_from})")
+
+    def _publish_pending(self, now: bool = False) -> None:
+        """Publish the newest unpublished update; while Redis is away, retry with backoff and keep ingesting."""
+        if self.pending is None or (not now and time.monotonic() < self.next_publish):
             return
-        try:
-            summary.last_version = publisher.publish(self.pending)
-            summary.published += 1
-            self.pending = None
-        except redis.RedisError as e:
-            # Ingestion goes on; the newest update is kept and published once Redis answers again.
-            log.warning(f"Redis unavailable, keeping snapshot {self.pending.snapshot_id} for later: {e}")
+        ready, waiting = self._sort_pending(self.pending.pairs)
+        if not ready and len(waiting) == len(self.pending.pairs):
+            return  # nothing this worker may publish yet
+        if ready:
+            update = dataclasses.replace(self.pending, pairs=ready)
+            try:
+                versions = self.publisher.publish(update)
+            except redis.RedisError as e:
+                if self.redis_down_since is None:
+                    self.redis_down_since = time.monotonic()
+                    log.warning(f"Redis unavailable ({e}); keeping snapshot {update.snapshot_id}'s alignments (the "
+                                "newest update wins) and publishing them when Redis answers; ingestion goes on")
+                self.next_publish = time.monotonic() + self.publish_delay
+                self.publish_delay = min(self.publish_delay * 2, PUBLISH_BACKOFF_S[1])
+                return
+            if self.redis_down_since is not None:
+                log.info(f"Redis is back after {time.monotonic() - self.redis_down_since:.0f} s; published snapshot "
+                         f"{update.snapshot_id}")
+                self.redis_down_since = None
+            self.publish_delay = PUBLISH_BACKOFF_S[0]
+            self.summary.published += 1
+            self.summary.versions.update(versions)
+            self.summary.last_version = max(self.summary.versions.values())
+        self.pending = dataclasses.replace(self.pending, pairs=waiting) if waiting else None
+        self.dirty = True  # the checkpoint must record what is left to publish
+
+    def _sort_pending(self, pairs: list[PairTopK]) -> tuple[list[PairTopK], list[PairTopK]]:
+        """Pairs to publish now, and pairs to keep for later; the rest is dropped.
+
+        With Kafka a pair is published once its partitions are live here (they may have moved since it was
+        aligned); it waits while this worker is joining its group or catching up on them, and is dropped when
+        another worker owns them: that one publishes it.
+        """
+        live = self.source.live_partitions()
+        if live is None:
+            return pairs, []
+        assigned = self.source.assigned
+        ready, waiting, dropped = [], [], []
+        for t in pairs:
+            if self._within(t, live):
+                ready.append(t)
+            elif not assigned or self._within(t, assigned):
+                waiting.append(t)
+            else:
+                dropped.append(t)
+        self._skipped(dropped, "another worker owns its partitions now, or the pair spans workers (feed networks "
+                               "aligned together with one key)")
+        return ready, waiting
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def _checkpoint(self, commit: bool = True) -> None:
+        self.store.sync()
+        self.dead.flush(durable=True)
+        self.store.write_checkpoint({
+            "cutter": self.cutter.to_state(),
+            "aligner": self.aligner_state,
+            "aligned_through": self.aligned_through,
+            "snapshot_id": self.last_snapshot,
+            "position": self.position,
+            "pending_update": update_to_state(self.pending) if self.pending is not None else None,
+            "net_partitions": {net: sorted(parts) for net, parts in self.net_partitions.items()},
+            "deadletter_size": self.dead.durable_size,
+            "written_at": time.time(),
+        })
+        self.dirty = False
+        self.last_checkpoint = time.monotonic()
+        if commit:
+            if self.position is not None:
+                self.source.commit(self.position)
+            self._write_metrics()
+
+    def _on_revoke(self) -> dict | None:
+        """Kafka is taking partitions away: make everything applied so far durable, and say up to where.
+
+        Runs on kafka-python's IO thread while the main thread waits in ``poll``; a job in flight only touches
+        the aligner, whose last finished state is what the checkpoint stores.
+        """
+        self._checkpoint(commit=False)
+        return self.position
 
     @staticmethod
     def _rejected_to_dead_letters(cutter: SnapshotCutter, dead: DeadLetterSink) -> None:
@@ -211,19 +507,61 @@ class AlignmentService:
         for event, reason in cutter.drain_rejected():
             dead.write(event.to_json(), reason, f"event {event.id or '?'} at t={event.time:g}")
 
-    def _checkpoint(self, store, dead, cutter, aligner, source, position, snapshot_id) -> None:
-        store.sync()
-        dead.flush(durable=True)
-        store.write_checkpoint({
-            "cutter": cutter.to_state(),
-            "aligner": aligner.state_bytes(),
-            "position": position,
-            "events_log_size": store.events_log_size(),
-            "snapshot_id": snapshot_id,
-            "written_at": time.time(),
-        })
-        if position is not None:
-            source.commit(position)
+    # -- observability --------------------------------------------------------------------------------------------
+
+    def _report_lag(self) -> None:
+        lag_of = getattr(self.source, "lag", None)
+        if lag_of is None or time.monotonic() - self.last_lag_report < LAG_REPORT_EVERY_S:
+            return
+        self.last_lag_report = time.monotonic()
+        self.summary.lag = lag_of()
+        log.info("consumer lag", extra={"fields": {f"partition:{p}": n for p, n in sorted(self.summary.lag.items())}})
+
+    def _write_metrics(self) -> None:
+        """``STATE/metrics.json``, rewritten at every checkpoint, for dashboards and health checks."""
+        lag_of = getattr(self.source, "lag", None)
+        if lag_of is not None:
+            self.summary.lag = lag_of()
+        s = self.summary
+        live = self.source.live_partitions()
+        metrics = {
+            "at": time.time(), "records": s.records, "accepted": s.accepted, "restored": s.restored,
+            "dead_letters": self.dead.count, "snapshots": s.snapshots, "published": s.published,
+            "versions": s.versions, "aligned_through": self.aligned_through, "to_align": len(self.backlog),
+            "lag": {str(p): n for p, n in sorted(s.lag.items())},
+            "assigned": sorted(getattr(self.source, "assigned", set())), "live": None if live is None else sorted(live),
+            "kafka_reachable": getattr(self.source, "reachable", None),
+            "redis_pending": self.pending is not None,
+            "redis_down_s": (None if self.redis_down_since is None
+                             else round(time.monotonic() - self.redis_down_since, 1)),
+        }
+        path = self.state_dir / "metrics.json"
+        temp = path.with_name(".metrics.json.tmp")
+        temp.write_text(json.dumps(metrics, indent=1))
+        os.replace(temp, path)
+
+
+def update_to_state(update: AlignmentUpdate) -> dict[str, Any]:
+    """An update as plain data for the checkpoint (see :mod:`snapshots.store`), so a restart still publishes it.
+
+    >>> import numpy as np
+    >>> topk = PairTopK("a", "b", np.array([0]), np.array([[1, 0]]), np.array([[0.9, 0.1]]))
+    >>> back = update_from_state(update_to_state(AlignmentUpdate(3, 7.0, {"a": ("x",), "b": ("y", "z")}, [topk])))
+    >>> back.snapshot_id, back.node_ids, back.pairs[0].src, back.pairs[0].candidates.tolist()
+    (3, {'a': ('x',), 'b': ('y', 'z')}, 'a', [[1, 0]])
+    """
+    return {
+        "snapshot_id": update.snapshot_id, "end_time": update.end_time,
+        "node_ids": {net: list(ids) for net, ids in update.node_ids.items()},
+        "pairs": [{"src": t.src, "dst": t.dst, "src_index": t.src_index, "candidates": t.candidates,
+                   "scores": t.scores} for t in update.pairs],
+    }
+
+
+def update_from_state(state: dict[str, Any]) -> AlignmentUpdate:
+    return AlignmentUpdate(int(state["snapshot_id"]), float(state["end_time"]),
+                           {net: tuple(ids) for net, ids in state["node_ids"].items()},
+                           [PairTopK(**pair) for pair in state["pairs"]])
 
 
 def _progress(enabled: bool):

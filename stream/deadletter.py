@@ -2,8 +2,9 @@
 
 :func:`stream.events.parse_event` decides *what* is invalid; this module keeps the evidence: the original
 payload, the reason, and where it came from, one JSON object per line, in a file an operator can grep and
-replay after fixing the producer. A Kafka topic can receive the same lines, for teams that watch topics rather
-than files.
+replay after fixing the producer. A Kafka topic can receive the same lines (with the reason also as a message
+header), for teams that watch topics rather than files. The file is the durable record; the topic is best
+effort with the producer's retries, and a payload too large for a message is cut there (never in the file).
 
 >>> import json, tempfile
 >>> path = Path(tempfile.mkdtemp()) / "dlq" / "rejected.jsonl"
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # lumped together.
 MAX_REASON_KINDS = 64
 OTHER_KIND = "other"
+# Payload characters kept in a dead-letter *message*: Kafka's default message limit is 1 MB, and an oversized
+# payload is a classic reason for rejection.
+MAX_TOPIC_PAYLOAD_CHARS = 64 * 1024
 
 _OP_PREFIX = re.compile(r"^[a-z_]+:\s+")
 # Quoted text is usually a user value (a node id, an unknown op) and would make every line its own kind;
@@ -73,18 +77,31 @@ class DeadLetterSink:
 
     Lines are buffered; :meth:`flush` pushes them to the OS and, with ``durable=True``, to disk: the service
     does that before each checkpoint so that a resumed run never loses a rejection it has already skipped.
-    ``producer`` is a kafka-python ``KafkaProducer`` owned by the caller: it is flushed here, never closed.
+    ``producer`` is a kafka-python ``KafkaProducer`` owned by the caller: it is flushed here (waiting at most
+    ``flush_timeout_s``), never closed. ``topic_failures`` counts messages the topic did not get.
+
+    ``truncate_to``: the :attr:`durable_size` a checkpoint recorded; lines written after it (by a run that
+    crashed before its next checkpoint, whose records are read again) are cut, so the file holds each
+    rejection once. The topic cannot be cut: there, a crash can repeat a rejection.
     """
 
-    def __init__(self, path: Path | str, *, topic: str | None = None, producer: Any = None):
+    def __init__(self, path: Path | str, *, topic: str | None = None, producer: Any = None,
+                 flush_timeout_s: float = 10.0, truncate_to: int | None = None):
         if (topic is None) != (producer is None):
             raise ValueError("a dead-letter topic needs a producer, and a producer needs a topic")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_to is not None and self.path.exists() and self.path.stat().st_size > truncate_to:
+            with open(self.path, "r+b") as f:
+                f.truncate(truncate_to)
+                os.fsync(f.fileno())
         self._file = self.path.open("a", encoding="utf-8")
+        self.durable_size = self._file.tell()
         self.topic = topic
         self._producer = producer
+        self._flush_timeout_s = flush_timeout_s
         self.count = 0
+        self.topic_failures = 0
         self.by_reason_kind: Counter[str] = Counter()
 
     def write(self, payload: bytes | str, reason: str, origin: str) -> None:
@@ -102,20 +119,44 @@ class DeadLetterSink:
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
         self._file.write(line + "\n")
         if self._producer is not None:
-            self._producer.send(self.topic, value=line.encode("utf-8"), key=origin.encode("utf-8"))
+            self._send(entry, line, reason, origin)
         self.count += 1
         kind = reason_kind(reason)
         if kind not in self.by_reason_kind and len(self.by_reason_kind) >= MAX_REASON_KINDS:
             kind = OTHER_KIND
         self.by_reason_kind[kind] += 1
 
+    def _send(self, entry: dict[str, Any], line: str, reason: str, origin: str) -> None:
+        for name in ("payload", "payload_b64"):
+            if len(entry.get(name, "")) > MAX_TOPIC_PAYLOAD_CHARS:
+                entry = {**entry, name: entry[name][:MAX_TOPIC_PAYLOAD_CHARS], "payload_truncated": True}
+                line = json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
+        try:
+            future = self._producer.send(self.topic, value=line.encode("utf-8"), key=origin.encode("utf-8"),
+                                         headers=[("reason", reason.encode("utf-8"))])
+            future.add_errback(self._topic_failed)
+        except Exception as e:  # buffer full while the broker is away, and the like: the file has the entry
+            self._topic_failed(e)
+
+    def _topic_failed(self, exc: BaseException) -> None:
+        self.topic_failures += 1
+        if self.topic_failures == 1 or self.topic_failures % 1000 == 0:
+            log.warning("dead-letter topic %s did not get %d entr%s (latest: %s: %s); %s has them all",
+                        self.topic, self.topic_failures, "y" if self.topic_failures == 1 else "ies",
+                        type(exc).__name__, exc, self.path)
+
     def flush(self, durable: bool = False) -> None:
         """Hand buffered lines to the OS; ``durable=True`` also waits until they are on disk."""
         self._file.flush()
         if durable:
             os.fsync(self._file.fileno())
+            self.durable_size = self._file.tell()
         if self._producer is not None:
-            self._producer.flush()
+            try:
+                self._producer.flush(timeout=self._flush_timeout_s)
+            except Exception as e:  # the producer keeps retrying in the background; the file is the record
+                log.warning("dead-letter topic %s not confirmed within %g s (%s: %s); still retrying",
+                            self.topic, self._flush_timeout_s, type(e).__name__, e)
 
     def close(self) -> None:
         if self._file.closed:

@@ -5,6 +5,9 @@ with its checkpoint and passes it back to :func:`open_source` to resume exactly 
 applied. Sources never decode or validate: that is :func:`stream.events.parse_event`'s job, so that every
 rejection, whatever its origin, goes through the same door to the dead-letter sink.
 
+A Kafka topic is consumed in a group, but the service's checkpoint, not the group, is the truth of what this
+worker's state holds; :class:`KafkaSource` explains how partitions move between workers.
+
 >>> import io
 >>> src = FileSource(io.BytesIO(b'{"a": 1}\\n\\n{"b": 2}'), name="demo")
 >>> [(r.value, r.origin, r.position) for r in src.poll(10, 0.0)]
@@ -25,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Callable, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 from stream.events import DEFAULT_LIMITS
@@ -35,14 +38,20 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = "dynalign"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One raw payload and the position to resume from once it has been applied."""
+class Record(NamedTuple):
+    """One raw payload and the position to resume from once it has been applied.
+
+    ``partition`` is the Kafka partition it came from (None for files); ``restoring`` marks a record this
+    worker re-reads to rebuild its state although the group already processed it (see :class:`KafkaSource`).
+    A tuple rather than a dataclass: one is built per event, on the hot path.
+    """
 
     value: bytes
     position: dict
     origin: str
     key: bytes | None = None
+    partition: int | None = None
+    restoring: bool = False
 
 
 @runtime_checkable
@@ -58,6 +67,16 @@ class Source(Protocol):
 
     def commit(self, position: dict) -> None:
         """Everything up to ``position`` is durably applied downstream."""
+        ...
+
+    def pause(self) -> None:
+        """Return no records until :meth:`resume` (a Kafka consumer keeps polling, so it stays in its group)."""
+        ...
+
+    def resume(self) -> None: ...
+
+    def live_partitions(self) -> set[int] | None:
+        """Partitions whose networks this worker may publish (owned, caught up); None: everything (files)."""
         ...
 
     def close(self) -> None: ...
@@ -111,6 +130,7 @@ class FileSource:
         self._line = 0
         self._eof = False
         self._skipping = False  # inside an over-long line, dropping bytes up to its newline
+        self._paused = False
         if position:
             try:
                 offset, line = int(position["offset"]), int(position["line"])
@@ -138,6 +158,8 @@ class FileSource:
         return self._eof and self._pos >= len(self._buf)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        if self._paused:
+            return []
         deadline = time.monotonic() + timeout_s
         out: list[Record] = []
         while len(out) < max_records:
@@ -206,6 +228,15 @@ class FileSource:
     def commit(self, position: dict) -> None:
         """Nothing to do: a file's position lives in the service's checkpoint."""
 
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def live_partitions(self) -> None:
+        return None
+
     def close(self) -> None:
         if self._owned:
             self._stream.close()
@@ -216,7 +247,10 @@ class FileSource:
 
 @dataclass
 class KafkaSettings:
-    """Consumer settings beyond the URL; ``extra`` goes to kafka-python's ``KafkaConsumer`` as is.
+    """Client settings beyond the URL; ``extra`` goes to kafka-python's ``KafkaConsumer`` as is.
+
+    Security options (SASL, SSL) are passed through to consumers and producers alike; secrets never show in a
+    repr or a log line.
 
     >>> KafkaSettings(sasl_plain_username="svc", sasl_plain_password="hunter2")  # doctest: +ELLIPSIS
     KafkaSettings(group_id=None, ..., sasl_plain_username='svc', sasl_plain_password='***', ...)
@@ -224,6 +258,7 @@ class KafkaSettings:
 
     group_id: str | None = None  # the URL's ?group= wins; else this; else "dynalign"
     client_id: str = "dynalign"
+    group_instance_id: str | None = None  # static membership: a restarted worker gets its partitions back
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
@@ -231,28 +266,41 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_password: str | None = None
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
     auto_offset_reset: str = "earliest"
+    check_crcs: bool = True
     connect_timeout_s: float = 60.0
     commit_timeout_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    SECRETS = ("sasl_plain_password", "ssl_password")
+    _SECURITY = ("client_id", "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+                 "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+    _NOT_KAFKA = ("group_id", "connect_timeout_s", "commit_timeout_s", "extra")
 
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "sasl_plain_password" and value is not None:
+            if f.name in self.SECRETS and value is not None:
                 value = "***"
             shown.append(f"{f.name}={value!r}")
         return f"KafkaSettings({', '.join(shown)})"
 
+    def _options(self, names: tuple[str, ...] | None) -> dict[str, Any]:
+        chosen = [f.name for f in fields(self) if f.name not in self._NOT_KAFKA and (names is None or f.name in names)]
+        return {name: getattr(self, name) for name in chosen if getattr(self, name) is not None}
+
     def consumer_config(self) -> dict[str, Any]:
         """Keyword arguments for ``KafkaConsumer`` (group and servers excluded), unset options left out."""
-        ours = ("group_id", "connect_timeout_s", "commit_timeout_s", "extra")
-        config = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ours}
-        return {**{k: v for k, v in config.items() if v is not None}, **self.extra}
+        return {**self._options(None), **self.extra}
+
+    def producer_config(self) -> dict[str, Any]:
+        """Keyword arguments for ``KafkaProducer``: client id and security options only."""
+        return self._options(self._SECURITY)
 
 
 def parse_kafka_url(url: str) -> tuple[list[str], str, str | None]:
@@ -291,24 +339,86 @@ def parse_kafka_url(url: str) -> tuple[list[str], str, str | None]:
     return servers, topic, (groups[0] if groups else None)
 
 
-class KafkaSource:
-    """Records from one Kafka topic, consumed in a group with offsets committed only on :meth:`commit`.
+def unreachable(servers: list[str], timeout_s: float) -> list[str]:
+    """Why no server of ``servers`` accepts a TCP connection (one reason each); ``[]`` as soon as one does."""
+    errors = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return []
+        except OSError as e:
+            errors.append(f"{server}: {e}")
+    return errors
 
-    Position ``{"topic": t, "offsets": {"<partition>": next offset}}``. Partitions found in the resume
-    position are sought there whenever they are assigned (at start and after a rebalance, when the
-    offsets tracked since then are used), so the service's checkpoint, not the group's committed offset,
-    decides where reading resumes; other partitions start at the committed offset or ``auto_offset_reset``.
+
+def wait_for_brokers(servers: list[str], timeout_s: float, what: str) -> None:
+    """Block until some bootstrap server accepts a TCP connection, backing off 0.5 s → 10 s, at most ``timeout_s``.
+
+    kafka-python would otherwise fail its bootstrap with an opaque timeout; this says which servers and why.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        errors = unreachable(servers, max(0.1, min(5.0, deadline - time.monotonic())))  # a dropped SYN must not overrun
+        if not errors:
+            if attempt > 1:
+                log.info("Kafka broker of %s is reachable", what)
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SourceUnavailable(f"no Kafka broker of {what} reachable after {timeout_s:g} s "
+                                    f"({attempt} attempts; last: {'; '.join(errors)})")
+        wait = min(delay, left)
+        log.warning("Kafka not reachable for %s (%s); retrying in %.1f s", what, "; ".join(errors), wait)
+        time.sleep(wait)
+        delay = min(delay * 2, 10.0)
+
+
+class KafkaSource:
+    """Records from one Kafka topic, consumed in a group, offsets committed only on :meth:`commit`.
+
+    Position ``{"topic": t, "offsets": {"<partition>": next offset}}``: how far *this worker's state* has read
+    every partition it ever owned. The topic is the changelog of the graph (events are its deltas), so when a
+    partition is assigned it is read from there, or from its beginning if this state never saw it, whatever
+    the group committed. Records below the offset the group had committed at assignment were processed by an
+    earlier owner: they come out with ``restoring=True`` (this worker re-reads them to rebuild those networks'
+    history, as Kafka Streams restores a store from its changelog) and the partition is not *live* until it
+    has caught up; commits never move the group's offset backwards. So every event is new work for exactly
+    one worker, and every worker's graph holds each event of its partitions exactly once.
+
+    While the group's committed offset of a newly assigned partition is unknown, the partition stays paused:
+    kafka-python runs rebalance callbacks on its IO thread, where blocking calls are not allowed, so the
+    lookup happens in the next :meth:`poll`. On revoke, ``on_revoke()`` (called on that IO thread while the
+    caller's ``poll`` waits) must make the state durable and return its position; those offsets are committed
+    before the partitions are handed over, so the next owner starts exactly there.
+
+    A message value may hold several events, one per line (``dynalign feed --batch``); its records share the
+    message's position and their origins end in ``#line``.
     """
 
-    def __init__(self, url: str, settings: KafkaSettings | None = None, *, position: dict | None = None):
+    PROBE_EVERY_S = 2.0  # how often an idle consumer checks that a broker still answers, to log outages clearly
+    OUTAGE_REMINDER_S = 60.0
+
+    def __init__(self, url: str, settings: KafkaSettings | None = None, *, position: dict | None = None,
+                 on_revoke: Callable[[], dict | None] | None = None):
         from kafka import KafkaConsumer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         self.url = url
         self.settings = settings = settings or KafkaSettings()
-        servers, self.topic, url_group = parse_kafka_url(url)
+        self.servers, self.topic, url_group = parse_kafka_url(url)
         self.group = url_group or settings.group_id or DEFAULT_GROUP
-        self._offsets: dict[str, int] = {}
+        self.on_revoke = on_revoke
+        self._offsets: dict[str, int] = {}  # partition (as in positions) -> next offset this worker's state needs
+        self._restore_until: dict[int, int] = {}  # the group's committed offset when the partition was assigned
+        self._committed: dict[int, int] = {}  # what this worker last committed, as confirmed
+        self._last_commit: dict = {}  # the last offsets asked to be committed
+        self._held: set[int] = set()  # assigned, paused until the group's committed offset is known
+        self._paused = False  # the caller asked for no records
+        self._outage_since: float | None = None
+        self._next_probe = 0.0
+        self._last_reminder = 0.0
         if position:
             if not isinstance(position.get("offsets"), dict):
                 raise ValueError(f"{url}: {position!r} is not a Kafka position (topic, offsets)")
@@ -317,64 +427,66 @@ class KafkaSource:
             else:
                 log.warning("resume position is for topic %r, not %r; ignoring it", position.get("topic"), self.topic)
 
-        deadline = time.monotonic() + settings.connect_timeout_s
-        if "proxy_url" not in settings.extra:  # a proxy hides the brokers from a direct probe
-            self._wait_for_brokers(servers, deadline)
+        started = time.monotonic()
+        self._probe = "proxy_url" not in settings.extra  # a proxy hides the brokers from a direct probe
+        if self._probe:
+            wait_for_brokers(self.servers, settings.connect_timeout_s, url)
         config = settings.consumer_config()
         # kafka-python retries with its own backoff; bound it like ours so a lost broker is retried often enough.
         config.setdefault("reconnect_backoff_ms", 500)
         config.setdefault("reconnect_backoff_max_ms", 10_000)
-        config["bootstrap_timeout_ms"] = int(max(1.0, deadline - time.monotonic()) * 1000)
+        config["bootstrap_timeout_ms"] = int(max(1.0, settings.connect_timeout_s - (time.monotonic() - started)) * 1000)
         try:
             self._consumer = KafkaConsumer(
-                bootstrap_servers=servers, group_id=self.group, enable_auto_commit=False, **config
+                bootstrap_servers=self.servers, group_id=self.group, enable_auto_commit=False, **config
             )
         except Exception as e:  # kafka-python raises several unrelated types for "cannot talk to the cluster"
             raise SourceUnavailable(f"cannot consume from {url}: {type(e).__name__}: {e}") from e
-
-        source = self
-
-        class _SeekOnAssign(ConsumerRebalanceListener):
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                for tp in assigned:
-                    offset = source._offsets.get(str(tp.partition))
-                    if offset is not None:
-                        source._consumer.seek(tp, offset)
-                log.info("%s: assigned partitions %s", url, sorted(tp.partition for tp in assigned))
-
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                if revoked:
-                    log.info("%s: revoked partitions %s", url, sorted(tp.partition for tp in revoked))
-
-        self._consumer.subscribe([self.topic], listener=_SeekOnAssign())
+        self._consumer.subscribe([self.topic], listener=_rebalance_listener(self))
         log.info("consuming %s as group %r", url, self.group)
 
-    def _wait_for_brokers(self, servers: list[str], deadline: float) -> None:
-        """Block until some bootstrap server accepts a TCP connection, backing off 0.5 s → 10 s."""
-        delay, attempt = 0.5, 0
-        while True:
-            attempt += 1
-            errors = []
-            for server in servers:
-                host, _, port = server.rpartition(":")
-                try:
-                    timeout = max(0.1, min(5.0, deadline - time.monotonic()))  # a dropped SYN must not overrun
-                    socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-                    if attempt > 1:
-                        log.info("Kafka broker %s is reachable", server)
-                    return
-                except OSError as e:
-                    errors.append(f"{server}: {e}")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SourceUnavailable(
-                    f"no Kafka broker of {self.url} reachable after {self.settings.connect_timeout_s:g} s "
-                    f"({attempt} attempts; last: {'; '.join(errors)})"
-                )
-            wait = min(delay, left)
-            log.warning("Kafka not reachable for %s (%s); retrying in %.1f s", self.url, "; ".join(errors), wait)
-            time.sleep(wait)
-            delay = min(delay * 2, 10.0)
+    # -- the rebalance listener's work (kafka-python's IO thread) ----------------------------------------------
+
+    def _assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            own = self._offsets.get(str(tp.partition))
+            if own is not None:
+                self._consumer.seek(tp, own)
+            else:
+                self._consumer.seek_to_beginning(tp)
+            self._held.add(tp.partition)
+        if assigned:
+            self._consumer.pause(*assigned)
+        log.info("%s: assigned partitions %s", self.url, sorted(tp.partition for tp in assigned))
+
+    async def _revoked(self, revoked: Any) -> None:
+        partitions = {tp.partition for tp in revoked}
+        if not partitions:
+            return
+        position = self.on_revoke() if self.on_revoke else None
+        offsets = self._offsets_to_commit(position, partitions)
+        if offsets:
+            try:
+                await self._consumer.commit_async(offsets)
+                self._committed.update({tp.partition: o.offset for tp, o in offsets.items()})
+            except Exception as e:  # the next owner then re-reads a little more; nothing is lost
+                log.warning("%s: commit before handing over partitions %s failed (%s: %s)", self.url,
+                            sorted(partitions), type(e).__name__, e)
+        self._held -= partitions
+        log.info("%s: revoked partitions %s%s", self.url, sorted(partitions),
+                 f" after committing {self._shown(offsets)}" if offsets else "")
+
+    def _lost(self, lost: Any) -> None:
+        partitions = {tp.partition for tp in lost}
+        if not partitions:
+            return
+        if self.on_revoke:
+            self.on_revoke()  # our state stays valid; only the commit is no longer ours to make
+        self._held -= partitions
+        log.warning("%s: lost partitions %s (this worker was dropped from the group, e.g. after a long stall); "
+                    "their new owner continues from the group's last commit", self.url, sorted(partitions))
+
+    # -- the caller's side ------------------------------------------------------------------------------------
 
     @property
     def exhausted(self) -> bool:
@@ -385,52 +497,216 @@ class KafkaSource:
         """Partitions of the topic this consumer currently owns (empty until the group is joined)."""
         return {tp.partition for tp in self._consumer.assignment()}
 
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        out = []
-        for tp in sorted(batches, key=lambda tp: tp.partition):
-            for message in batches[tp]:
-                self._offsets[str(tp.partition)] = message.offset + 1
-                out.append(
-                    Record(
-                        value=message.value if message.value is not None else b"",
-                        position={"topic": self.topic, "offsets": dict(self._offsets)},
-                        origin=f"kafka:{self.topic}[{tp.partition}]@{message.offset}",
-                        key=message.key,
-                    )
-                )
+    def live_partitions(self) -> set[int]:
+        """Owned partitions that this worker has caught up on (none of their records is ``restoring``)."""
+        return {p for p in self.assigned
+                if p not in self._held and self._offsets.get(str(p), 0) >= self._restore_until.get(p, 0)}
+
+    def lag(self) -> dict[int, int]:
+        """Records behind the end, per owned partition whose end is known (learnt from fetch responses)."""
+        from kafka.errors import IllegalStateError
+
+        out = {}
+        for tp in self._consumer.assignment():
+            try:
+                high = self._consumer.highwater(tp)
+            except IllegalStateError:  # revoked meanwhile
+                continue
+            if high is not None:
+                out[tp.partition] = max(0, high - self._offsets.get(str(tp.partition), 0))
         return out
 
+    @property
+    def reachable(self) -> bool:
+        """False while an outage is being reported (see :meth:`poll`)."""
+        return self._outage_since is None
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        self._release_held()
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        self._release_held()
+        if not batches:
+            self._watch_connectivity()
+            return []
+        if self._outage_since is not None:
+            self._report_recovery()
+        out: list[Record] = []
+        topic, offsets = self.topic, self._offsets
+        for tp in sorted(batches, key=lambda tp: tp.partition):
+            partition = tp.partition
+            key = str(partition)
+            restore_until = self._restore_until.get(partition, 0)
+            for message in batches[tp]:
+                offsets[key] = message.offset + 1
+                position = {"topic": topic, "offsets": dict(offsets)}
+                origin = f"kafka:{topic}[{partition}]@{message.offset}"
+                restoring = message.offset < restore_until
+                value = message.value if message.value is not None else b""
+                if b"\n" in value:
+                    for line_no, line in enumerate(value.split(b"\n"), 1):
+                        if line.strip():
+                            out.append(Record(line, position, f"{origin}#{line_no}", message.key, partition, restoring))
+                else:
+                    out.append(Record(value, position, origin, message.key, partition, restoring))
+        return out
+
+    def pause(self) -> None:
+        self._paused = True
+        owned = self._consumer.assignment()
+        if owned:
+            self._consumer.pause(*owned)
+
+    def resume(self) -> None:
+        self._paused = False
+        ready = [tp for tp in self._consumer.assignment() if tp.partition not in self._held]
+        if ready:
+            self._consumer.resume(*ready)
+
     def commit(self, position: dict) -> None:
-        """Commit ``position``'s offsets for the partitions still owned.
+        """Commit ``position``'s offsets for the partitions still owned (never behind the group's offset).
 
-        A failure (broker gone, rebalance, ``commit_timeout_s`` passed) is logged, not raised.
+        Asynchronous, so that a broker outage does not stall the caller; commits go out in order, and a failure
+        is logged, not raised (the checkpoint holds the position, and the next commit covers these offsets).
+        :meth:`close` waits for the last one.
         """
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata, TopicPartition
+        offsets = self._offsets_to_commit(position, self.assigned)
+        if offsets:
+            self._last_commit = offsets
+            self._consumer.commit_async(offsets, callback=self._commit_done)
 
-        owned = self.assigned
-        offsets = {
-            TopicPartition(self.topic, int(p)): OffsetAndMetadata(int(o), "", -1)
-            for p, o in position.get("offsets", {}).items()
-            if int(p) in owned
-        }
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets, timeout_ms=int(self.settings.commit_timeout_s * 1000))
-        except KafkaError as e:
-            # Not fatal: the checkpoint holds the position, and the next commit covers these offsets.
-            log.warning("commit to %s failed (%s: %s); the next commit will cover it", self.url, type(e).__name__, e)
+    def _commit_done(self, offsets: dict, response: Any) -> None:
+        if isinstance(response, Exception):
+            log.warning("commit to %s failed (%s: %s); the next commit will cover it", self.url,
+                        type(response).__name__, response)
+        else:
+            self._committed.update({tp.partition: o.offset for tp, o in offsets.items()})
 
     def close(self) -> None:
+        """Leave the group, once the last commit is confirmed (or ``commit_timeout_s`` has passed)."""
+        from kafka.errors import KafkaError
+
+        self.on_revoke = None  # the caller has checkpointed and committed; closing must not do it again
+        unconfirmed = {tp: o for tp, o in self._last_commit.items() if self._committed.get(tp.partition) != o.offset}
+        if unconfirmed and self._consumer.assignment():
+            try:
+                self._consumer.commit(unconfirmed, timeout_ms=int(self.settings.commit_timeout_s * 1000))
+            except KafkaError as e:
+                log.warning("final commit to %s failed (%s: %s); the next owner re-reads a little more", self.url,
+                            type(e).__name__, e)
         self._consumer.close(autocommit=False)
 
+    # -- helpers ----------------------------------------------------------------------------------------------
 
-def open_source(url: str, *, position: dict | None = None, kafka: KafkaSettings | None = None) -> Source:
-    """The source a URL names: ``kafka://...``, ``-`` for stdin, else a file path (``file://`` allowed)."""
+    def _offsets_to_commit(self, position: dict | None, partitions: set[int]) -> dict:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        out = {}
+        for p, offset in ((position or {}).get("offsets") or {}).items():
+            p, offset = int(p), int(offset)
+            if (p in partitions and p not in self._held and offset >= self._restore_until.get(p, 0)
+                    and offset != self._committed.get(p)):
+                out[TopicPartition(self.topic, p)] = OffsetAndMetadata(offset, "", -1)
+        return out
+
+    def _release_held(self) -> None:
+        """Learn where the group stands on newly assigned partitions, then let them be read."""
+        if not self._held:
+            return
+        from kafka.errors import KafkaError
+        from kafka.structs import TopicPartition
+
+        owned = self.assigned
+        self._held &= owned
+        tps = [TopicPartition(self.topic, p) for p in sorted(self._held)]
+        if not tps:
+            return
+        timeout_ms = int(self.settings.commit_timeout_s * 1000)
+        try:
+            committed = {tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in tps}
+            fresh = [tp for tp in tps if str(tp.partition) not in self._offsets]
+            beginnings = self._consumer.beginning_offsets(fresh, timeout_ms=timeout_ms) if fresh else {}
+        except KafkaError as e:
+            log.warning("%s: cannot learn the group's offsets of partitions %s yet (%s: %s); they stay paused",
+                        self.url, [tp.partition for tp in tps], type(e).__name__, e)
+            return
+        for tp in tps:
+            p, key = tp.partition, str(tp.partition)
+            if key not in self._offsets:
+                self._offsets[key] = beginnings[tp]
+                if beginnings[tp] > 0:
+                    log.warning("%s: partition %d begins at offset %d: retention deleted the events before it, "
+                                "so this worker's graph lacks them", self.url, p, beginnings[tp])
+            start, group_at = self._offsets[key], committed[tp] or 0
+            self._restore_until[p] = group_at
+            self._committed[p] = committed[tp]
+            if start < group_at:
+                log.info("%s: partition %d: rebuilding this worker's state from offset %d up to the group's offset %d "
+                         "(%d events processed by earlier owners)", self.url, p, start, group_at, group_at - start)
+            else:
+                log.info("%s: partition %d: resuming at offset %d (group at %s)", self.url, p, start, committed[tp])
+            self._held.discard(p)
+            if not self._paused:
+                self._consumer.resume(tp)
+
+    def _watch_connectivity(self) -> None:
+        """On an idle poll, check now and then that a broker answers, so an outage gets a clear log line.
+
+        kafka-python itself reconnects with backoff (``reconnect_backoff_ms`` → ``reconnect_backoff_max_ms``) and
+        resumes by itself; polls keep blocking for their timeout meanwhile, so nothing spins.
+        """
+        now = time.monotonic()
+        if not self._probe or now < self._next_probe:
+            return
+        self._next_probe = now + self.PROBE_EVERY_S
+        errors = unreachable(self.servers, 1.0)
+        if not errors:
+            if self._outage_since is not None:
+                self._report_recovery()
+            return
+        if self._outage_since is None:
+            self._outage_since = self._last_reminder = now
+            log.warning("Kafka unreachable for %s (%s); retrying with backoff up to %.0f s; this worker keeps its "
+                        "state and resumes where it stopped", self.url, "; ".join(errors),
+                        self._consumer.config["reconnect_backoff_max_ms"] / 1000)
+        elif now - self._last_reminder >= self.OUTAGE_REMINDER_S:
+            self._last_reminder = now
+            log.warning("Kafka still unreachable for %s after %.0f s (%s)", self.url, now - self._outage_since,
+                        "; ".join(errors))
+
+    def _report_recovery(self) -> None:
+        log.info("Kafka reachable again for %s after %.0f s", self.url, time.monotonic() - self._outage_since)
+        self._outage_since = None
+
+    @staticmethod
+    def _shown(offsets: dict) -> dict[int, int]:
+        return {tp.partition: o.offset for tp, o in sorted(offsets.items())}
+
+
+def _rebalance_listener(source: KafkaSource) -> Any:
+    """kafka-python calls these on its IO thread; async so that the commit on revoke can be awaited there."""
+    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+
+    class Listener(AsyncConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await source._revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            source._assigned(assigned)
+
+        async def on_partitions_lost(self, lost: Any) -> None:
+            source._lost(lost)
+
+    return Listener()
+
+
+def open_source(url: str, *, position: dict | None = None, kafka: KafkaSettings | None = None,
+                on_revoke: Callable[[], dict | None] | None = None) -> Source:
+    """The source a URL names: ``kafka://...``, ``-`` for stdin, else a file path (``file://`` allowed).
+
+    ``on_revoke`` (Kafka only): see :class:`KafkaSource`.
+    """
     if url.startswith("kafka://"):
-        return KafkaSource(url, kafka, position=position)
+        return KafkaSource(url, kafka, position=position, on_revoke=on_revoke)
     if url.startswith("file://"):
         url = url[len("file://") :]
     elif "://" in url:

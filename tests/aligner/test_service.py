@@ -45,7 +45,16 @@ def events_file(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run_cli(args: list[str], env: dict | None = None):
-    result = CliRunner().invoke(cli, args, env={**FAST, **(env or {})}, catch_exceptions=False)
+    """The CLI in this process, with one torch thread as a `dynalign run` process would have with
+    DYNALIGN_SERVICE_THREADS=1 (two OpenMP threads on a busy 2-core machine can be a hundred times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, args, env={**FAST, "DYNALIGN_SERVICE_THREADS": "1", **(env or {})},
+                                    catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -90,7 +99,7 @@ def test_restart_resumes_without_reapplying(events_file, redis_url, tmp_path):
 
 def test_kill_9_mid_run_loses_and_duplicates_nothing(events_file, redis_url, tmp_path):
     ds, events = events_file
-    env = {**os.environ, **FAST, "DYNALIGN_STREAM_BATCH_SIZE": "50"}
+    env = {**os.environ, **FAST, "DYNALIGN_STREAM_BATCH_SIZE": "50", "DYNALIGN_SERVICE_THREADS": "1"}
     state = tmp_path / "state"
     cmd = [sys.executable, "-m", "aligner.cli", "run", "--source", str(events), "--state", str(state),
            "--redis", redis_url, "--json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from tests.synthetic import write_pair_dataset
 
 FAST = {"DYNALIGN_META_WARMUP_ITERATIONS": "10", "DYNALIGN_META_ITERATIONS_PER_SNAPSHOT": "2",
         "DYNALIGN_MODEL_HIDDEN": "16", "DYNALIGN_MODEL_EMBEDDING_DIM": "16", "DYNALIGN_MODEL_POSITION_DIM": "32",
-        "DYNALIGN_STREAM_KAFKA_CONNECT_TIMEOUT_S": "30"}
+        "DYNALIGN_STREAM_KAFKA_CONNECT_TIMEOUT_S": "30", "DYNALIGN_SERVICE_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,22 @@ def test_run_consumes_kafka_publishes_and_stops_cleanly_on_sigterm(broker, redis
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
-    summary = __import__("json").loads(out.strip().splitlines()[-1])
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["records"] == len(lines) + 1 and summary["dead_letters"] == 1
     checkpoint = SnapshotStore(state).read_checkpoint()
     assert checkpoint["position"]["offsets"] == {"0": len(lines) + 1}  # everything consumed was checkpointed
     assert client.top("0", "left", "right")  # queryable
+    # The malformed message also went to the dead-letter topic, with its reason and where it came from.
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(f"{topic}.deadletter", p) for p in
+                     consumer.partitions_for_topic(f"{topic}.deadletter") or {0}])
+    dead = []
+    deadline = time.monotonic() + 20
+    while not dead and time.monotonic() < deadline:
+        dead = [json.loads(m.value) for batch in consumer.poll(timeout_ms=200).values() for m in batch]
+    consumer.close()
+    assert [(d["origin"], d["payload"]) for d in dead] == [(f"kafka:{topic}[0]@{len(lines)}",
+                                                            '{"op": "add_edge", "net": "left"}')]
+    assert "missing fields" in dead[0]["reason"]

@@ -1,0 +1,482 @@
+"""The service's guarantees against real servers: a Kafka-protocol broker (tansu, or ``$DYNALIGN_TEST_KAFKA``) and
+redis-server. kill -9 at random points loses and double-applies nothing; thousands of malformed messages all
+reach the dead-letter topic while every good event is applied and the consumer never stalls; two workers of
+one group split and hand over partitions without losing or duplicating work; a broker outage is waited out;
+Redis going away and coming back loses no update that should be seen.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aligner import AlignmentClient
+from aligner.config import load_config
+from aligner.embedded_redis import EmbeddedRedis, free_port
+from aligner.service import AlignmentService, RunSummary
+from snapshots.cutter import SnapshotCutter, SnapshotPolicy
+from snapshots.snapshot import Snapshot
+from snapshots.store import SnapshotStore
+from stream.datasets import dataset_events, load_dataset, split_anchors
+from stream.events import InvalidEvent, parse_event
+from stream.producer import feed
+from stream.sources import KafkaSettings
+from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, start_tansu
+from tests.synthetic import write_pair_dataset
+
+# Small model, one torch thread (two OpenMP threads on a shared 2-core machine can slow a run a hundredfold),
+# short group timeouts.
+FAST = {"DYNALIGN_META_WARMUP_ITERATIONS": "10", "DYNALIGN_META_ITERATIONS_PER_SNAPSHOT": "2",
+        "DYNALIGN_MODEL_HIDDEN": "16", "DYNALIGN_MODEL_EMBEDDING_DIM": "16", "DYNALIGN_MODEL_POSITION_DIM": "32",
+        "DYNALIGN_SERVICE_THREADS": "1", "DYNALIGN_STREAM_KAFKA_CONNECT_TIMEOUT_S": "30",
+        "DYNALIGN_STREAM_KAFKA_SESSION_TIMEOUT_MS": "3000", "DYNALIGN_STREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+WINDOW = 3600.0
+SETTINGS = KafkaSettings(**TEST_GROUP_SETTINGS, connect_timeout_s=20)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    yield from kafka_broker()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """In-process workers: what DYNALIGN_SERVICE_THREADS=1 does for a `dynalign run` process."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def dataset_lines(root: Path, n: int, windows: int, seed: int, prefix: str = "") -> list[str]:
+    """Event lines of a synthetic pair: networks ``<prefix>left`` and ``<prefix>right``, event ids prefixed too."""
+    # The library rather than `dynalign events`: the CLI would reset logging and take caplog's handler away.
+    ds = load_dataset(write_pair_dataset(root / f"pair-{seed}", n=n, seed=seed))
+    train, _ = split_anchors(ds, None, 0)
+    lines = []
+    for event in dataset_events(ds, protocol="stream", windows=windows, seed=0, train=train, window_seconds=WINDOW):
+        e = event.to_dict()
+        for name in ("net", "to", "id"):
+            if name in e:
+                e[name] = prefix + e[name]
+        lines.append(json.dumps(e))
+    return lines
+
+
+def config(state: Path, redis_url: str, namespace: str = "dynalign", **env: str):
+    return load_config(env={**FAST, "DYNALIGN_SERVICE_STATE_DIR": str(state), "DYNALIGN_PUBLISH_REDIS_URL": redis_url,
+                            "DYNALIGN_PUBLISH_NAMESPACE": namespace, "DYNALIGN_SNAPSHOTS_WINDOW_SECONDS": str(WINDOW),
+                            **env})
+
+
+class Worker:
+    """A service run in a thread of the test process (stopped with :meth:`stop`)."""
+
+    def __init__(self, cfg, url: str, until_idle_s: float | None = None):
+        self.service = AlignmentService(cfg, url, until_idle_s=until_idle_s)
+        self.result: RunSummary | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self.service.run()
+        except BaseException as e:  # reported by the test thread
+            self.error = e
+
+    @property
+    def summary(self) -> RunSummary:
+        return self.service.summary
+
+    def owns(self) -> set[int]:
+        source = getattr(self.service, "source", None)
+        return source.live_partitions() if source is not None else set()
+
+    def stop(self, timeout_s: float = 60) -> RunSummary:
+        self.service.request_stop()
+        return self.join(timeout_s)
+
+    def join(self, timeout_s: float = 60) -> RunSummary:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the service did not stop"
+        if self.error:
+            raise self.error
+        return self.result
+
+
+def wait_until(condition, timeout_s: float = 60, what: str = "condition", workers=()) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        for w in workers:
+            if w.error:
+                raise w.error
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def final_graph(state: Path) -> Snapshot:
+    """The graph a state dir's last checkpoint holds (open window included)."""
+    checkpoint = SnapshotStore(state).read_checkpoint()
+    return SnapshotCutter.from_state(checkpoint["cutter"]).graph.snapshot(0, 0.0, 0.0, 0)
+
+
+def reference_graph(lines: list[str]) -> Snapshot:
+    """The graph of the valid ``lines`` applied in order, straight through a cutter."""
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=WINDOW))
+    for line in lines:
+        try:
+            cutter.offer(parse_event(line))
+        except InvalidEvent:
+            pass
+    return cutter.graph.snapshot(0, 0.0, 0.0, 0)
+
+
+def assert_same_networks(a: Snapshot, b: Snapshot, nets: list[str]) -> None:
+    for net in nets:
+        x, y = a.networks[net], b.networks[net]
+        assert x.node_ids == y.node_ids, net
+        assert np.array_equal(x.edge_index, y.edge_index) and np.array_equal(x.edge_weight, y.edge_weight), net
+        assert np.array_equal(x.alive, y.alive), net
+        assert (x.attrs is None) == (y.attrs is None) and (x.attrs is None or np.array_equal(x.attrs, y.attrs)), net
+    for key, pairs in b.anchors.items():
+        if set(key) <= set(nets):
+            assert np.array_equal(a.anchors[key], pairs), key
+
+
+def group_committed(broker, topic: str, group: str, partitions: int) -> dict[int, int | None]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def read_all(broker, topic: str, expect: int, timeout_s: float = 30) -> list:
+    """Every message of a topic (assigned, no group), in partition then offset order."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    consumer.assign([TopicPartition(topic, p) for p in partitions])
+    messages: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(messages) < expect and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=200).values():
+            messages += batch
+    consumer.close()
+    return sorted(messages, key=lambda m: (m.partition, m.offset))
+
+
+# --------------------------------------------------------------------------------------------------- crashes
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(broker, redis_url, tmp_path):
+    rng = random.Random(20261125)
+    lines = dataset_lines(tmp_path, n=60, windows=6, seed=3)
+    bad = ['{"op": "add_edge", "net": "left"}', "not json", '{"op": "jump", "net": "left", "time": 1}']
+    for i, line in enumerate(bad * 4):
+        lines.insert(rng.randrange(len(lines)), line)
+    n_good = len(lines) - 12
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    topic = f"crash-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic)
+    # One key for every event: one partition, one order, so the two runs cut the very same snapshots.
+    assert feed(events, f"kafka://{broker.bootstrap}/{topic}", settings=SETTINGS, key="crash").events == len(lines)
+
+    reference = tmp_path / "reference"
+    summary = Worker(config(reference, redis_url, "ref"), f"kafka://{broker.bootstrap}/{topic}?group=ref",
+                     until_idle_s=1.0).join(120)
+    assert summary.accepted == n_good and summary.dead_letters == 12
+
+    state = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "aligner.cli", "run", "--source", f"kafka://{broker.bootstrap}/{topic}?group=crash",
+           "--state", str(state), "--redis", redis_url, "--until-idle", "1", "--json"]
+    env = {**os.environ, **FAST, "DYNALIGN_STREAM_BATCH_SIZE": "40", "DYNALIGN_PUBLISH_NAMESPACE": "crash",
+           "DYNALIGN_SNAPSHOTS_WINDOW_SECONDS": str(WINDOW)}
+    log = state.parent / "crash-runs.log"
+
+    def checkpoint_version() -> tuple[int, int] | None:
+        try:
+            stat = (state / "checkpoint").stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    kills = 0
+    for _ in range(3):
+        with open(log, "ab") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # Let it write one or two checkpoints (a cut, an alignment), then strike a little later: mid-batch,
+        # mid-alignment, mid-checkpoint, wherever it falls.
+        seen, writes, needed = checkpoint_version(), 0, rng.randint(1, 2)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and writes < needed:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            if checkpoint_version() != seen:
+                seen, writes = checkpoint_version(), writes + 1
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, log.read_text()[-3000:]
+    finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    # Every good event applied exactly once, the same ones as in the uninterrupted run; every bad one
+    # dead-lettered exactly once in the file (the topic may repeat one after a crash: at least once there).
+    store, ref_store = SnapshotStore(state), SnapshotStore(reference)
+    assert sorted(store.read_events()) == sorted(ref_store.read_events()) and len(list(store.read_events())) == n_good
+    dead = [json.loads(line)["payload"] for line in (state / "deadletter.jsonl").read_text().splitlines()]
+    assert sorted(dead) == sorted(bad * 4)
+    # The same graph, and the same snapshots cut from it.
+    assert_same_networks(final_graph(state), final_graph(reference), ["left", "right"])
+    keep = ("id", "start_time", "end_time", "events", "networks", "anchors")
+    assert [{k: e[k] for k in keep} for e in store.list_snapshots()] == [
+        {k: e[k] for k in keep} for e in ref_store.list_snapshots()]
+    # The group's offset covers everything; the published alignments reflect the same last snapshot.
+    assert group_committed(broker, topic, "crash", 1) == {0: len(lines)}
+    crashed, clean = AlignmentClient.from_url(redis_url, "crash"), AlignmentClient.from_url(redis_url, "ref")
+    meta, ref_meta = crashed.meta("left", "right"), clean.meta("left", "right")
+    assert (meta["snapshot"], meta["end_time"], meta["nodes:left"]) == (
+        ref_meta["snapshot"], ref_meta["end_time"], ref_meta["nodes:left"])
+    node = store.load_snapshot(store.latest_id()).networks["left"].node_ids[0]
+    assert len(crashed.top(node, "left", "right")) == len(clean.top(node, "left", "right")) > 0
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+
+
+def malformed_messages(rng: random.Random, count: int) -> list[bytes | None]:
+    kinds = [
+        lambda i: b"{not json %d" % i,
+        lambda i: bytes([0xFF, 0xFE, 0x80 + i % 100]) + b" binary",
+        lambda i: b"",
+        lambda i: None,  # a tombstone
+        lambda i: b'{"op": "teleport", "net": "left", "time": %d}' % i,
+        lambda i: b'{"op": "add_edge", "net": "left", "u": "%d", "time": 5}' % i,
+        lambda i: b'{"op": "add_edge", "net": "left", "u": "%d", "v": "%d", "time": 5}' % (i, i),
+        lambda i: b'{"op": "add_edge", "net": "left", "u": true, "v": "x", "time": 5}',
+        lambda i: b'{"op": "add_edge", "net": "left", "u": "1", "v": "2", "time": NaN}',
+        lambda i: b'{"op": "add_edge", "net": "left", "u": "1", "v": "2", "time": 1700000000000}',
+        lambda i: b'[%d]' % i,
+        lambda i: b'{"op": "add_anchor", "net": "left", "node": "1", "to": "left", "to_node": "2", "time": 3}',
+    ]
+    return [rng.choice(kinds)(i) for i in range(count)]
+
+
+def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_never_stalls(broker, redis_url,
+                                                                                         tmp_path, caplog):
+    rng = random.Random(7)
+    good = dataset_lines(tmp_path, n=40, windows=2, seed=11)
+    bad = malformed_messages(rng, 3000)
+    # The good events in one partition, in order, so that the snapshot (and the alignment's length) is the same
+    # whatever the fetch interleaving; the bad ones spread over both.
+    messages: list[tuple[bytes | None, bytes | None]] = [(b"problem", line.encode()) for line in good]
+    for value in bad:
+        messages.insert(rng.randrange(len(messages) + 1), (b"tombstone" if value is None else None, value))
+    # A batched message with a bad line among good ones: only that line is rejected.
+    messages.append((b"problem", b'{"op": "add_edge", "net": "left", "u": "x1", "v": "x2", "time": 1}\nnot json\n'
+                              b'{"op": "add_edge", "net": "left", "u": "x2", "v": "x3", "time": 1}'))
+    topic = f"bad-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    # The first alignment takes longer than max_poll_interval_ms: only polling while it runs keeps the group.
+    cfg = config(tmp_path / "state", redis_url, DYNALIGN_META_WARMUP_ITERATIONS="60",
+                 DYNALIGN_STREAM_KAFKA_MAX_POLL_INTERVAL_MS="2000")
+    with caplog.at_level(logging.INFO):
+        summary = Worker(cfg, f"kafka://{broker.bootstrap}/{topic}?group=bad", until_idle_s=1.0).join(180)
+    assert summary.accepted == len(good) + 2 and summary.dead_letters == len(bad) + 1
+    assert summary.published >= 1
+    align_s = [r for r in caplog.records if r.getMessage() == "snapshot aligned"]
+    assert align_s and max(r.fields["meta_s"] for r in align_s) > 2.0  # slower than max_poll_interval_ms
+    ours = [r.getMessage() for r in caplog.records if r.name == "stream.sources"]
+    assert sum(": assigned partitions" in m for m in ours) == 1  # never left the group
+    assert not [r for r in caplog.records if "lost partitions" in r.getMessage()]
+
+    entries = [json.loads(m.value) for m in read_all(broker, f"{topic}.deadletter", len(bad) + 1)]
+    assert len(entries) == len(bad) + 1
+    assert all(e["reason"] and e["origin"].startswith(f"kafka:{topic}[") for e in entries)
+    assert len({e["origin"] for e in entries}) == len(entries)  # one entry per bad message (or line)
+    sent = sorted((v or b"") for v in bad) + [b"not json"]
+    got = sorted(e["payload"].encode() if "payload" in e else base64.b64decode(e["payload_b64"]) for e in entries)
+    assert got == sorted(sent)
+    assert len((tmp_path / "state" / "deadletter.jsonl").read_text().splitlines()) == len(entries)
+    assert len(list(SnapshotStore(tmp_path / "state").read_events())) == len(good) + 2
+    assert group_committed(broker, topic, "bad", 2) == {
+        p: sum(1 for m in read_all(broker, topic, len(messages)) if m.partition == p) for p in (0, 1)}
+
+
+# --------------------------------------------------------------------------------------------------- rebalance
+
+
+def test_two_workers_split_and_hand_over_partitions_without_losing_or_duplicating_work(broker, redis_url, tmp_path):
+    from kafka.partitioner.default import murmur2
+
+    p_lines = dataset_lines(tmp_path, n=40, windows=4, seed=21, prefix="p_")
+    q_lines = dataset_lines(tmp_path, n=40, windows=4, seed=22, prefix="q_")
+    # One key per alignment problem, chosen so that the two problems land in different partitions.
+    keys = [f"problem-{i}" for i in range(20)]
+    def partition_of(key: str) -> int:  # kafka-python's default partitioner, as Java's
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % 2
+
+    key_p = keys[0]
+    key_q = next(k for k in keys if partition_of(k) != partition_of(key_p))
+    topic = f"split-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    url = f"kafka://{broker.bootstrap}/{topic}"
+
+    def produce(part: slice) -> None:
+        for key, lines in ((key_p, p_lines), (key_q, q_lines)):
+            path = tmp_path / f"{key}.jsonl"
+            path.write_text("\n".join(lines[part]) + "\n")
+            feed(path, url, settings=SETTINGS, key=key)
+
+    cut1, cut2 = len(p_lines) // 4, 3 * len(p_lines) // 4
+    assert len(q_lines) >= cut2
+    produce(slice(0, cut1))
+    w1 = Worker(config(tmp_path / "w1", redis_url), f"{url}?group=split")
+    wait_until(lambda: w1.summary.accepted == 2 * cut1, what="worker 1 to take the first part", workers=[w1])
+
+    w2 = Worker(config(tmp_path / "w2", redis_url), f"{url}?group=split")
+    wait_until(lambda: len(w1.owns()) == 1 and len(w2.owns()) == 1, what="the split", workers=[w1, w2])
+    moved = next(iter(w2.owns()))
+    moved_lines = p_lines if partition_of(key_p) == moved else q_lines
+    stayed_lines = q_lines if moved_lines is p_lines else p_lines
+    produce(slice(cut1, cut2))
+    wait_until(lambda: w1.summary.accepted + w2.summary.accepted == 2 * cut2 and not w2.service.backlog,
+               what="both workers to take the second part", workers=[w1, w2])
+    first = w2.stop()
+    assert first.restored == cut1  # it rebuilt the moved networks' history before taking on new work
+
+    wait_until(lambda: len(w1.owns()) == 2, what="worker 1 to take the partition back", workers=[w1])
+    produce(slice(cut2, None))
+    total = len(p_lines) + len(q_lines)
+    wait_until(lambda: w1.summary.accepted + first.accepted == total and not w1.service.backlog
+               and w1.service.job is None, what="worker 1 to take the rest", workers=[w1])
+    last = w1.stop()
+
+    # Every event is new work for exactly one worker; the one that got a partition back re-read only what the
+    # other worker processed meanwhile.
+    assert last.accepted + first.accepted == total
+    assert last.restored == cut2 - cut1
+    assert group_committed(broker, topic, "split", 2) == {moved: len(moved_lines),
+                                                          1 - moved: len(stayed_lines)}
+    # Both workers' graphs hold each event of their partitions exactly once, in order.
+    nets = {id(p_lines): ["p_left", "p_right"], id(q_lines): ["q_left", "q_right"]}
+    assert_same_networks(final_graph(tmp_path / "w1"), reference_graph(p_lines), nets[id(p_lines)])
+    assert_same_networks(final_graph(tmp_path / "w1"), reference_graph(q_lines), nets[id(q_lines)])
+    assert_same_networks(final_graph(tmp_path / "w2"), reference_graph(moved_lines[:cut2]), nets[id(moved_lines)])
+    # The moved pair was published by each owner in turn, never by both, with versions only going up.
+    client = AlignmentClient.from_url(redis_url)
+    moved_pair = nets[id(moved_lines)]
+    entries = [fields for _, fields in client.r.xrange(f"dynalign:{{{moved_pair[0]}|{moved_pair[1]}}}:versions")]
+    owners = [e["worker"].rsplit("/", 1)[-1] for e in entries]
+    assert [int(e["version"]) for e in entries] == sorted(int(e["version"]) for e in entries)
+    w2_at = [i for i, owner in enumerate(owners) if owner == "w2"]
+    assert w2_at and w2_at == list(range(w2_at[0], w2_at[-1] + 1)), owners  # one period of ownership, not mixed
+    assert owners[-1] == "w1" and client.meta(*moved_pair)["worker"].endswith("/w1")
+
+
+# --------------------------------------------------------------------------------------------------- outage
+
+
+def test_a_broker_outage_is_waited_out_without_spinning(redis_url, tmp_path, caplog):
+    lines = dataset_lines(tmp_path, n=40, windows=3, seed=31)
+    with start_tansu(behind_proxy=True) as own:
+        topic = "outage"
+        create_topic(own.bootstrap, topic)
+        half = len(lines) // 2
+        (tmp_path / "a.jsonl").write_text("\n".join(lines[:half]) + "\n")
+        (tmp_path / "b.jsonl").write_text("\n".join(lines[half:]) + "\n")
+        feed(tmp_path / "a.jsonl", own.url(topic), settings=SETTINGS)
+        with caplog.at_level(logging.INFO):
+            worker = Worker(config(tmp_path / "state", redis_url), own.url(topic, group="outage"))
+            wait_until(lambda: worker.summary.accepted == half and worker.service.job is None, what="the first half",
+                       workers=[worker])
+            own.proxy.down()
+            cpu, wall = time.process_time(), time.monotonic()
+            wait_until(lambda: any("Kafka unreachable" in r.getMessage() for r in caplog.records), 30,
+                       "the outage to be noticed")
+            time.sleep(2.0)
+            cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+            own.proxy.up()
+            feed(tmp_path / "b.jsonl", own.url(topic), settings=SETTINGS)
+            wait_until(lambda: worker.summary.accepted == len(lines), 60, "the rest after the outage", [worker])
+            summary = worker.stop()
+    assert cpu < 0.5 * wall, (cpu, wall)  # waiting, not spinning
+    assert any("Kafka reachable again" in r.getMessage() for r in caplog.records)
+    assert summary.accepted == len(lines) and summary.restored == 0
+    assert_same_networks(final_graph(tmp_path / "state"), reference_graph(lines), ["left", "right"])
+
+
+# --------------------------------------------------------------------------------------------------- Redis outage
+
+
+def test_redis_going_away_loses_no_update_and_ingestion_goes_on(tmp_path):
+    lines = dataset_lines(tmp_path, n=60, windows=4, seed=41)
+    window_of = [int(parse_event(line).time // WINDOW) for line in lines]
+    windows = sorted(set(window_of))
+    part = {w: [line for line, k in zip(lines, window_of) if k == w] for w in windows}
+    port = free_port()
+    server = EmbeddedRedis(tmp_path / "redis", port=port).start()
+    client = AlignmentClient.from_url(server.url)
+    fifo = tmp_path / "events.fifo"  # a live stream that ends only when the writer closes it
+    os.mkfifo(fifo)
+    cfg = config(tmp_path / "state", server.url)
+    worker = Worker(cfg, str(fifo))
+    with open(fifo, "w") as stream:
+        stream.write("\n".join(part[windows[0]] + part[windows[1]]) + "\n")
+        stream.flush()
+        wait_until(lambda: client.current_version("left", "right") == 1, what="the first version", workers=[worker])
+        server.stop()
+        stream.write("\n".join(part[windows[2]] + part[windows[3]]) + "\n")
+        stream.flush()
+        # Redis away: both snapshots are cut and aligned all the same; the newest update waits.
+        wait_until(lambda: worker.summary.snapshots == 3 and worker.service.aligned_through == 3, what="ingestion",
+                   workers=[worker])
+        assert worker.summary.published == 1 and worker.service.pending.snapshot_id == 3
+        server = EmbeddedRedis(tmp_path / "redis", port=port).start()  # back, same port, its data saved
+        wait_until(lambda: client.current_version("left", "right") == 2, 30, "the kept update", [worker])
+        assert client.meta("left", "right")["snapshot"] == "3"  # newest wins: snapshot 2 was never shown
+        assert client.announcements("left", "right")[-1].changed["left"]  # relative to version 1
+        server.stop()  # away again when the stream ends: the last update must survive the exit
+    summary = worker.join(60)
+    assert summary.snapshots == 4 and summary.published == 2 and summary.accepted == len(lines)
+
+    server = EmbeddedRedis(tmp_path / "redis", port=port).start()
+    try:
+        empty = tmp_path / "nothing.jsonl"
+        empty.write_text("")
+        again = Worker(cfg, str(empty)).join(60)  # a restart publishes what the checkpoint kept
+        assert again.published == 1 and client.meta("left", "right")["snapshot"] == "4"
+        assert client.versions("left", "right") == [1, 2, 3]
+    finally:
+        server.stop()

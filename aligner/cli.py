@@ -57,10 +57,12 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--until-idle", "until_idle_s", type=float, default=None,
               help="Stop after this many seconds with nothing to do (Kafka: every owned partition caught up).")
+@click.option("--from-savepoint", "savepoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Resume from a savepoint (dynalign savepoint) into a state dir that has no checkpoint yet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_context
 def run(ctx, source, state_dir, redis_url, window_seconds, every_events, lateness_seconds, pairs, seed, until_idle_s,
-        as_json) -> None:
+        savepoint, as_json) -> None:
     """Run the service: ingest events, cut snapshots, adapt, publish alignments to Redis.
 
     A file source ends the run at end of file; Kafka runs until SIGINT/SIGTERM (or --until-idle). Restarting with
@@ -73,7 +75,13 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
         "snapshots.every_events": every_events, "snapshots.lateness_seconds": lateness_seconds,
         "service.pairs": pairs, "service.seed": seed, **ctx.obj["log_overrides"],
     })
-    summary = AlignmentService(cfg, source, progress=not as_json, until_idle_s=until_idle_s).run()
+    try:
+        summary = AlignmentService(cfg, source, progress=not as_json, until_idle_s=until_idle_s,
+                                   savepoint=Path(savepoint) if savepoint else None).run()
+    except ValueError as e:
+        if savepoint is None:
+            raise
+        raise click.ClickException(str(e)) from None
     out = {
         "records": summary.records, "accepted": summary.accepted, "restored": summary.restored,
         "dead_letters": summary.dead_letters, "snapshots": summary.snapshots, "published": summary.published,
@@ -98,16 +106,25 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
 @click.option("--to", "to", required=True, help="Network to find candidates in.")
 @click.option("--k", type=int, default=10, show_default=True)
 @click.option("--version", type=int, default=None, help="A retained version instead of the current one.")
+@click.option("--at", "at", default=None,
+              help="As published at this event time (unix seconds or ISO-8601), from the state dir's history.")
+@click.option("--snapshot", "snapshot_id", type=int, default=None,
+              help="As published for this snapshot (the newest version of a snapshot <= it), from the history.")
 @click.option("--redis", "redis_url", default=None, help="Redis URL.")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
-              help="Read the embedded Redis of this state dir (started for the query if it is not running).")
+              help="Read the embedded Redis of this state dir (started for the query if it is not running), or its "
+                   "history with --at/--snapshot.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def query(ctx, node, net, to, k, version, redis_url, state_dir, as_json) -> None:
-    """Top-k candidates in network TO for NODE of network NET, with scores, from Redis."""
+def query(ctx, node, net, to, k, version, at, snapshot_id, redis_url, state_dir, as_json) -> None:
+    """Top-k candidates in network TO for NODE of network NET, with scores: from Redis, or with --at/--snapshot
+    from the alignment history on disk (versions Redis no longer holds included)."""
     from aligner.redis_alignments import AlignmentClient
 
     cfg = _config(ctx, **{"publish.redis_url": redis_url, "service.state_dir": state_dir})
+    if at is not None or snapshot_id is not None:
+        _query_history(cfg, node, net, to, k, at, snapshot_id, as_json)
+        return
     with _redis_url(cfg) as url:
         client = AlignmentClient.from_url(url, cfg.publish.namespace)
         v = version if version is not None else client.current_version(net, to)
@@ -124,6 +141,227 @@ def query(ctx, node, net, to, k, version, redis_url, state_dir, as_json) -> None
     click.echo(f"{net}:{node} -> {to}  (version {v}, snapshot {meta.get('snapshot')})")
     for rank, c in enumerate(cands, 1):
         click.echo(f"  {rank:>3}. {c.node:<24} {c.score:.4f}")
+
+
+def _query_history(cfg: Config, node: str, net: str, to: str, k: int, at: str | None, snapshot_id: int | None,
+                   as_json: bool) -> None:
+    from aligner.replay import parse_time
+    from snapshots.history import AlignmentHistory
+
+    history = AlignmentHistory(_existing_state(cfg.service.state_dir) / "history")
+    try:
+        when = None if at is None else parse_time(at)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--at") from None
+    entry = history.as_of(net, to, snapshot=snapshot_id, at=when)
+    if entry is None:
+        raise click.ClickException(f"no alignments of {net} and {to} recorded as of "
+                                   f"{'snapshot ' + str(snapshot_id) if snapshot_id is not None else 'time ' + at}")
+    cands = history.load(entry).candidates(node, net, to, k)
+    if as_json:
+        click.echo(json.dumps({"node": node, "net": net, "to": to, "version": entry["version"],
+                               "snapshot": entry["snapshot"], "end_time": entry["end_time"],
+                               "model_version": entry["model_version"],
+                               "candidates": [{"node": c, "score": s} for c, s in cands]}))
+        return
+    if not cands:
+        raise click.ClickException(f"node {node!r} of {net} had no candidates in {to} (version {entry['version']}, "
+                                   f"snapshot {entry['snapshot']})")
+    click.echo(f"{net}:{node} -> {to}  (version {entry['version']}, snapshot {entry['snapshot']}, "
+               f"event time {entry['end_time']:g}, from history)")
+    for rank, (c, score) in enumerate(cands, 1):
+        click.echo(f"  {rank:>3}. {c:<24} {score:.4f}")
+
+
+def _existing_state(state_dir: str) -> Path:
+    path = Path(state_dir)
+    if not (path / "snapshots").is_dir():
+        raise click.ClickException(f"{path} is not the state dir of a dynalign run (no snapshots/ in it)")
+    return path
+
+
+@cli.group("snapshots")
+def snapshots_group() -> None:
+    """Look at the snapshots a state dir keeps (time travel)."""
+
+
+@snapshots_group.command("list")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def snapshots_list(state_dir, as_json) -> None:
+    """Every retained snapshot: kind (base/delta), event-time range, events, nodes and edges, bytes."""
+    from snapshots.history import AlignmentHistory
+    from snapshots.store import SnapshotStore
+
+    root = _existing_state(state_dir)
+    store = SnapshotStore(root)
+    entries = store.list_snapshots()
+    sizes = {**store.size_bytes(), "history": AlignmentHistory(root / "history").size_bytes()}
+    if as_json:
+        click.echo(json.dumps({"snapshots": entries, "bytes": sizes}))
+        return
+    click.echo(f"{'id':>6} {'kind':<5} {'start':>14} {'end':>14} {'events':>8} {'edges':>9} {'bytes':>10}  model")
+    for e in entries:
+        edges = sum(n["edges"] for n in e["networks"].values())
+        click.echo(f"{e['id']:>6} {e.get('kind', 'base'):<5} {e['start_time']:>14.0f} {e['end_time']:>14.0f} "
+                   f"{e['events']:>8} {edges:>9} {e['bytes']:>10}  {e.get('model_version') or '-'}")
+    click.echo(f"{len(entries)} snapshots; bytes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+
+
+@snapshots_group.command("show")
+@click.argument("snapshot_id", type=int)
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def snapshots_show(snapshot_id, state_dir, as_json) -> None:
+    """One snapshot: its manifest entry (sizes, event-time range, log lines, counts) and the alignment versions
+    published for it."""
+    from snapshots.history import AlignmentHistory
+    from snapshots.store import SnapshotStore, StoreCorruption
+
+    root = _existing_state(state_dir)
+    store = SnapshotStore(root)
+    try:
+        entry = store.snapshot_entry(snapshot_id)
+        snapshot = store.load_snapshot(snapshot_id)
+    except (KeyError, StoreCorruption) as e:
+        raise click.ClickException(str(e).strip('"')) from None
+    history = AlignmentHistory(root / "history")
+    versions = [{k: v for k, v in e.items() if k in ("pair", "version", "model_version", "nodes")}
+                for pair in history.pairs() for e in history.entries(*pair) if e["snapshot"] == snapshot_id]
+    if as_json:
+        click.echo(json.dumps({**entry, "versions": versions}))
+        return
+    click.echo(f"snapshot {snapshot_id} ({entry.get('kind', 'base')}, {entry['bytes']} bytes, sha256 "
+               f"{entry['sha256'][:12]}…): event time [{entry['start_time']:.0f}, {entry['end_time']:.0f}), "
+               f"{entry['events']} events applied, event-log lines {entry.get('log')}, model "
+               f"{entry.get('model_version') or '-'}")
+    for name, net in snapshot.networks.items():
+        click.echo(f"  {name}: {net.num_nodes} nodes ({int(net.alive.sum())} alive, {len(net.changed)} changed), "
+                   f"{net.num_edges} edges" + (f", {net.attrs.shape[1]} attributes" if net.attrs is not None else ""))
+    for (a, b), pairs in snapshot.anchors.items():
+        click.echo(f"  anchors {a}|{b}: {len(pairs)}")
+    for v in versions:
+        click.echo(f"  published {'|'.join(v['pair'])} version {v['version']} (model {v['model_version'] or '-'})")
+
+
+@cli.command()
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--from", "start", default=None, help="First snapshot: ID, or TIME (@UNIX_SECONDS or ISO-8601).")
+@click.option("--to", "end", default=None, help="Last snapshot: ID, or TIME.")
+@click.option("--to-kafka", "kafka_url", default=None, help="Re-feed the recorded events to kafka://HOST:PORT/TOPIC.")
+@click.option("--rate", type=float, default=None, help="With --to-kafka: events per second (default: full speed).")
+@click.option("--realign", is_flag=True, help="Align the snapshots again with the configured model; report changes.")
+@click.option("--name", default=None, help="With --realign: the replay's name (STATE/replays/NAME); default: a timestamp.")
+@click.option("--savepoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --realign: start from this savepoint's aligner instead of a fresh, seeded one.")
+@click.option("--publish", "publish_url", default=None,
+              help="With --realign: also publish to this Redis, in the namespace NS:replay:NAME.")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the snapshots as a torch-geometric-temporal dataset plus edge lists here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint, publish_url, export_dir,
+           as_json) -> None:
+    """Go back over the snapshots [--from, --to] of a state dir: re-feed their events to Kafka, re-align them, or
+    export them. Never touches the live alignments."""
+    from aligner.replay import parse_bound, select
+    from snapshots.store import SnapshotStore
+
+    if not (kafka_url or realign or export_dir):
+        raise click.UsageError("choose at least one of --to-kafka URL, --realign, --export DIR")
+    cfg = _config(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
+    root = _existing_state(state_dir)
+    try:
+        bounds = [None if b is None else parse_bound(b) for b in (start, end)]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    store = SnapshotStore(root)
+    entries = select(store, *bounds)
+    if not entries:
+        raise click.ClickException(f"no retained snapshot in the range (state dir has "
+                                   f"{len(store.list_snapshots())})")
+    out: dict = {"snapshots": [entries[0]["id"], entries[-1]["id"]]}
+    if kafka_url:
+        from aligner.service import kafka_settings
+        from aligner.replay import replay_to_kafka
+
+        summary = replay_to_kafka(store, entries, kafka_url, settings=kafka_settings(cfg), rate=rate)
+        out["kafka"] = {"events": summary.events, "messages": summary.messages, "failed": summary.failed,
+                        "seconds": round(summary.seconds, 2)}
+        if summary.failed:
+            raise click.ClickException(f"{summary.failed} messages not acknowledged by Kafka ({summary.first_error})")
+    if export_dir:
+        from snapshots.export import export_snapshots
+
+        meta = export_snapshots((store.load_snapshot(e["id"]) for e in entries), Path(export_dir))
+        out["export"] = {"dir": export_dir, "snapshots": len(meta["snapshots"]), "networks": meta["networks"]}
+    if realign:
+        out["realign"] = _realign(cfg, root, entries, name, savepoint, publish_url, as_json)
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for what, detail in out.items():
+            click.echo(f"{what}: {json.dumps(detail)}")
+
+
+def _realign(cfg: Config, root: Path, entries: list, name: str | None, savepoint: str | None,
+             publish_url: str | None, quiet: bool) -> dict:
+    import time
+
+    from aligner.replay import realign
+    from aligner.savepoint import read_savepoint
+
+    name = name or time.strftime("realign-%Y%m%dT%H%M%S")
+    state = None
+    if savepoint:
+        try:
+            state = read_savepoint(Path(savepoint))["checkpoint"].get("aligner")
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    publisher = None
+    if publish_url:
+        import redis
+
+        from aligner.redis_alignments import RedisPublisher
+
+        namespace = f"{cfg.publish.namespace}:replay:{name}"
+        publisher = RedisPublisher(redis.Redis.from_url(publish_url), namespace, cfg.publish.retain_versions,
+                                   worker=f"replay/{name}")
+    try:
+        report = realign(cfg, root, entries, name, aligner_state=state, publisher=publisher,
+                         echo=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from None
+    return {"name": name, "report": str(root / "replays" / name / "report.json"),
+            **{k: report[k] for k in ("compared", "identical", "top1_changed", "seconds")}}
+
+
+@cli.command()
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Savepoint file (default: STATE/savepoints/savepoint-<snapshot>-<time>.dsp).")
+@click.option("--json", "as_json", is_flag=True)
+def savepoint(state_dir, output, as_json) -> None:
+    """Bundle the state dir's newest checkpoint (model weights, meta-learned initialisation, online learners'
+    and drift state, graph, stream offsets, snapshot id) into one file for `run --from-savepoint`."""
+    import time
+
+    from aligner.savepoint import write_savepoint
+    from snapshots.store import SnapshotStore
+
+    root = _existing_state(state_dir)
+    checkpoint = SnapshotStore(root).read_checkpoint()
+    if checkpoint is None:
+        raise click.ClickException(f"{root} has no intact checkpoint yet: run the service first")
+    path = Path(output) if output else (root / "savepoints" /
+                                        f"savepoint-{checkpoint.get('snapshot_id') or 0}-{time.strftime('%Y%m%dT%H%M%S')}.dsp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = write_savepoint(root, path)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), **summary}))
+    else:
+        click.echo(f"savepoint {path}: snapshot {summary['snapshot_id']}, model {summary['model_version']}, "
+                   f"{summary['bytes']} bytes; resume: dynalign run --from-savepoint {path} --state NEW_DIR --source ...")
 
 
 @cli.command()

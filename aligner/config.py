@@ -58,6 +58,14 @@ class SnapshotsConfig:
 
 
 @dataclass
+class StoreConfig:
+    """The state dir's history (see docs/snapshots.md)."""
+
+    base_every: int = 10  # a full snapshot (and alignment record) at least every this many; deltas in between
+    retain_snapshots: int | None = None  # keep about the newest this many snapshots (whole base groups); None: all
+
+
+@dataclass
 class ModelConfig:
     hidden: int = 64
     embedding_dim: int = 64
@@ -121,6 +129,7 @@ class ServiceConfig:
 class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -193,6 +202,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"service.log_format must be text or json, got {cfg.service.log_format!r}")
     if not 0.0 < cfg.meta.seed_fraction < 1.0:
         raise ConfigError(f"meta.seed_fraction must be in (0, 1), got {cfg.meta.seed_fraction}")
+    if cfg.store.base_every < 1:
+        raise ConfigError(f"store.base_every must be >= 1, got {cfg.store.base_every}")
+    if cfg.store.retain_snapshots is not None and cfg.store.retain_snapshots < 1:
+        raise ConfigError(f"store.retain_snapshots must be >= 1 (or none), got {cfg.store.retain_snapshots}")
     for name in ("top_k", "retain_versions"):
         if getattr(cfg.publish, name) < 1:
             raise ConfigError(f"publish.{name} must be >= 1")

@@ -45,8 +45,11 @@ from redis.retry import Retry
 from aligner.config import Config
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
 from aligner.redis_alignments import RedisPublisher
+from aligner.replay import record_update
+from aligner.savepoint import model_version, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
+from snapshots.history import AlignmentHistory
 from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
@@ -108,6 +111,13 @@ def aligner_threads(configured: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) - 1)
 
 
+def build_aligner(cfg: Config) -> Aligner:
+    """A fresh aligner as the configuration describes it (the service's, and a re-alignment's)."""
+    from aligner.engine import Aligner  # torch: loaded when needed, not by commands that share this module
+
+    return Aligner(cfg.model, cfg.meta, cfg.adapt, cfg.service.pairs, cfg.publish.top_k, cfg.service.seed, cfg.refine)
+
+
 def redis_for(cfg: Config) -> tuple[redis.Redis, EmbeddedRedis | None]:
     """The configured Redis, or the embedded server under the state dir when none is configured.
 
@@ -138,8 +148,10 @@ class AlignmentService:
     """``until_idle_s``: stop once nothing happened for that long: no record came, nothing is left to align, and
     every owned Kafka partition is caught up (backfills, benchmarks, tests); a file source ends at its end anyway."""
 
-    def __init__(self, cfg: Config, source_url: str, progress: bool = False, until_idle_s: float | None = None):
+    def __init__(self, cfg: Config, source_url: str, progress: bool = False, until_idle_s: float | None = None,
+                 savepoint: Path | None = None):
         self.cfg = cfg
+        self.savepoint = savepoint
         self.source_url = source_url
         self.progress = progress
         self.until_idle_s = until_idle_s
@@ -188,23 +200,28 @@ class AlignmentService:
 
     def _open(self) -> None:
         """Recover the state dir and connect everything; the attributes set here are the run's state."""
-        from aligner.engine import Aligner  # torch: loaded when a run starts, not by commands that share this module
-        import torch
+        import torch  # loaded when a run starts, not by commands that share this module
 
         cfg = self.cfg
         torch.set_num_threads(aligner_threads(cfg.service.threads))
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store = SnapshotStore(self.state_dir)
+        self.store = store = SnapshotStore(self.state_dir, cfg.store.base_every, cfg.store.retain_snapshots)
+        if self.savepoint is not None:
+            seeded = seed_state_dir(self.savepoint, store)
+            log.info(f"state dir seeded from savepoint {self.savepoint} (snapshot {seeded['snapshot_id']}, "
+                     f"model {seeded['model_version']})")
         checkpoint = store.recover() or {}
+        store.forget_after(checkpoint.get("snapshot_id"))  # cut after the checkpoint: they are cut again
+        self.history = AlignmentHistory(self.state_dir / "history", cfg.store.base_every)
         policy = SnapshotPolicy(window_seconds=cfg.snapshots.window_seconds, every_events=cfg.snapshots.every_events,
                                 lateness_seconds=cfg.snapshots.lateness_seconds,
                                 dedup_capacity=cfg.snapshots.dedup_capacity)
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
-        self.aligner: Aligner = Aligner(cfg.model, cfg.meta, cfg.adapt, cfg.service.pairs, cfg.publish.top_k,
-                                        cfg.service.seed, cfg.refine)
+        self.aligner = build_aligner(cfg)
         self.aligner_state: bytes | None = checkpoint.get("aligner")
         if self.aligner_state:
             self.aligner.load_state_bytes(self.aligner_state)
+        self.model_version = model_version(self.aligner_state)
         self.last_snapshot: int | None = checkpoint.get("snapshot_id")
         self.aligned_through: int | None = checkpoint.get("aligned_through", self.last_snapshot)
         self.position: dict | None = checkpoint.get("position")
@@ -339,7 +356,7 @@ class AlignmentService:
             self._checkpoint()  # the cut is durable before more events come
 
     def _queue(self, snap: Snapshot) -> None:
-        self.store.save_snapshot(snap)
+        self.store.save_snapshot(snap, model_version=self.model_version)
         self.summary.snapshots += 1
         self.last_snapshot = snap.id
         self.backlog.append((snap, self.source.live_partitions()))
@@ -360,6 +377,7 @@ class AlignmentService:
         if self.job is None or not wait([self.job], timeout=wait_s).done:
             return
         update, self.aligner_state, seconds = self.job.result()  # an aligner failure stops the service
+        self.model_version = model_version(self.aligner_state)
         self.job = None
         snap, live_at_cut = self.backlog.popleft()
         self.aligned_through = snap.id
@@ -440,6 +458,8 @@ class AlignmentService:
                          f"{update.snapshot_id}")
                 self.redis_down_since = None
             self.publish_delay = PUBLISH_BACKOFF_S[0]
+            # on disk too, so every published version can be read back after Redis retired it
+            record_update(self.history, update, versions, self.model_version)
             self.summary.published += 1
             self.summary.versions.update(versions)
             self.summary.last_version = max(self.summary.versions.values())
@@ -487,10 +507,24 @@ class AlignmentService:
         })
         self.dirty = False
         self.last_checkpoint = time.monotonic()
+        self._compact()
         if commit:
             if self.position is not None:
                 self.source.commit(self.position)
             self._write_metrics()
+
+    def _compact(self) -> None:
+        """Retention (``store.retain_snapshots``): never a snapshot still to align; history follows the store."""
+        if self.cfg.store.retain_snapshots is None:
+            return
+        first_needed = self.backlog[0][0].id if self.backlog else None
+        dropped = self.store.compact(keep_from=first_needed)
+        if dropped["dropped"]:
+            kept = self.store.list_snapshots()
+            versions = self.history.compact(kept[0]["id"]) if kept else 0
+            log.info("retention", extra={"fields": {"snapshots_dropped": len(dropped["dropped"]),
+                                                     "log_lines_dropped": dropped["log_lines_dropped"],
+                                                     "versions_dropped": versions}})
 
     def _on_revoke(self) -> dict | None:
         """Kafka is taking partitions away: make everything applied so far durable, and say up to where.

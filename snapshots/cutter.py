@@ -104,6 +104,10 @@ class SnapshotCutter:
         self._pending_max = -math.inf
         self._next_id = 1
         self._rejected: list[tuple[Event, str]] = []
+        # Events offered so far, duplicates included; the one being offered counts only once it is applied,
+        # so a window cut it triggers (made before applying it) does not count it (Snapshot.arrived).
+        self.offered = 0
+        self._offering: Event | None = None
 
     @property
     def buffered(self) -> int:
@@ -112,6 +116,14 @@ class SnapshotCutter:
 
     def offer(self, event: Event) -> list[Snapshot]:
         """Accept one event; returns the snapshots it completed (usually none). O(log buffered) per event."""
+        self.offered += 1
+        self._offering = event
+        try:
+            return self._offer(event)
+        finally:
+            self._offering = None
+
+    def _offer(self, event: Event) -> list[Snapshot]:
         if event.id is not None:
             if event.id in self._seen_ids:
                 self.stats["duplicates"] += 1
@@ -167,6 +179,7 @@ class SnapshotCutter:
             "pending_min": self._pending_min,
             "pending_max": self._pending_max,
             "next_id": self._next_id,
+            "offered": self.offered,
             "rejected": [[_event_record(event), reason] for event, reason in self._rejected],
         }
 
@@ -199,6 +212,7 @@ class SnapshotCutter:
         cutter._pending_min = float(state["pending_min"])
         cutter._pending_max = float(state["pending_max"])
         cutter._next_id = int(state["next_id"])
+        cutter.offered = int(state.get("offered", 0))  # absent from states written before it existed
         cutter._rejected = [(_event_from_record(record), reason) for record, reason in state["rejected"]]
         return cutter
 
@@ -226,6 +240,8 @@ class SnapshotCutter:
             self.stats["late"] += 1
         elif time < self._last_applied:
             self.stats["out_of_order"] += 1
+        if event is self._offering:
+            self._offering = None  # applied from here on: a cut now (every_events) covers it
         try:
             self.graph.apply(event)
         except StateConflict as conflict:
@@ -241,6 +257,7 @@ class SnapshotCutter:
 
     def _cut(self, start_time: float, end_time: float) -> Snapshot:
         snapshot = self.graph.snapshot(self._next_id, start_time, end_time, self._pending)
+        snapshot = dataclasses.replace(snapshot, arrived=self.offered - (self._offering is not None))
         self._next_id += 1
         self.stats["snapshots"] += 1
         self._sealed_before = max(self._sealed_before, self._pending_max)

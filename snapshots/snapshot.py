@@ -77,7 +77,9 @@ def pair_key(net_a: str, net_b: str) -> tuple[str, str]:
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """A cut of all networks. ``anchors[(a, b)]`` (with ``a < b``) is int64 ``(k, 2)``: column 0 indexes network
-    ``a``, column 1 network ``b``. ``events`` counts events applied since the previous snapshot."""
+    ``a``, column 1 network ``b``. ``events`` counts events applied since the previous snapshot. ``arrived``
+    counts the events offered to the cutter before this cut (duplicates included): the service logs every
+    offered event, so lines ``[previous.arrived, arrived)`` of the event log are the ones that arrived for it."""
 
     id: int
     start_time: float
@@ -85,6 +87,7 @@ class Snapshot:
     networks: dict[str, NetworkSnapshot]
     anchors: dict[tuple[str, str], np.ndarray]
     events: int = 0
+    arrived: int = 0
 
     def anchors_between(self, net_a: str, net_b: str) -> np.ndarray:
         """Anchor index pairs with column 0 in ``net_a`` and column 1 in ``net_b`` (either order of names)."""

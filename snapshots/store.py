@@ -1,17 +1,23 @@
 """Crash-safe persistence of snapshots, the event log and checkpoints under one state directory.
 
 A streaming service dies at arbitrary points (OOM kill, deploy, power loss), so every file here is either
-complete and verified or ignored; nothing is ever half-read. Layout::
+complete and verified or ignored; nothing is ever half-read. Users also go back in time (audits, backfills,
+replays), so the store keeps every retained snapshot readable while growing with the *changes*: a full *base*
+snapshot every ``base_every`` cuts and, in between, only the difference to the previous snapshot
+(:mod:`snapshots.delta`). Layout::
 
-    root/snapshots/00000001.npz     one snapshot per file (np.savez_compressed, no pickles)
-    root/snapshots/manifest.jsonl   one JSON line per saved snapshot, with its size and sha256
-    root/events.log                 accepted events, one canonical JSON line each
-    root/checkpoint                 newest checkpoint; root/checkpoint.prev the one before
+    root/snapshots/00000001-<sha8>.npz   one snapshot per file (np.savez_compressed, no pickles), base or delta
+    root/snapshots/manifest.jsonl        one JSON line per saved snapshot: kind, parent, sizes, sha256, counts,
+                                         event-time range, event-log line range, model version
+    root/events.log                      accepted events, one canonical JSON line each, in arrival order
+    root/checkpoint                      newest checkpoint; root/checkpoint.prev the one before
 
 Recovery contract:
 
-- Whole files (snapshots, checkpoints) are written to a temp file in the same directory, fsynced, renamed into
-  place and the directory fsynced, so a reader sees the old file or the new one, never a mix.
+- Whole files (snapshots, checkpoints, a compacted manifest or event log) are written to a temp file in the
+  same directory, fsynced, renamed into place and the directory fsynced, so a reader sees the old file or the
+  new one, never a mix. Snapshot file names carry a prefix of their sha256, so rewriting a snapshot (a re-cut
+  after recovery, a rebase at compaction) never clobbers the file a manifest line vouches for.
 - A snapshot's manifest line is appended (and fsynced) only after its file is durable: a listed snapshot whose
   file is missing, of the wrong size or (on load) of the wrong sha256 is reported, never loaded silently. A
   torn last manifest line is ignored and trimmed before the next append.
@@ -19,9 +25,13 @@ Recovery contract:
   checkpoint as ``events_log_size``; the previous checkpoint stays as ``checkpoint.prev``.
 - :meth:`SnapshotStore.recover` (call it once at start-up) returns the newest intact checkpoint (falling back to
   ``checkpoint.prev``), truncates ``events.log`` to the size that checkpoint recorded (to empty without one)
-  and removes stray temp files. The caller restores its state from the checkpoint and re-reads the source from
-  the position saved in it, so events and snapshots produced after the checkpoint are produced again: events are
-  re-appended, snapshots re-cut with the same ids overwrite their files, and the manifest's last line per id wins.
+  and removes stray temp files and snapshot files no manifest line names. The caller restores its state from
+  the checkpoint, forgets snapshots cut after it (:meth:`SnapshotStore.forget_after`) and re-reads the source
+  from the position saved in it, so events and snapshots produced after the checkpoint are produced again.
+
+Offsets in the event log are absolute: when :meth:`SnapshotStore.compact` drops the log's head (retention), the
+file starts with a ``#dynalign-log`` header giving the byte offset and line number of its first event, and every
+offset recorded before stays valid.
 
 Checkpoints are JSON for the structure plus an uncompressed npz for numpy arrays and bytes, framed by a magic
 and a sha256, rather than pickle: loading needs no code execution (``allow_pickle=False``), the file does not
@@ -41,103 +51,253 @@ from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 
+from snapshots.delta import diff_dense, diff_keyed, patch_dense, patch_keyed
 from snapshots.snapshot import NetworkSnapshot, Snapshot
 
 _CHECKPOINT_MAGIC = b"DYNCKPT1"
 _DIGEST_BYTES = 32
 _EVENTS_LOG_SIZE = "events_log_size"
+_LOG_HEADER = b"#dynalign-log "
+_LOW_BITS = (1 << 32) - 1
+DEFAULT_BASE_EVERY = 10
 
 
 class StoreCorruption(RuntimeError):
     """A file the store wrote is not what it recorded (torn write, disk damage, outside interference)."""
 
 
-class SnapshotStore:
-    """Snapshots, event log and checkpoints under ``root`` (created if missing). Not for concurrent writers."""
+class Manifest:
+    """An append-only JSON-lines index whose lines are durable once :meth:`append` returns; a torn last line (a
+    crash mid-append) is ignored and trimmed before the next append; :meth:`rewrite` replaces it atomically."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, path: Path):
+        self.path = path
+
+    def entries(self) -> list[dict[str, Any]]:
+        out = []
+        for line in _complete_lines(self.path):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # only a torn append can produce this, and what it described was never acknowledged
+        return out
+
+    def append(self, entry: dict[str, Any]) -> None:
+        _trim_torn_tail(self.path)
+        with open(self.path, "ab") as f:
+            f.write(_json_line(entry))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rewrite(self, entries: list[dict[str, Any]]) -> None:
+        write_durably(self.path, b"".join(_json_line(e) for e in entries))
+
+    def trim_torn_tail(self) -> None:
+        _trim_torn_tail(self.path)
+
+
+class SnapshotStore:
+    """Snapshots, event log and checkpoints under ``root`` (created if missing). Not for concurrent writers.
+
+    ``base_every``: a full snapshot at least every this many cuts (restoring one reads at most that many
+    files). ``retain``: :meth:`compact` keeps the newest this many snapshots (None: all).
+    """
+
+    def __init__(self, root: Path | str, base_every: int = DEFAULT_BASE_EVERY, retain: int | None = None):
+        if base_every < 1:
+            raise ValueError(f"base_every must be >= 1, got {base_every}")
+        if retain is not None and retain < 1:
+            raise ValueError(f"retain must be >= 1 snapshots (or None for all), got {retain}")
         self.root = Path(root)
+        self.base_every = base_every
+        self.retain = retain
         self.snapshot_dir = self.root / "snapshots"
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.snapshot_dir / "manifest.jsonl"
+        self.manifest = Manifest(self.manifest_path)
         self.events_path = self.root / "events.log"
         self.checkpoint_path = self.root / "checkpoint"
         self.previous_checkpoint_path = self.root / "checkpoint.prev"
         self._log: IO[bytes] | None = None
-        self._durable_log_size = self.events_path.stat().st_size if self.events_path.exists() else 0
+        self._read_log_header()
+        self._durable_log_size = self._log_size_on_disk()
+        self._cache: Snapshot | None = None  # the last snapshot saved or loaded: the next delta's parent
 
     # -- snapshots ---------------------------------------------------------------------------------------------
 
-    def save_snapshot(self, snapshot: Snapshot) -> dict[str, Any]:
-        """Write the snapshot durably, then append and return its manifest entry."""
-        data = _snapshot_to_npz(snapshot)
-        path = self._snapshot_path(snapshot.id)
-        _replace_durably(path, data)
-        entry = {
-            "id": snapshot.id,
-            "start_time": snapshot.start_time,
-            "end_time": snapshot.end_time,
-            "events": snapshot.events,
-            "networks": {name: {"nodes": net.num_nodes, "alive": int(net.alive.sum()), "edges": net.num_edges}
-                         for name, net in snapshot.networks.items()},
-            "anchors": [[a, b, int(len(pairs))] for (a, b), pairs in snapshot.anchors.items()],
-            "file": path.name,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-        _trim_torn_tail(self.manifest_path)
-        with open(self.manifest_path, "ab") as manifest:
-            manifest.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-            manifest.flush()
-            os.fsync(manifest.fileno())
+    def save_snapshot(self, snapshot: Snapshot, model_version: str | None = None) -> dict[str, Any]:
+        """Write the snapshot durably (a delta against snapshot ``id - 1`` unless a base is due), then append and
+        return its manifest entry. ``model_version`` names the model current when it was cut."""
+        manifest = self._manifest()
+        previous = manifest.get(snapshot.id - 1)
+        parent = None
+        if previous is not None and previous.get("depth", 0) + 1 < self.base_every:
+            try:
+                parent = self.load_snapshot(snapshot.id - 1)
+            except StoreCorruption:
+                parent = None  # a damaged predecessor is never built upon: start a new base
+        log_start = previous["log"][1] if previous is not None and "log" in previous else self.log_start_line
+        entry = self._write_snapshot(snapshot, parent, log_start, model_version)
+        self._cache = snapshot
         return entry
 
     def load_snapshot(self, snapshot_id: int) -> Snapshot:
-        """The snapshot as saved; ``KeyError`` if never listed, :class:`StoreCorruption` if its file is damaged."""
-        entry = self._manifest().get(snapshot_id)
-        if entry is None:
+        """The snapshot as saved; ``KeyError`` if never listed, :class:`StoreCorruption` if a file it needs (its
+        own, or one of the deltas and base it is built on) is damaged."""
+        manifest = self._manifest()
+        if snapshot_id not in manifest:
             raise KeyError(f"snapshot {snapshot_id} is not in {self.manifest_path}")
-        path = self._snapshot_path(snapshot_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise StoreCorruption(f"snapshot {snapshot_id} is in the manifest but {path} is missing") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != entry["bytes"] or digest != entry["sha256"]:
-            raise StoreCorruption(
-                f"snapshot file {path} is torn or corrupt: the manifest recorded {entry['bytes']} bytes with sha256 "
-                f"{entry['sha256'][:12]}…, the file has {len(data)} bytes with sha256 {digest[:12]}…")
-        return _snapshot_from_npz(data)
+        chain = [manifest[snapshot_id]]  # newest first, back to a base (or to the cached snapshot)
+        while chain[-1].get("parent") is not None:
+            parent_id = chain[-1]["parent"]
+            if self._cache is not None and self._cache.id == parent_id:
+                break
+            parent_entry = manifest.get(parent_id)
+            if parent_entry is None:
+                raise StoreCorruption(f"snapshot {chain[-1]['id']} is a delta on snapshot {parent_id}, which is "
+                                      "no longer in the manifest")
+            chain.append(parent_entry)
+        files = [self._verified_bytes(entry) for entry in chain]  # the snapshot's own file is checked first
+        snapshot = self._cache if chain[-1].get("parent") is not None else None
+        for data in reversed(files):
+            snapshot = _decode_snapshot(data, snapshot)
+        self._cache = snapshot
+        return snapshot
 
     def list_snapshots(self) -> list[dict[str, Any]]:
         """Manifest entries, by id, whose file exists with the recorded size (the sha256 is checked on load)."""
         listed = []
         for snapshot_id, entry in sorted(self._manifest().items()):
             try:
-                size = self._snapshot_path(snapshot_id).stat().st_size
+                size = (self.snapshot_dir / entry["file"]).stat().st_size
             except FileNotFoundError:
                 continue
             if size == entry["bytes"]:
                 listed.append(entry)
         return listed
 
+    def snapshot_entry(self, snapshot_id: int) -> dict[str, Any]:
+        """The manifest entry of one snapshot (``KeyError`` if it is not listed)."""
+        entry = self._manifest().get(snapshot_id)
+        if entry is None:
+            raise KeyError(f"snapshot {snapshot_id} is not in {self.manifest_path}")
+        return entry
+
     def latest_id(self) -> int | None:
         listed = self.list_snapshots()
         return listed[-1]["id"] if listed else None
 
-    def _snapshot_path(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir / f"{snapshot_id:08d}.npz"
+    def snapshot_at(self, time: float) -> int | None:
+        """The newest snapshot whose window ended at or before event time ``time`` (None: none had yet)."""
+        ids = [e["id"] for e in self.list_snapshots() if e["end_time"] <= time]
+        return ids[-1] if ids else None
+
+    def forget_after(self, snapshot_id: int | None) -> list[int]:
+        """Drop the snapshots after ``snapshot_id`` from the manifest (they are cut again after a recovery);
+        returns their ids."""
+        manifest = self._manifest()
+        later = sorted(i for i in manifest if snapshot_id is None or i > snapshot_id)
+        if later:
+            self._rewrite_manifest([e for i, e in sorted(manifest.items()) if i not in later])
+            self._remove_orphans()
+            if self._cache is not None and self._cache.id in later:
+                self._cache = None
+        return later
+
+    def compact(self, keep_from: int | None = None) -> dict[str, Any]:
+        """Apply retention: keep at least the newest ``retain`` snapshots and every one from ``keep_from`` on (the
+        caller still needs them), dropping whole base groups before them (so no delta loses its base), and the
+        event-log lines before the oldest kept snapshot's range. Returns what was dropped."""
+        listed = self.list_snapshots()
+        nothing = {"dropped": [], "log_lines_dropped": 0}
+        if self.retain is None or len(listed) <= self.retain:
+            return nothing
+        cutoff = listed[-self.retain]["id"] if keep_from is None else min(listed[-self.retain]["id"], keep_from)
+        bases = [e["id"] for e in listed if e.get("parent") is None and e["id"] <= cutoff]
+        if not bases:
+            return nothing
+        cutoff = bases[-1]
+        kept = [e for e in listed if e["id"] >= cutoff]
+        dropped = [e["id"] for e in listed if e["id"] < cutoff]
+        if dropped:
+            self._rewrite_manifest(kept)
+            self._remove_orphans()
+            if self._cache is not None and self._cache.id < cutoff:
+                self._cache = None
+        before = self.log_start_line
+        # Never drop log bytes a checkpoint still counts on: recovery may fall back to checkpoint.prev.
+        limits = [state[_EVENTS_LOG_SIZE] for state in (read_checkpoint_file(p) for p in
+                  (self.checkpoint_path, self.previous_checkpoint_path)) if state is not None]
+        self.trim_log(kept[0]["log"][0], max_byte=min(limits, default=self._durable_log_size))
+        return {"dropped": dropped, "log_lines_dropped": self.log_start_line - before}
+
+    def size_bytes(self) -> dict[str, int]:
+        """Bytes on disk: snapshot files, manifest, event log, checkpoints."""
+        snapshots = sum(p.stat().st_size for p in self.snapshot_dir.glob("*.npz"))
+        other = {name: (self.root / name).stat().st_size if (self.root / name).exists() else 0
+                 for name in ("events.log", "checkpoint", "checkpoint.prev")}
+        manifest = self.manifest_path.stat().st_size if self.manifest_path.exists() else 0
+        return {"snapshots": snapshots, "manifest": manifest, "events_log": other["events.log"],
+                "checkpoints": other["checkpoint"] + other["checkpoint.prev"]}
+
+    def _write_snapshot(self, snapshot: Snapshot, parent: Snapshot | None, log_start: int,
+                        model_version: str | None) -> dict[str, Any]:
+        data = _encode_snapshot(snapshot, parent)
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.snapshot_dir / f"{snapshot.id:08d}-{digest[:8]}.npz"
+        write_durably(path, data)
+        previous = self._manifest().get(snapshot.id - 1) if parent is not None else None
+        entry = {
+            "id": snapshot.id,
+            "kind": "base" if parent is None else "delta",
+            "parent": None if parent is None else parent.id,
+            "depth": 0 if parent is None else (previous or {}).get("depth", 0) + 1,
+            "start_time": snapshot.start_time,
+            "end_time": snapshot.end_time,
+            "events": snapshot.events,
+            "log": [log_start, snapshot.arrived],
+            "model_version": model_version,
+            "networks": {name: {"nodes": net.num_nodes, "alive": int(net.alive.sum()), "edges": net.num_edges,
+                                "changed": int(len(net.changed))}
+                         for name, net in snapshot.networks.items()},
+            "anchors": [[a, b, int(len(pairs))] for (a, b), pairs in snapshot.anchors.items()],
+            "file": path.name,
+            "bytes": len(data),
+            "sha256": digest,
+        }
+        self.manifest.append(entry)
+        return entry
+
+    def _verified_bytes(self, entry: dict[str, Any]) -> bytes:
+        path = self.snapshot_dir / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreCorruption(f"snapshot {entry['id']} is in the manifest but {path} is missing") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != entry["bytes"] or digest != entry["sha256"]:
+            raise StoreCorruption(
+                f"snapshot file {path} is torn or corrupt: the manifest recorded {entry['bytes']} bytes with sha256 "
+                f"{entry['sha256'][:12]}…, the file has {len(data)} bytes with sha256 {digest[:12]}…")
+        return data
 
     def _manifest(self) -> dict[int, dict[str, Any]]:
         """The last complete manifest line per id (a snapshot re-cut after recovery appends a newer line)."""
         entries: dict[int, dict[str, Any]] = {}
-        for line in _complete_lines(self.manifest_path):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # only a torn append can produce this, and its snapshot was never acknowledged
+        for entry in self.manifest.entries():
+            entry.setdefault("file", f"{int(entry['id']):08d}.npz")  # written before files carried a digest
             entries[int(entry["id"])] = entry
         return entries
+
+    def _rewrite_manifest(self, entries: list[dict[str, Any]]) -> None:
+        self.manifest.rewrite(entries)
+
+    def _remove_orphans(self) -> None:
+        """Snapshot files no manifest line names: left by a crash between a file and its line, or dropped."""
+        named = {e["file"] for e in self._manifest().values()}
+        for path in self.snapshot_dir.glob("*.npz"):
+            if path.name not in named:
+                path.unlink(missing_ok=True)
 
     # -- event log ---------------------------------------------------------------------------------------------
 
@@ -148,6 +308,8 @@ class SnapshotStore:
             return
         if any("\n" in line or "\r" in line for line in batch):
             raise ValueError("event log lines must not contain line breaks (pass canonical single-line JSON)")
+        if any(line.startswith("#") for line in batch):
+            raise ValueError("event log lines must not start with '#' (reserved for the log header)")
         self._open_log().write(("\n".join(batch) + "\n").encode("utf-8"))
 
     def sync(self) -> None:
@@ -156,17 +318,69 @@ class SnapshotStore:
             return
         self._log.flush()
         os.fsync(self._log.fileno())
-        self._durable_log_size = os.fstat(self._log.fileno()).st_size
+        self._durable_log_size = self._log_start_byte + os.fstat(self._log.fileno()).st_size - self._header_len
 
     def events_log_size(self) -> int:
-        """Bytes of the event log known to be durable (as of the last :meth:`sync`)."""
+        """Bytes of the event log known to be durable (as of the last :meth:`sync`), counted from the first event
+        ever logged (bytes dropped by retention included)."""
         return self._durable_log_size
 
-    def read_events(self, start_byte: int = 0) -> Iterator[str]:
-        """Complete event lines from byte offset ``start_byte`` (a line start); a torn last line is skipped."""
+    @property
+    def log_start_line(self) -> int:
+        """Number (from 0, over the whole history) of the first event line the log still holds."""
+        return self._log_start_line
+
+    def read_events(self, start_byte: int | None = None) -> Iterator[str]:
+        """Complete event lines from absolute byte offset ``start_byte`` (a line start; default: the first line
+        retained); a torn last line is skipped."""
         if self._log is not None:
             self._log.flush()
-        return _complete_lines(self.events_path, start_byte)
+        if start_byte is None:
+            start_byte = self._log_start_byte
+        if start_byte < self._log_start_byte:
+            raise ValueError(f"event log bytes before {self._log_start_byte} were dropped by retention")
+        return _complete_lines(self.events_path, start_byte - self._log_start_byte + self._header_len)
+
+    def read_lines(self, start_line: int = 0, end_line: int | None = None) -> Iterator[str]:
+        """Event lines numbered ``[start_line, end_line)`` over the whole history (see ``Snapshot.arrived``);
+        ``ValueError`` if retention dropped some of them."""
+        if start_line < self._log_start_line:
+            raise ValueError(f"event log lines before {self._log_start_line} were dropped by retention "
+                             f"(asked from line {start_line})")
+        number = self._log_start_line
+        for line in self.read_events():
+            if end_line is not None and number >= end_line:
+                return
+            if number >= start_line:
+                yield line
+            number += 1
+
+    def start_log_at(self, start_byte: int, start_line: int) -> None:
+        """Make an empty event log continue a history kept elsewhere (a state dir started from a savepoint):
+        offsets recorded there stay meaningful here."""
+        if self._log_size_on_disk() > self._log_start_byte:
+            raise ValueError(f"{self.events_path} already holds events")
+        self._write_log(start_byte, start_line, b"")
+
+    def trim_log(self, before_line: int, max_byte: int | None = None) -> None:
+        """Drop event lines numbered below ``before_line``, atomically; never bytes past ``max_byte`` (absolute)
+        nor any that are not durable yet."""
+        self.sync()
+        if before_line <= self._log_start_line:
+            return
+        durable_end = self._durable_log_size - self._log_start_byte + self._header_len
+        limit = durable_end if max_byte is None else min(durable_end, max_byte - self._log_start_byte + self._header_len)
+        with open(self.events_path, "rb") as f:
+            f.seek(self._header_len)
+            number, offset = self._log_start_line, self._header_len
+            while number < before_line and offset < limit:
+                raw = f.readline()
+                if not raw.endswith(b"\n") or offset + len(raw) > limit:
+                    break
+                number, offset = number + 1, offset + len(raw)
+            f.seek(offset)
+            tail = f.read(durable_end - offset)
+        self._write_log(self._log_start_byte + offset - self._header_len, number, tail)
 
     def close(self) -> None:
         """Sync and close the event log (appending again reopens it)."""
@@ -174,6 +388,32 @@ class SnapshotStore:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _write_log(self, start_byte: int, start_line: int, tail: bytes) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        header = b""
+        if start_byte or start_line:
+            header = _LOG_HEADER + _json_line({"start_byte": start_byte, "start_line": start_line})
+        write_durably(self.events_path, header + tail)
+        self._read_log_header()
+        self._durable_log_size = self._log_size_on_disk()
+
+    def _read_log_header(self) -> None:
+        self._log_start_byte = self._log_start_line = self._header_len = 0
+        if not self.events_path.exists():
+            return
+        with open(self.events_path, "rb") as f:
+            first = f.readline()
+        if first.startswith(_LOG_HEADER) and first.endswith(b"\n"):
+            fields = json.loads(first[len(_LOG_HEADER):])
+            self._log_start_byte, self._log_start_line = int(fields["start_byte"]), int(fields["start_line"])
+            self._header_len = len(first)
+
+    def _log_size_on_disk(self) -> int:
+        size = self.events_path.stat().st_size if self.events_path.exists() else 0
+        return self._log_start_byte + max(0, size - self._header_len)
 
     def _open_log(self) -> IO[bytes]:
         if self._log is None:
@@ -196,16 +436,15 @@ class SnapshotStore:
         if recorded != self._durable_log_size:
             raise ValueError(f"state says {_EVENTS_LOG_SIZE}={recorded} but the event log holds "
                              f"{self._durable_log_size} durable bytes; leave the key out and the store records it")
-        payload = _encode_checkpoint({**state, _EVENTS_LOG_SIZE: self._durable_log_size})
-        data = _CHECKPOINT_MAGIC + hashlib.sha256(payload).digest() + payload
-        _replace_durably(self.checkpoint_path, data, keep_previous=self.previous_checkpoint_path)
+        write_durably(self.checkpoint_path, encode_checkpoint({**state, _EVENTS_LOG_SIZE: self._durable_log_size}),
+                         keep_previous=self.previous_checkpoint_path)
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         """The newest intact checkpoint (``checkpoint``, else ``checkpoint.prev``), or ``None``."""
         for path in (self.checkpoint_path, self.previous_checkpoint_path):
-            payload = _verified_checkpoint_payload(path)
-            if payload is not None:
-                return _decode_checkpoint(payload)
+            state = read_checkpoint_file(path)
+            if state is not None:
+                return state
         return None
 
     def recover(self) -> dict[str, Any] | None:
@@ -216,26 +455,54 @@ class SnapshotStore:
         for directory in (self.root, self.snapshot_dir):
             for temp in directory.glob(".*.tmp"):
                 temp.unlink(missing_ok=True)
-        _trim_torn_tail(self.manifest_path)
+        self.manifest.trim_torn_tail()
+        self._remove_orphans()
+        self._cache = None
+        self._read_log_header()
         checkpoint = self.read_checkpoint()
-        keep = int(checkpoint[_EVENTS_LOG_SIZE]) if checkpoint is not None else 0
-        size = self.events_path.stat().st_size if self.events_path.exists() else 0
-        if size < keep:
-            raise StoreCorruption(f"{self.events_path} holds {size} bytes but the checkpoint recorded {keep} "
-                                  "durable bytes: the event log lost data")
+        keep = int(checkpoint[_EVENTS_LOG_SIZE]) if checkpoint is not None else self._log_start_byte
+        size = self._log_size_on_disk()
+        if size < keep or keep < self._log_start_byte:
+            raise StoreCorruption(f"{self.events_path} holds bytes [{self._log_start_byte}, {size}) but the "
+                                  f"checkpoint recorded {keep} durable bytes: the event log lost data")
         if size > keep:
             with open(self.events_path, "r+b") as log:
-                log.truncate(keep)
+                log.truncate(keep - self._log_start_byte + self._header_len)
                 os.fsync(log.fileno())
         self._durable_log_size = keep
         return checkpoint
 
 
+def encode_checkpoint(state: dict[str, Any]) -> bytes:
+    """A checkpoint file's bytes: magic, sha256 of the payload, payload (see the module docstring)."""
+    payload = _encode_checkpoint(state)
+    return _CHECKPOINT_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def snapshot_to_bytes(snapshot: Snapshot) -> bytes:
+    """A self-contained (base) snapshot file, to carry a snapshot outside its store (savepoints)."""
+    return _encode_snapshot(snapshot, None)
+
+
+def snapshot_from_bytes(data: bytes) -> Snapshot:
+    return _decode_snapshot(data, None)
+
+
+def read_checkpoint_file(path: Path) -> dict[str, Any] | None:
+    """The state in a checkpoint file (a checkpoint or a savepoint), or None if it is missing, torn or corrupt."""
+    payload = _verified_checkpoint_payload(path)
+    return None if payload is None else _decode_checkpoint(payload)
+
+
+def _json_line(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
 # -- file primitives -------------------------------------------------------------------------------------------
 
 
-def _replace_durably(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
-    """Atomically make ``path`` hold ``data``; with ``keep_previous``, the old file is first renamed there."""
+def write_durably(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+    """Atomically and durably make ``path`` hold ``data`` (temp file, fsync, rename, directory fsync); with ``keep_previous``, the old file is first renamed there."""
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -287,58 +554,131 @@ def _complete_lines(path: Path, start_byte: int = 0) -> Iterator[str]:
 
 
 # -- snapshot files --------------------------------------------------------------------------------------------
+# A base holds every array. A delta holds, per network, the node ids added since its parent (registries only
+# grow), the edges removed and the edges added or re-weighted (keyed u << 32 | v), the nodes whose alive flag
+# or attribute row changed, and ``changed`` as is; per anchor pair, the pairs removed and added. A network new
+# since the parent, or whose attribute width changed, or whose ids are not an extension of the parent's, is
+# stored whole inside the delta.
 
 
-def _snapshot_to_npz(snapshot: Snapshot) -> bytes:
+def _encode_snapshot(snapshot: Snapshot, parent: Snapshot | None) -> bytes:
     arrays: dict[str, np.ndarray] = {}
     networks = []
     for i, (name, net) in enumerate(snapshot.networks.items()):
-        networks.append({"name": name, "has_attrs": net.attrs is not None,
-                         "attr_names": None if net.attr_names is None else list(net.attr_names)})
-        arrays[f"n{i}_node_ids"], arrays[f"n{i}_node_id_ends"] = _pack_strings(net.node_ids)
-        arrays[f"n{i}_edge_index"] = np.asarray(net.edge_index, np.int64)
-        arrays[f"n{i}_edge_weight"] = np.asarray(net.edge_weight, np.float32)
-        arrays[f"n{i}_alive"] = np.asarray(net.alive, bool)
-        arrays[f"n{i}_changed"] = np.asarray(net.changed, np.int64)
+        p = f"n{i}_"
+        old = parent.networks.get(name) if parent is not None else None
+        if old is not None and net.node_ids[:old.num_nodes] != old.node_ids:
+            old = None
+        spec = {"name": name, "has_attrs": net.attrs is not None, "delta": old is not None,
+                "attr_names": None if net.attr_names is None else list(net.attr_names), "nodes": net.num_nodes}
+        arrays[p + "changed"] = np.asarray(net.changed, np.int64)
+        keys, weights = _edge_keys(net.edge_index), np.asarray(net.edge_weight, np.float32)
+        if old is None:
+            arrays[p + "node_ids"], arrays[p + "node_id_ends"] = pack_strings(net.node_ids)
+            arrays[p + "edge_keys"], arrays[p + "edge_weight"] = keys, weights
+            arrays[p + "alive"] = np.asarray(net.alive, bool)
+        else:
+            arrays[p + "node_ids"], arrays[p + "node_id_ends"] = pack_strings(net.node_ids[old.num_nodes:])
+            removed, keys, (weights,) = diff_keyed(_edge_keys(old.edge_index), [old.edge_weight], keys, [weights])
+            arrays[p + "edge_removed"], arrays[p + "edge_keys"], arrays[p + "edge_weight"] = removed, keys, weights
+            arrays[p + "alive_idx"], arrays[p + "alive"] = diff_dense(old.alive, np.asarray(net.alive, bool))
         if net.attrs is not None:
-            arrays[f"n{i}_attrs"] = np.asarray(net.attrs, np.float32)
-    for j, pairs in enumerate(snapshot.anchors.values()):
-        arrays[f"a{j}"] = np.asarray(pairs, np.int64).reshape(-1, 2)
+            attrs = np.asarray(net.attrs, np.float32)
+            spec["attrs_delta"] = old is not None and old.attrs is not None and old.attrs.shape[1] == attrs.shape[1]
+            if spec["attrs_delta"]:
+                arrays[p + "attr_idx"], arrays[p + "attrs"] = diff_dense(old.attrs, attrs)
+            else:
+                arrays[p + "attrs"] = attrs
+        networks.append(spec)
+    for j, (key, pairs) in enumerate(snapshot.anchors.items()):
+        new_keys = _pair_keys(pairs)
+        old_pairs = parent.anchors.get(key) if parent is not None else None
+        old_keys = _pair_keys(old_pairs) if old_pairs is not None else np.zeros(0, np.int64)
+        arrays[f"a{j}_removed"], arrays[f"a{j}_keys"], _ = diff_keyed(old_keys, [], new_keys, [])
     meta = {"id": snapshot.id, "start_time": snapshot.start_time, "end_time": snapshot.end_time,
-            "events": snapshot.events, "networks": networks, "anchor_pairs": [list(key) for key in snapshot.anchors]}
+            "events": snapshot.events, "arrived": snapshot.arrived, "parent": None if parent is None else parent.id,
+            "networks": networks, "anchor_pairs": [list(key) for key in snapshot.anchors]}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=_json_bytes(meta), **arrays)
     return buffer.getvalue()
 
 
-def _snapshot_from_npz(data: bytes) -> Snapshot:
+def _decode_snapshot(data: bytes, parent: Snapshot | None) -> Snapshot:
+    """A snapshot file's content; a delta needs its parent (the snapshot its meta names)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         meta = json.loads(npz["meta"].tobytes())
+        if "parent" not in meta:
+            return _decode_legacy(npz, meta)
+        if meta["parent"] is not None and (parent is None or parent.id != meta["parent"]):
+            raise ValueError(f"snapshot {meta['id']} is a delta on {meta['parent']}, got parent "
+                             f"{None if parent is None else parent.id}")
         networks = {}
         for i, spec in enumerate(meta["networks"]):
+            p, n = f"n{i}_", spec["nodes"]
+            ids = unpack_strings(npz[p + "node_ids"], npz[p + "node_id_ends"])
+            if spec["delta"]:
+                old = parent.networks[spec["name"]]
+                ids = old.node_ids + ids
+                keys, (weights,) = patch_keyed(_edge_keys(old.edge_index), [old.edge_weight], npz[p + "edge_removed"],
+                                               npz[p + "edge_keys"], [npz[p + "edge_weight"]])
+                alive = patch_dense(old.alive, n, npz[p + "alive_idx"], npz[p + "alive"])
+            else:
+                old = None
+                keys, weights, alive = npz[p + "edge_keys"], npz[p + "edge_weight"], npz[p + "alive"]
+            attrs = None
+            if spec["has_attrs"]:
+                attrs = npz[p + "attrs"]
+                if spec.get("attrs_delta"):
+                    attrs = patch_dense(old.attrs, n, npz[p + "attr_idx"], attrs)
             networks[spec["name"]] = NetworkSnapshot(
-                name=spec["name"],
-                node_ids=_unpack_strings(npz[f"n{i}_node_ids"], npz[f"n{i}_node_id_ends"]),
-                edge_index=npz[f"n{i}_edge_index"],
-                edge_weight=npz[f"n{i}_edge_weight"],
-                alive=npz[f"n{i}_alive"],
-                attrs=npz[f"n{i}_attrs"] if spec["has_attrs"] else None,
+                name=spec["name"], node_ids=ids, edge_index=np.stack([keys >> 32, keys & _LOW_BITS]),
+                edge_weight=weights, alive=alive, attrs=attrs,
                 attr_names=None if spec["attr_names"] is None else tuple(spec["attr_names"]),
-                changed=npz[f"n{i}_changed"],
-            )
-        anchors = {(a, b): npz[f"a{j}"] for j, (a, b) in enumerate(meta["anchor_pairs"])}
+                changed=npz[p + "changed"])
+        anchors = {}
+        for j, (a, b) in enumerate(meta["anchor_pairs"]):
+            old_pairs = parent.anchors.get((a, b)) if parent is not None else None
+            old_keys = _pair_keys(old_pairs) if old_pairs is not None else np.zeros(0, np.int64)
+            keys, _ = patch_keyed(old_keys, [], npz[f"a{j}_removed"], npz[f"a{j}_keys"], [])
+            anchors[(a, b)] = np.stack([keys >> 32, keys & _LOW_BITS], axis=1).reshape(-1, 2)
+    return Snapshot(id=meta["id"], start_time=meta["start_time"], end_time=meta["end_time"], networks=networks,
+                    anchors=anchors, events=meta["events"], arrived=meta["arrived"])
+
+
+def _decode_legacy(npz: Any, meta: dict[str, Any]) -> Snapshot:
+    """A full snapshot written before deltas existed (arrays stored as the snapshot holds them)."""
+    networks = {}
+    for i, spec in enumerate(meta["networks"]):
+        networks[spec["name"]] = NetworkSnapshot(
+            name=spec["name"], node_ids=unpack_strings(npz[f"n{i}_node_ids"], npz[f"n{i}_node_id_ends"]),
+            edge_index=npz[f"n{i}_edge_index"], edge_weight=npz[f"n{i}_edge_weight"], alive=npz[f"n{i}_alive"],
+            attrs=npz[f"n{i}_attrs"] if spec["has_attrs"] else None,
+            attr_names=None if spec["attr_names"] is None else tuple(spec["attr_names"]), changed=npz[f"n{i}_changed"])
+    anchors = {(a, b): npz[f"a{j}"] for j, (a, b) in enumerate(meta["anchor_pairs"])}
     return Snapshot(id=meta["id"], start_time=meta["start_time"], end_time=meta["end_time"], networks=networks,
                     anchors=anchors, events=meta["events"])
 
 
-def _pack_strings(strings: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _edge_keys(edge_index: np.ndarray) -> np.ndarray:
+    """``u << 32 | v`` per edge: sorted, since a snapshot's edges are in canonical (u, v) order."""
+    edge_index = np.asarray(edge_index, np.int64)
+    return (edge_index[0] << 32) | edge_index[1]
+
+
+def _pair_keys(pairs: np.ndarray) -> np.ndarray:
+    """Anchor pairs as ``a << 32 | b``: sorted, since pairs are sorted by their (unique) first column."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    return (pairs[:, 0] << 32) | pairs[:, 1]
+
+
+def pack_strings(strings: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 blob plus end offsets: exact for any id (numpy's unicode dtype drops trailing NULs) and unpadded."""
     encoded = [s.encode("utf-8") for s in strings]
     ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
     return np.frombuffer(b"".join(encoded), np.uint8), ends
 
 
-def _unpack_strings(blob: np.ndarray, ends: np.ndarray) -> tuple[str, ...]:
+def unpack_strings(blob: np.ndarray, ends: np.ndarray) -> tuple[str, ...]:
     data = blob.tobytes()
     bounds = [0, *ends.tolist()]
     return tuple(data[bounds[k]:bounds[k + 1]].decode("utf-8") for k in range(len(ends)))

@@ -78,12 +78,42 @@ def feed(path: str | Path, url: str, *, settings: KafkaSettings | None = None, r
     ``~pass``, so the consumer sees new events rather than duplicates. ``progress(n)`` is called with the number
     of events just sent.
     """
+    if loop and str(path) == "-":
+        raise ValueError("--loop needs a file: stdin cannot be replayed")
+
+    def passes() -> Iterator[Iterable[bytes]]:
+        for pass_no in range(sys.maxsize if loop else 1):
+            with _open(path) as stream:
+                if pass_no == 0:
+                    lines = _lines(stream)
+                    if loop:
+                        lines, span_of = _measuring(lines)
+                    yield lines
+                    span = span_of() if loop else 0.0
+                else:
+                    yield _shifted(_lines(stream), pass_no, span)
+
+    return _produce(passes(), url, settings=settings, rate=rate, key=key, batch=batch, limit=limit,
+                    progress=progress, stop=stop)
+
+
+def feed_lines(lines: Iterable[bytes], url: str, *, settings: KafkaSettings | None = None, rate: float | None = None,
+               key: str | None = None, batch: int = 1, limit: int | None = None,
+               progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> FeedSummary:
+    """Send event lines (without line breaks) to the topic of ``url`` in order, as :func:`feed` sends a file's:
+    ``dynalign replay --to-kafka`` re-feeds the recorded event log with it."""
+    return _produce(iter([lines]), url, settings=settings, rate=rate, key=key, batch=batch, limit=limit,
+                    progress=progress, stop=stop)
+
+
+def _produce(passes: Iterator[Iterable[bytes]], url: str, *, settings: KafkaSettings | None, rate: float | None,
+             key: str | None, batch: int, limit: int | None, progress: Callable[[int], None] | None,
+             stop: threading.Event | None) -> FeedSummary:
+    """Produce each pass of lines in turn until ``limit`` events, ``stop``, the last pass, or an empty pass."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be > 0 events/s, got {rate}")
-    if loop and str(path) == "-":
-        raise ValueError("--loop needs a file: stdin cannot be replayed")
     servers, topic, _ = parse_kafka_url(url)
     producer = kafka_producer(servers, settings)
     summary = FeedSummary()
@@ -97,26 +127,20 @@ def feed(path: str | Path, url: str, *, settings: KafkaSettings | None = None, r
     started = time.monotonic()
     try:
         pace = _Pace(rate, started)
-        for pass_no in range(sys.maxsize if loop else 1):
-            summary.passes = pass_no + 1
+        for lines in passes:
+            summary.passes += 1
             sent_before = summary.events
-            with _open(path) as stream:
-                lines = _lines(stream) if pass_no == 0 else _shifted(_lines(stream), pass_no, span)
-                if loop and pass_no == 0:
-                    lines, span_of = _measuring(lines)
-                budget = None if limit is None else limit - summary.events
-                for message_key, value, events, malformed in _messages(lines, key, batch, budget):
-                    if stop is not None and stop.is_set():
-                        return summary
-                    pace.wait(summary.events)
-                    producer.send(topic, value=value, key=message_key).add_errback(failed)
-                    summary.events += events
-                    summary.malformed += malformed
-                    summary.messages += 1
-                    if progress:
-                        progress(events)
-            if loop and pass_no == 0:
-                span = span_of()
+            budget = None if limit is None else limit - summary.events
+            for message_key, value, events, malformed in _messages(lines, key, batch, budget):
+                if stop is not None and stop.is_set():
+                    return summary
+                pace.wait(summary.events)
+                producer.send(topic, value=value, key=message_key).add_errback(failed)
+                summary.events += events
+                summary.malformed += malformed
+                summary.messages += 1
+                if progress:
+                    progress(events)
             if (limit is not None and summary.events >= limit) or summary.events == sent_before:  # or empty file
                 break
         return summary

@@ -26,9 +26,10 @@ def sample_snapshot(snapshot_id=1, seed=5):
 def test_snapshot_round_trip_and_manifest(store):
     snapshot = sample_snapshot()
     entry = store.save_snapshot(snapshot)
-    assert_snapshots_equal(store.load_snapshot(1), snapshot)
-    assert entry["file"] == "00000001.npz" and entry["bytes"] == (store.snapshot_dir / entry["file"]).stat().st_size
-    assert entry["networks"]["c"] == {"nodes": 2, "alive": 2, "edges": 1}
+    assert_snapshots_equal(SnapshotStore(store.root).load_snapshot(1), snapshot)
+    assert entry["file"] == f"00000001-{entry['sha256'][:8]}.npz" and entry["kind"] == "base"
+    assert entry["bytes"] == (store.snapshot_dir / entry["file"]).stat().st_size
+    assert entry["networks"]["c"] == {"nodes": 2, "alive": 2, "edges": 1, "changed": 2}
     assert ["a", "c", 1] in entry["anchors"]
     assert store.list_snapshots() == [entry] and store.latest_id() == 1
     assert json.loads(store.manifest_path.read_text().splitlines()[-1]) == entry
@@ -44,7 +45,7 @@ def test_empty_store(store):
 def test_damaged_snapshot_files_are_detected(store):
     for snapshot_id in (1, 2):
         store.save_snapshot(sample_snapshot(snapshot_id))
-    first, second = (store.snapshot_dir / f"0000000{i}.npz" for i in (1, 2))
+    first, second = (store.snapshot_dir / e["file"] for e in store.list_snapshots())
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0xFF
     first.write_bytes(bytes(data))

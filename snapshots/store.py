@@ -132,10 +132,13 @@ class SnapshotStore:
         previous = manifest.get(snapshot.id - 1)
         parent = None
         if previous is not None and previous.get("depth", 0) + 1 < self.base_every:
-            try:
-                parent = self.load_snapshot(snapshot.id - 1)
-            except StoreCorruption:
-                parent = None  # a damaged predecessor is never built upon: start a new base
+            if self._cache is not None and self._cache.id == snapshot.id - 1:
+                parent = self._cache  # the usual case: the snapshot saved just before
+            else:
+                try:
+                    parent = self.load_snapshot(snapshot.id - 1)
+                except StoreCorruption:
+                    parent = None  # a damaged predecessor is never built upon: start a new base
         log_start = previous["log"][1] if previous is not None and "log" in previous else self.log_start_line
         entry = self._write_snapshot(snapshot, parent, log_start, model_version)
         self._cache = snapshot

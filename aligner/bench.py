@@ -93,25 +93,36 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     return out
 
 
-def _child(queue, *args) -> None:
+def _child(queue, fn, *args) -> None:
     try:
-        queue.put(("ok", run_seed(*args)))
+        queue.put(("ok", fn(*args)))
     except BaseException as e:  # the parent reports it; a child must not die silently
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
+def in_own_process(fn, *args):
+    """``fn(*args)`` in a fresh spawned process, so its wall time and peak memory are its own."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, *args))
+    proc.start()
+    status, result = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(result)
+    return result
+
+
+def mean_std(values) -> dict:
+    values = list(values)
+    return {"mean": round(statistics.fmean(values), 4), "std": round(statistics.pstdev(values), 4)}
+
+
 def bench_static(dataset_dir: str | Path, cfg: Config, seeds: int = 3, train_ratio: float | None = None,
                  full_steps: int = FULL_STEPS, validation: bool = False, echo=print) -> dict:
-    ctx = mp.get_context("spawn")
     per_seed = []
     for seed in range(seeds):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(queue, str(dataset_dir), seed, train_ratio, cfg, full_steps, validation))
-        proc.start()
-        status, result = queue.get()
-        proc.join()
-        if status != "ok":
-            raise RuntimeError(f"seed {seed} failed: {result}")
+        result = in_own_process(run_seed, str(dataset_dir), seed, train_ratio, cfg, full_steps, validation)
         per_seed.append(result)
         echo(f"seed {seed}: fast H@1 {result['fast']['hits@1']:.3f} MRR {result['fast']['mrr']:.3f} "
              f"({result['fast']['total_s']:.0f} s) | full H@1 {result['full']['hits@1']:.3f} "
@@ -121,9 +132,7 @@ def bench_static(dataset_dir: str | Path, cfg: Config, seeds: int = 3, train_rat
     for variant in ("fast", "full"):
         summary[variant] = {}
         for key in ("hits@1", "hits@5", "hits@10", "mrr", "train_s", "total_s"):
-            values = [r[variant][key] for r in per_seed]
-            summary[variant][key] = {"mean": round(statistics.fmean(values), 4),
-                                     "std": round(statistics.pstdev(values), 4)}
+            summary[variant][key] = mean_std(r[variant][key] for r in per_seed)
     summary["fast"]["evidence_agreement"] = round(statistics.fmean(
         r["fast"]["evidence_agreement"] for r in per_seed), 4)
     for key in ("wall_s", "peak_rss_mb"):

@@ -480,23 +480,48 @@ def explain(node, net, to, k, state_dir, as_json) -> None:
 
 @cli.command()
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--protocol", type=click.Choice(["static"]), default="static", show_default=True)
+@click.option("--protocol", type=click.Choice(["static", "stream"]), default="static", show_default=True)
 @click.option("--seeds", type=int, default=3, show_default=True)
 @click.option("--train-ratio", type=float, default=None, help="Seeded fraction of anchors.tsv instead of train.tsv.")
 @click.option("--full-steps", type=int, default=200, show_default=True, help="Steps of ordinary training ('full').")
 @click.option("--validation", is_flag=True,
               help="Score on a held-out quarter of the train anchors instead of the test anchors (to choose settings).")
+@click.option("--windows", type=int, default=10, show_default=True, help="Stream protocol: event-time windows.")
+@click.option("--variants", default=",".join(("dynalign", "retrain", "frozen", "init:meta", "init:pretrained",
+                                             "init:random")), show_default=True,
+              help="Stream protocol: which variants to run, comma-separated.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+              help="Stream protocol: write accuracy and compute per window as a PNG here.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results as JSON here.")
 @click.pass_context
-def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation, json_out) -> None:
-    """Alignment quality (Hits@1/5/10, MRR on test anchors), time and peak memory per seed: the meta-learned
-    initialisation with few-step adaptation ('fast') next to ordinary full training ('full')."""
-    from aligner.bench import bench_static, format_table
+def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation, windows, variants, plot_out,
+          json_out) -> None:
+    """Alignment quality (Hits@1/5/10, MRR on test anchors), time and peak memory per seed.
 
+    static: the meta-learned initialisation with few-step adaptation ('fast') next to ordinary full training
+    ('full'). stream: the dataset replayed in windows; incremental dynalign next to retraining on every window,
+    a frozen model and the initialisation ablation (meta-learned / pretrained / random)."""
     cfg = _config(ctx, **ctx.obj["log_overrides"])
-    result = bench_static(dataset_dir, cfg, seeds=seeds, train_ratio=train_ratio, full_steps=full_steps,
-                          validation=validation, echo=lambda line: click.echo(line, err=True))
-    click.echo(format_table(result))
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if protocol == "stream":
+        from aligner.stream_bench import VARIANTS, bench_stream, format_stream_table, plot_stream
+
+        chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+        unknown = sorted(set(chosen) - set(VARIANTS))
+        if unknown:
+            raise click.BadParameter(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}",
+                                     param_hint="--variants")
+        result = bench_stream(dataset_dir, cfg, seeds=seeds, windows=windows, full_steps=full_steps,
+                              variants=chosen, echo=echo)
+        click.echo(format_stream_table(result))
+        if plot_out:
+            plot_stream(result, plot_out)
+    else:
+        from aligner.bench import bench_static, format_table
+
+        result = bench_static(dataset_dir, cfg, seeds=seeds, train_ratio=train_ratio, full_steps=full_steps,
+                              validation=validation, echo=echo)
+        click.echo(format_table(result))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=1))
 

@@ -78,7 +78,7 @@ class ModelConfig:
 
 @dataclass
 class MetaConfig:
-    algorithm: str = "metasgd"  # maml | fomaml | reptile | metasgd
+    algorithm: str = "metasgd"  # maml | fomaml | reptile | metasgd | multitask (a non-meta baseline)
     inner_steps: int = 3
     inner_lr: float = 0.05
     meta_lr: float = 0.003
@@ -93,6 +93,11 @@ class MetaConfig:
 @dataclass
 class AdaptConfig:
     steps: int = 5
+    incremental: bool = True  # False: every snapshot takes the adaptation path
+    every_snapshots: int = 10  # adapt at least this often (0: only on anchor growth or drift)
+    anchor_growth: float = 0.5  # adapt when the known anchors grew by this fraction since the last adaptation
+    drift_delta: float = 0.002  # ADWIN confidence on the reciprocal ranks of new anchors
+    shift_threshold: float = 0.05  # Page-Hinkley threshold on the mean embedding shift of re-encoded nodes
 
 
 @dataclass
@@ -194,8 +199,9 @@ def load_config(
 
 
 def validate(cfg: Config) -> None:
-    if cfg.meta.algorithm not in ("maml", "fomaml", "reptile", "metasgd"):
-        raise ConfigError(f"meta.algorithm must be maml, fomaml, reptile or metasgd, got {cfg.meta.algorithm!r}")
+    if cfg.meta.algorithm not in ("maml", "fomaml", "reptile", "metasgd", "multitask"):
+        raise ConfigError("meta.algorithm must be maml, fomaml, reptile, metasgd or multitask, "
+                          f"got {cfg.meta.algorithm!r}")
     if cfg.snapshots.window_seconds is None and cfg.snapshots.every_events is None:
         raise ConfigError("snapshots: set window_seconds, every_events or both")
     if cfg.service.log_format not in ("text", "json"):

@@ -1,16 +1,26 @@
-"""The aligner: for each new snapshot, keep meta-learning the initialisation, fast-adapt it, and re-align.
+"""The aligner: for each new snapshot, keep alignments current, cheaply when it can and thoroughly when it must.
 
 Per snapshot (``Aligner.on_snapshot``):
 
-1. turn every aligned network into tensors and grow the per-node temporal state to the registry's size;
-2. **meta-update** the initialisation on tasks drawn from the last few snapshots (a long warm-up on the first);
-   a task splits the known anchors into *seeds* (they define anchor-relative positions) and *labels* (support
-   and query pairs the encoder must rank first), so the encoder learns to align nodes that are not seeds;
-3. **fast-adapt** a clone of the initialisation with a few steps on the current snapshot;
-4. embed every network with the adapted encoder, all known anchors as seeds, and rank candidates: top-k per
-   alive node, both directions of every aligned pair.
+1. turn every aligned network into tensors; score the anchors that are new since the last snapshot against the
+   alignments currently published (prequential quality, river drift detectors, :mod:`aligner.drift`);
+2. choose a path. The **adaptation path** runs on the first snapshot, every ``adapt.every_snapshots``, when the
+   known anchors grew by ``adapt.anchor_growth`` since the last adaptation, or on drift:
 
-The result is an :class:`AlignmentUpdate`; publishing it is someone else's job.
+   - **meta-update** the initialisation on tasks drawn from the last few snapshots (a long warm-up on the
+     first); a task splits the known anchors into *seeds* (they define anchor-relative positions) and
+     *labels* (support and query pairs the encoder must rank first);
+   - **fast-adapt** a clone of the initialisation with a few steps (Meta-SGD: learned per-parameter rates);
+   - embed every network, all known anchors as seeds, advance the temporal state, solve the transport plan
+     (:mod:`aligner.refine`) and rank every node;
+
+   otherwise the **incremental path** keeps the adapted weights, the anchor coordinate system, the temporal
+   state and the transport context, recomputes the positions of nodes whose edges, attributes or anchors
+   changed, re-encodes only nodes within the encoder's receptive field of them (``2 (cheb_k - 1)`` hops: the
+   recurrent cell convolves its reset-gated state) on the subgraph that covers it, and re-ranks only the rows
+   and columns that changed (:mod:`aligner.incremental`);
+3. return top-k per alive node, both directions of every aligned pair, as an :class:`AlignmentUpdate`;
+   publishing it is someone else's job.
 """
 
 from __future__ import annotations
@@ -25,10 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import scipy.sparse as sp
+
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
+from aligner.drift import QualityMonitor
 from aligner.features import GraphTensors, anchor_entities, anchors_of, rwr_positions
-from aligner.matching import CosineScorer, PlanScorer, ranking_metrics, top_k
-from aligner.refine import refine
+from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
+from aligner.matching import ranking_metrics
+from aligner.refine import solve_plan
 from aligner.update import AlignmentUpdate, PairTopK
 from aligner.meta import FastWeights, MetaLearner
 from aligner.model import AlignmentEncoder, anchor_loss
@@ -99,15 +113,25 @@ class Aligner:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.learner: MetaLearner | None = None
-        self.hidden: dict[str, torch.Tensor] = {}
+        self.fast: dict[str, torch.Tensor] | None = None  # the adapted weights the incremental path encodes with
+        self.hidden: dict[str, torch.Tensor] = {}  # temporal state for the next adaptation
+        self.hidden_in: dict[str, torch.Tensor | None] = {}  # the state the current embeddings were computed from
+        self.entities: dict[str, list[tuple[int, str]]] = {}  # the anchor coordinate system of the last adaptation
+        self.position_inputs: dict[str, torch.Tensor] = {}  # (n, dim + 2) encoder input
         self.embeddings: dict[str, torch.Tensor] = {}
         self.node_ids: dict[str, tuple[str, ...]] = {}
         self.alive: dict[str, torch.Tensor] = {}
-        self.edges: dict[str, torch.Tensor] = {}  # (2, 2E) of the latest snapshot, for structure-aware scoring
+        self.edges: dict[str, torch.Tensor] = {}  # (2, 2E) of the latest snapshot
         # Evidence that needs no training (unit anchor-position sketch, normalised attributes): it anchors the
         # scores when the encoder is still young, and explanations quote it.
         self.positions: dict[str, torch.Tensor] = {}
         self.attrs: dict[str, torch.Tensor | None] = {}
+        self.adjacency: dict[str, sp.csr_matrix] = {}
+        self.matchers: dict[tuple[str, str], PairMatcher] = {}
+        self.monitor = QualityMonitor(adapt.drift_delta, adapt.shift_threshold)
+        self.known_anchors: set[tuple[str, str, int, int]] = set()
+        self.anchors_at_adaptation = 0
+        self.since_adaptation = 0
         self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
         self.snapshots_seen = 0
         self.meta_iterations = 0
@@ -134,28 +158,107 @@ class Aligner:
         nets = sorted({n for p in anchors for n in p})
         graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in nets}
         self._ensure_learner(graphs)
+        scored = self._score_new_anchors(snapshot, anchors)
         inputs = SnapshotInputs(snapshot, graphs, {n: self._hidden_for(n, graphs[n].num_nodes) for n in nets}, anchors)
         self.pool.append(inputs)
+        reason = self._adaptation_reason(anchors)
+        if reason:
+            stats = self._adaptation_path(inputs, reason)
+        else:
+            stats = self._incremental_path(inputs)
+        update = self.rank(snapshot, list(anchors))
+        self.snapshots_seen += 1
+        update.stats = {**stats, "new_anchors_scored": scored, **self.monitor.metrics(),
+                        "anchors": int(sum(len(r) for r in anchors.values())),
+                        "total_s": round(time.perf_counter() - started, 3)}
+        return update
 
+    def _adaptation_reason(self, anchors: dict) -> str | None:
+        """Why this snapshot must take the adaptation path, or ``None`` for the incremental one."""
+        drift = self.monitor.consume_drift()
+        count = int(sum(len(r) for r in anchors.values()))
+        cfg = self.adapt_cfg
+        if self.fast is None:
+            return "first snapshot"
+        if any(p not in self.matchers for p in anchors):
+            return "new pair of networks"
+        if not cfg.incremental:
+            return "incremental path disabled"
+        if drift:
+            return f"drift: {drift}"
+        if cfg.every_snapshots and self.since_adaptation + 1 >= cfg.every_snapshots:
+            return f"schedule: every {cfg.every_snapshots} snapshots"
+        if cfg.anchor_growth and count >= (1.0 + cfg.anchor_growth) * max(self.anchors_at_adaptation, 1):
+            return f"anchors grew from {self.anchors_at_adaptation} to {count}"
+        return None
+
+    def _adaptation_path(self, inputs: SnapshotInputs, reason: str) -> dict:
+        t0 = time.perf_counter()
         iterations = self.meta_cfg.warmup_iterations if self.meta_iterations == 0 else self.meta_cfg.iterations_per_snapshot
         meta_stats = self.meta_train(iterations)
         t_meta = time.perf_counter()
-
         fast = self.adapt(inputs, self.adapt_cfg.steps)
+        self.fast = fast.detached()
         t_adapt = time.perf_counter()
+        self.infer(fast, inputs)
+        self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
+        self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
+        self.since_adaptation = 0
+        return {"path": "adaptation", "reason": reason, **meta_stats, "meta_iterations": iterations,
+                "meta_s": round(t_meta - t0, 3), "adapt_s": round(t_adapt - t_meta, 3),
+                "align_s": round(time.perf_counter() - t_adapt, 3)}
 
-        embeddings = self.infer(fast, inputs)
-        update = self.rank(snapshot, embeddings, list(anchors))
-        self.snapshots_seen += 1
-        update.stats = {
-            **meta_stats,
-            "meta_iterations": iterations,
-            "meta_s": round(t_meta - started, 3),
-            "adapt_s": round(t_adapt - t_meta, 3),
-            "align_s": round(time.perf_counter() - t_adapt, 3),
-            "anchors": int(sum(len(r) for r in anchors.values())),
-        }
-        return update
+    def _incremental_path(self, inputs: SnapshotInputs) -> dict:
+        """Re-encode and re-rank only what the snapshot's changes can reach (see the module docstring)."""
+        t0 = time.perf_counter()
+        fast = self.learner.clone(second_order=False)
+        fast.params = self.fast
+        dirty: dict[str, torch.Tensor] = {}
+        shifts = []
+        for net, g in inputs.graphs.items():
+            n_old = len(self.node_ids.get(net, ()))
+            changed = torch.from_numpy(np.asarray(inputs.snapshot.networks[net].changed, dtype=np.int64))
+            changed = torch.unique(torch.cat([changed, torch.arange(n_old, g.num_nodes)]))
+            adjacency = adjacency_csr(g.edge_index, g.num_nodes)
+            pos = self._grow(self.position_inputs[net], g.num_nodes)
+            if len(changed):
+                fresh = rwr_positions(g, self.entities.get(net, []), self.model_cfg.position_dim,
+                                      self.model_cfg.rwr_restart, self.model_cfg.rwr_steps)
+                pos[changed] = fresh[changed]
+            hops = 2 * (self.model_cfg.cheb_k - 1)
+            reach = _closure(adjacency, changed, hops)
+            hidden = self._pad(self.hidden_in.get(net), g.num_nodes)
+            z = self._grow(self.embeddings[net], g.num_nodes)
+            with torch.no_grad():
+                z_reach = _encode_rows(fast, g, pos, hidden, reach, adjacency, hops)
+            old = reach[reach < n_old]
+            if len(old):
+                shifts.append(float((1.0 - (z_reach[: len(old)] * z[old]).sum(1)).mean()))
+            z[reach] = z_reach
+            self.position_inputs[net] = pos
+            self.hidden_in[net] = hidden
+            self._remember(net, inputs, z, pos, g, adjacency)
+            dirty[net] = reach
+        t_encode = time.perf_counter()
+        if shifts:
+            self.monitor.learn_shift(float(np.mean(shifts)))
+        rows = {}
+        for (a, b), matcher in self.matchers.items():
+            if a in dirty and b in dirty:
+                rows[f"{a}:{b}"] = matcher.update(self._view(a), self._view(b), dirty[a], dirty[b])
+        self.since_adaptation += 1
+        return {"path": "incremental", "reencoded": {n: int(len(d)) for n, d in dirty.items()},
+                "rescored": rows, "encode_s": round(t_encode - t0, 3),
+                "align_s": round(time.perf_counter() - t_encode, 3)}
+
+    def freeze(self) -> None:
+        """Keep the current adapted weights for good: every later snapshot is embedded and matched in full with
+        them, and nothing learns any more (the *frozen* baseline of the stream benchmark)."""
+        with torch.no_grad():
+            for name, p in self.learner.model.named_parameters():
+                p.copy_(self.fast[name])
+        self.meta_cfg = dataclasses.replace(self.meta_cfg, iterations_per_snapshot=0)
+        self.adapt_cfg = dataclasses.replace(self.adapt_cfg, steps=0, incremental=False)
 
     def meta_train(self, iterations: int) -> dict[str, float]:
         stats: dict[str, float] = {}
@@ -181,59 +284,98 @@ class Aligner:
         out = {}
         with torch.no_grad():
             for net, g in inputs.graphs.items():
-                pos = rwr_positions(g, entities.get(net, []), self.model_cfg.position_dim, self.model_cfg.rwr_restart,
+                self.entities[net] = entities.get(net, [])
+                pos = rwr_positions(g, self.entities[net], self.model_cfg.position_dim, self.model_cfg.rwr_restart,
                                     self.model_cfg.rwr_steps)
                 z, h = fast(g.attrs, pos, g.edge_index, g.edge_weight, inputs.hidden[net])
-                self.positions[net] = pos[:, :-2].contiguous()
-                self.attrs[net] = g.attrs
+                self.hidden_in[net] = inputs.hidden[net]
                 self.hidden[net] = h.detach()
+                self.position_inputs[net] = pos
+                self._remember(net, inputs, z.detach(), pos, g, adjacency_csr(g.edge_index, g.num_nodes))
                 out[net] = z.detach()
-                self.node_ids[net] = inputs.snapshot.networks[net].node_ids
-                self.alive[net] = g.alive
-                self.edges[net] = g.edge_index
-        self.embeddings.update(out)
         return out
 
-    def rank(self, snapshot: Snapshot, embeddings: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> AlignmentUpdate:
+    def _remember(self, net: str, inputs: SnapshotInputs, z: torch.Tensor, pos: torch.Tensor, g: GraphTensors,
+                  adjacency: sp.csr_matrix) -> None:
+        self.embeddings[net] = z
+        self.positions[net] = pos[:, :-2].contiguous()
+        self.attrs[net] = g.attrs
+        self.node_ids[net] = inputs.snapshot.networks[net].node_ids
+        self.alive[net] = g.alive
+        self.edges[net] = g.edge_index
+        self.adjacency[net] = adjacency
+
+    def rank(self, snapshot: Snapshot, pairs: list[tuple[str, str]]) -> AlignmentUpdate:
         results = []
         for a, b in pairs:
-            scorers = self.scorers(a, b)
-            for src, dst in ((a, b), (b, a)):
+            matcher = self.matchers[(a, b)]
+            for src, dst, d in ((a, b, "ab"), (b, a, "ba")):
                 rows = self.alive[src].nonzero().flatten()
-                idx, val = top_k(scorers[(src, dst)], self.alive[dst], self.k, rows)
-                results.append(PairTopK(src, dst, rows.numpy(), idx.numpy(), val.numpy()))
+                idx, val = matcher.top(d)
+                results.append(PairTopK(src, dst, rows.numpy(), idx[rows].numpy(), val[rows].numpy()))
         node_ids = {n: snapshot.networks[n].node_ids for n in {n for p in pairs for n in p}}
         return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
 
-    def scorers(self, a: str, b: str) -> dict[tuple[str, str], object]:
-        """How candidates are scored for both directions of a pair: the structure-consistent transport plan
-        (:mod:`aligner.refine`) when it fits in ``refine.max_cells``, else embedding cosine."""
-        z_a, z_b = self.embeddings[a], self.embeddings[b]
+    def _full_match(self, a: str, b: str) -> PairMatcher:
+        """Solve the structure-consistent transport plan (:mod:`aligner.refine`) when it fits in
+        ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks."""
         cfg = self.refine_cfg
-        if not cfg.enabled or z_a.shape[0] * z_b.shape[0] > cfg.max_cells:
-            return {(a, b): CosineScorer(z_a, z_b), (b, a): CosineScorer(z_b, z_a)}
-        with torch.no_grad():
-            log_plan = refine(self.similarity(a, b), self._adjacency(a), self._adjacency(b), cfg.tau, cfg.beta, cfg.rounds,
-                              cfg.sinkhorn_iters, self.alive[a], self.alive[b], cfg.marginal_weight)
-        return {(a, b): PlanScorer(log_plan), (b, a): PlanScorer(log_plan, transpose=True)}
+        plan = None
+        if cfg.enabled and self.embeddings[a].shape[0] * self.embeddings[b].shape[0] <= cfg.max_cells:
+            with torch.no_grad():
+                plan = solve_plan(self.similarity(a, b), self._sparse_adjacency(a), self._sparse_adjacency(b), cfg.tau,
+                                  cfg.beta, cfg.rounds, cfg.sinkhorn_iters, self.alive[a], self.alive[b],
+                                  cfg.marginal_weight)
+        return PairMatcher(self._view(a), self._view(b), plan, cfg.tau if plan is not None else 1.0,
+                           cfg.beta if plan is not None else 0.0, cfg.feature_weight, self.k)
+
+    def scorers(self, a: str, b: str) -> dict[tuple[str, str], DirectionScorer]:
+        """How candidates are scored for both directions of an aligned pair: confidences under the current
+        transport context (:mod:`aligner.incremental`)."""
+        key = pair_key(a, b)
+        matcher = self.matchers.get(key)
+        if matcher is None:
+            raise KeyError(f"{a!r} and {b!r} are not aligned (aligned pairs: {sorted(self.matchers)})")
+        forward = "ab" if key == (a, b) else "ba"
+        backward = "ba" if forward == "ab" else "ab"
+        return {(a, b): DirectionScorer(matcher, forward), (b, a): DirectionScorer(matcher, backward)}
 
     def similarity(self, a: str, b: str) -> torch.Tensor:
         """Dense prior similarity: embedding cosine plus ``refine.feature_weight`` x (position cosine + attribute
         cosine, when both networks have attributes)."""
-        sim = self.embeddings[a] @ self.embeddings[b].T
-        w = self.refine_cfg.feature_weight
-        if w and a in self.positions and b in self.positions:
-            sim = sim + w * (self.positions[a] @ self.positions[b].T)
-            xa, xb = self.attrs.get(a), self.attrs.get(b)
-            if xa is not None and xb is not None:
-                width = min(xa.shape[1], xb.shape[1])
-                sim = sim + w * (xa[:, :width] @ xb[:, :width].T)
-        return sim
+        return similarity_block(self._view(a), self._view(b), slice(None), slice(None), self.refine_cfg.feature_weight)
 
-    def _adjacency(self, net: str) -> torch.Tensor:
+    def _view(self, net: str) -> NetworkView:
+        return NetworkView(self.embeddings[net], self.positions[net], self.attrs[net], self.adjacency[net],
+                           self.alive[net])
+
+    def _sparse_adjacency(self, net: str) -> torch.Tensor:
         n = self.embeddings[net].shape[0]
         edges = self.edges[net]
         return torch.sparse_coo_tensor(edges, torch.ones(edges.shape[1]), (n, n), check_invariants=False).coalesce()
+
+    def _score_new_anchors(self, snapshot: Snapshot, anchors: dict[tuple[str, str], np.ndarray]) -> int:
+        """Test-then-train: rank each newly revealed anchor's partner under the alignments published so far."""
+        scored = 0
+        for (a, b), rows in anchors.items():
+            fresh = [(i, j) for i, j in rows.tolist() if (a, b, i, j) not in self.known_anchors]
+            self.known_anchors.update((a, b, i, j) for i, j in fresh)
+            matcher = self.matchers.get((a, b))
+            if matcher is None:
+                continue
+            fresh = [(i, j) for i, j in fresh if i < matcher.va.n and j < matcher.vb.n
+                     and bool(matcher.va.alive[i]) and bool(matcher.vb.alive[j])]
+            if not fresh:
+                continue
+            pairs = torch.tensor(fresh, dtype=torch.long)
+            with torch.no_grad():
+                scores = matcher.scores("ab", pairs[:, 0], torch.arange(matcher.vb.n))
+                true = scores.gather(1, pairs[:, 1:2])
+                ranks = (torch.nan_to_num(scores, nan=float("-inf")) >= true).sum(1).clamp_min(1)
+            for r in ranks.tolist():
+                self.monitor.learn_one(int(r))
+            scored += len(fresh)
+        return scored
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _ensure_learner(self, graphs: dict[str, GraphTensors]) -> None:
@@ -250,12 +392,18 @@ class Aligner:
                            self.meta_cfg.reptile_step)
 
     def _hidden_for(self, net: str, n: int) -> torch.Tensor | None:
-        h = self.hidden.get(net)
-        if h is None:
-            return None
-        if h.shape[0] < n:  # new nodes since the last snapshot start from a blank history
-            h = torch.cat([h, torch.zeros(n - h.shape[0], h.shape[1])])
-        return h
+        return self._pad(self.hidden.get(net), n)
+
+    @staticmethod
+    def _pad(h: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """New nodes since ``h`` was computed start from a blank history."""
+        if h is None or h.shape[0] >= n:
+            return h
+        return torch.cat([h, torch.zeros(n - h.shape[0], h.shape[1])])
+
+    @staticmethod
+    def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.cat([x, torch.zeros(n - x.shape[0], x.shape[1])]) if x.shape[0] < n else x.clone()
 
     def _pick_pool_index(self) -> int:
         # Half the tasks come from the newest snapshot, the rest from the recent past, so the initialisation
@@ -278,7 +426,7 @@ class Aligner:
         return AlignmentTask(inputs, seeds, labels, self.model_cfg, query_fraction, self.rng)
 
     def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
-        """Ranking metrics of the latest embeddings on true pairs given as external ids; pairs whose nodes this
+        """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes this
         aligner has not seen are counted in ``unknown`` and left out."""
         if net not in self.embeddings or to not in self.embeddings:
             raise KeyError(f"no embeddings for {net!r} and {to!r} yet (networks seen: {sorted(self.embeddings)})")
@@ -300,13 +448,21 @@ class Aligner:
             "attr_dim": None if self.learner is None else self.learner.model.attr_dim,
             "model_cfg": dataclasses.asdict(self.model_cfg),
             "algorithm": self.meta_cfg.algorithm,
+            "fast": self.fast,
             "hidden": self.hidden,
+            "hidden_in": self.hidden_in,
+            "entities": self.entities,
+            "position_inputs": self.position_inputs,
             "embeddings": self.embeddings,
             "node_ids": self.node_ids,
             "alive": self.alive,
             "edges": self.edges,
-            "positions": self.positions,
             "attrs": self.attrs,
+            "matchers": {pair: m.state() for pair, m in self.matchers.items()},
+            "monitor": self.monitor,
+            "known_anchors": self.known_anchors,
+            "anchors_at_adaptation": self.anchors_at_adaptation,
+            "since_adaptation": self.since_adaptation,
             "rng": self.rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
@@ -322,13 +478,48 @@ class Aligner:
             self.learner = self._new_learner(state["attr_dim"])
             self.learner.load_state_dict(state["learner"])
             self.learner.optimizer.load_state_dict(state["optimizer"])
-        self.hidden = state["hidden"]
-        self.embeddings = state["embeddings"]
-        self.node_ids = state["node_ids"]
-        self.alive = state["alive"]
-        self.edges = state["edges"]
-        self.positions = state["positions"]
-        self.attrs = state["attrs"]
+        for name in ("fast", "hidden", "hidden_in", "entities", "position_inputs", "embeddings", "node_ids", "alive",
+                     "edges", "attrs", "monitor", "known_anchors", "anchors_at_adaptation", "since_adaptation",
+                     "snapshots_seen", "meta_iterations"):
+            setattr(self, name, state[name])
+        self.positions = {net: pos[:, :-2].contiguous() for net, pos in self.position_inputs.items()}
+        self.adjacency = {net: adjacency_csr(e, len(self.node_ids[net])) for net, e in self.edges.items()}
+        self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
+                         for pair, m in state["matchers"].items()}
         self.rng.bit_generator.state = state["rng"]
-        self.snapshots_seen = state["snapshots_seen"]
-        self.meta_iterations = state["meta_iterations"]
+
+
+def _closure(adjacency: sp.csr_matrix, nodes: torch.Tensor, hops: int) -> torch.Tensor:
+    """``nodes`` and every node within ``hops`` of them, sorted."""
+    mask = np.zeros(adjacency.shape[0], dtype=bool)
+    mask[nodes.numpy()] = True
+    frontier = mask.copy()
+    for _ in range(hops):
+        frontier = (adjacency @ frontier.astype(np.float32)) > 0
+        frontier &= ~mask
+        if not frontier.any():
+            break
+        mask |= frontier
+    return torch.from_numpy(np.flatnonzero(mask))
+
+
+def _encode_rows(fast: FastWeights, g: GraphTensors, positions: torch.Tensor, hidden: torch.Tensor | None,
+                 rows: torch.Tensor, adjacency: sp.csr_matrix, hops: int) -> torch.Tensor:
+    """Embeddings of ``rows`` computed on the smallest subgraph that gives the same values as the whole graph:
+    the nodes within ``hops`` of ``rows`` with all their edges (so their degrees, which the Chebyshev
+    normalisation uses, are exact)."""
+    if len(rows) == 0:
+        return torch.zeros(0, fast.learner.model.readout.out_features)
+    inner = np.zeros(g.num_nodes, dtype=bool)
+    inner[_closure(adjacency, rows, hops).numpy()] = True
+    ei = g.edge_index.numpy()
+    keep = inner[ei[0]] | inner[ei[1]]
+    nodes = np.flatnonzero(inner | np.isin(np.arange(g.num_nodes), ei[:, keep].ravel()))
+    local = np.full(g.num_nodes, -1, dtype=np.int64)
+    local[nodes] = np.arange(len(nodes))
+    idx = torch.from_numpy(nodes)
+    sub_edges = torch.from_numpy(local[ei[:, keep]])
+    attrs = None if g.attrs is None else g.attrs[idx]
+    z, _ = fast(attrs, positions[idx], sub_edges, g.edge_weight[torch.from_numpy(keep)],
+                None if hidden is None else hidden[idx])
+    return z[torch.from_numpy(local[rows.numpy()])]

@@ -14,7 +14,9 @@ into seeds, support and query labels):
 - ``fomaml``: the same with the inner gradients treated as constants (first order, much cheaper);
 - ``metasgd``: first-order MAML that also learns a per-parameter inner learning rate (Li et al., 2017), so
   fast adaptation needs no hand-set step size;
-- ``reptile``: moves the initialisation towards the weights adapted on each task (Nichol et al., 2018).
+- ``reptile``: moves the initialisation towards the weights adapted on each task (Nichol et al., 2018);
+- ``multitask``: not meta-learning but its baseline: ordinary training on the same tasks' labels (a
+  *pretrained* initialisation), for the ablation that asks whether meta-learning is worth it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "multitask")
 
 
 class MetaTask(Protocol):
@@ -121,6 +123,14 @@ class MetaLearner(nn.Module):
         """One outer step of the chosen algorithm over a batch of tasks; returns the mean inner and outer losses."""
         self.optimizer.zero_grad(set_to_none=True)
         inner_losses, outer_losses = [], []
+        if self.algorithm == "multitask":
+            for task in tasks:
+                loss = task.loss(self.clone(second_order=False), "all")
+                (loss / len(tasks)).backward()
+                outer_losses.append(float(loss.detach()))
+            nn.utils.clip_grad_norm_(self.parameters(), 5.0)
+            self.optimizer.step()
+            return {"inner_loss": float("nan"), "outer_loss": _mean(outer_losses)}
         if self.algorithm == "reptile":
             params = dict(self.model.named_parameters())
             delta = {n: torch.zeros_like(p) for n, p in params.items()}

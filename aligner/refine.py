@@ -21,11 +21,32 @@ softmax over a row turns it into a confidence.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 
-def refine(
+@dataclass
+class TransportPlan:
+    """A solved plan and what its last round was built from, so rows and columns can be re-scored later.
+
+    ``log_plan[i, j] = (similarity + beta * A_src @ structure @ A_dst.T)[i, j] / tau + u[i] + v[j]``, where
+    ``structure`` is the row-normalised plan of the round before the last; :mod:`aligner.incremental` keeps
+    ``structure``, ``u`` and ``v`` fixed and re-scores only what changed.
+    """
+
+    log_plan: torch.Tensor
+    structure: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+
+
+def refine(*args, **kwargs) -> torch.Tensor:
+    """The log transport plan of :func:`solve_plan` (same arguments)."""
+    return solve_plan(*args, **kwargs).log_plan
+
+
+def solve_plan(
     similarity: torch.Tensor,
     adjacency_src: torch.Tensor,
     adjacency_dst: torch.Tensor,
@@ -36,7 +57,7 @@ def refine(
     alive_src: torch.Tensor | None = None,
     alive_dst: torch.Tensor | None = None,
     marginal_weight: float | None = None,
-) -> torch.Tensor:
+) -> TransportPlan:
     """Log transport plan ``(n_src, n_dst)``; dead nodes get ``-inf`` rows/columns and carry no mass.
 
     ``adjacency_*`` are sparse ``(n, n)`` (0/1 or weights); ``similarity`` is dense, roughly in [-1, 2].
@@ -54,8 +75,10 @@ def refine(
     v = torch.zeros(n_dst)
     bonus = torch.zeros_like(similarity)
     log_plan = similarity
+    plan = torch.zeros_like(similarity)
     with torch.no_grad():
         for _ in range(rounds):
+            structure = plan
             log_kernel = ((similarity + beta * bonus) / tau).masked_fill_(~mask, float("-inf"))
             for _ in range(sinkhorn_iters):
                 u = _finite(damp * (log_a - torch.logsumexp(log_kernel + v[None, :], dim=1)))
@@ -65,7 +88,7 @@ def refine(
             # whatever the marginals; dead rows (all -inf) become 0 rather than nan.
             plan = torch.nan_to_num(torch.softmax(log_plan, dim=1), nan=0.0)
             bonus = torch.sparse.mm(adjacency_src, torch.sparse.mm(adjacency_dst, plan.T).T)
-    return log_plan
+    return TransportPlan(log_plan, structure, u, v)
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:

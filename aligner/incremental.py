@@ -1,0 +1,283 @@
+"""Incremental re-matching: keep every node's top-k current by re-scoring only what a change can reach.
+
+A full alignment solves a transport plan over all ``n_a x n_b`` pairs, which is what makes it good and what
+makes it expensive. Between adaptations the model's parameters are fixed, and so is the plan's *context*: the
+structure prior (the plan of the last full solve, row-normalised and kept to its ``STRUCTURE_TOP`` largest
+entries per row) and the dual potentials ``u``, ``v``. Under a fixed context the score of a pair is local::
+
+    score(i -> j) = (sim(i, j) + beta * (A_a @ structure @ A_b.T)[i, j]) / tau + v[j]      (and + u[i] for j -> i)
+
+``sim`` is embedding cosine plus the untrained evidence (anchor-position and attribute cosine), ``A`` the
+adjacency. So ``score(i, j)`` changes only when ``i``'s or ``j``'s embedding, features or neighbour set changed.
+:class:`PairMatcher` keeps, per direction, each row's top-k raw scores and log-partition (the published
+confidence is ``exp(score - lse)``, a softmax over all candidates). When the dirty rows and columns arrive it
+
+1. re-scores dirty rows against every column;
+2. for clean rows re-scores only the dirty columns, swaps them into the top-k and corrects the log-partition
+   (old mass out, new mass in, in float64); a row whose kept top-k can no longer be certified (an entry left
+   and the merged k-th score fell below the old k-th, so an unseen column might now belong) is re-scored fully.
+
+The result equals re-scoring every pair under the same context (``tests/aligner/test_incremental.py`` checks
+it); the cost is ``O(dirty x n + n x dirty_columns)`` instead of ``O(n_a x n_b)``.
+
+>>> import torch, scipy.sparse as sp
+>>> z = torch.nn.functional.normalize(torch.eye(3) + 0.1, dim=1)
+>>> view = NetworkView(z, z, None, sp.csr_matrix((3, 3), dtype=np.float32), torch.ones(3, dtype=torch.bool))
+>>> m = PairMatcher(view, view, None, tau=0.1, beta=0.0, feature_weight=0.0, k=2)
+>>> m.top("ab")[0][:, 0].tolist()
+[0, 1, 2]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from aligner.refine import TransportPlan
+
+STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
+ROW_CHUNK = 1024
+CANCELLATION = 1e-9  # below this share of surviving mass the float64 partition update is not trusted
+
+
+@dataclass
+class NetworkView:
+    """What scoring needs from one network: unit embeddings, unit position sketch, unit attributes (or None),
+    0/1 adjacency (CSR, symmetric) and which nodes are alive."""
+
+    z: torch.Tensor
+    pos: torch.Tensor
+    attrs: torch.Tensor | None
+    adjacency: sp.csr_matrix
+    alive: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.z.shape[0]
+
+
+def adjacency_csr(edge_index: torch.Tensor, n: int) -> sp.csr_matrix:
+    """0/1 symmetric CSR from an edge index that already lists both directions."""
+    ei = edge_index.numpy()
+    a = sp.csr_matrix((np.ones(ei.shape[1], np.float32), (ei[0], ei[1])), shape=(n, n))
+    a.data[:] = 1.0  # repeated edges count once
+    return a
+
+
+def similarity_block(va: NetworkView, vb: NetworkView, rows, cols, feature_weight: float) -> torch.Tensor:
+    """Prior similarity of ``rows`` of ``va`` and ``cols`` of ``vb``: embedding cosine plus ``feature_weight`` x
+    (position cosine + attribute cosine, when both networks have attributes)."""
+    sim = va.z[rows] @ vb.z[cols].T
+    if feature_weight:
+        sim = sim + feature_weight * (va.pos[rows] @ vb.pos[cols].T)
+        if va.attrs is not None and vb.attrs is not None:
+            width = min(va.attrs.shape[1], vb.attrs.shape[1])
+            sim = sim + feature_weight * (va.attrs[rows, :width] @ vb.attrs[cols, :width].T)
+    return sim
+
+
+def sparse_structure(plan: TransportPlan | None, top: int = STRUCTURE_TOP) -> sp.csr_matrix | None:
+    """The plan's row-normalised structure matrix kept to its ``top`` largest entries per row."""
+    if plan is None:
+        return None
+    dense = plan.structure
+    n_a, n_b = dense.shape
+    top = min(top, n_b)
+    val, idx = dense.topk(top, dim=1)
+    keep = val > 0
+    rows = torch.arange(n_a).unsqueeze(1).expand(-1, top)[keep]
+    return sp.csr_matrix((val[keep].numpy(), (rows.numpy(), idx[keep].numpy())), shape=(n_a, n_b))
+
+
+@dataclass
+class RankedRows:
+    """Per source row: top-k destination indices, their raw scores and the row's log-partition (float64)."""
+
+    idx: torch.Tensor
+    raw: torch.Tensor
+    lse: torch.Tensor
+
+
+class PairMatcher:
+    """Top-k of both directions of one aligned pair (``"ab"``: rows of a, ``"ba"``: rows of b) under a fixed
+    context; :meth:`update` applies new views incrementally (see the module docstring)."""
+
+    def __init__(self, va: NetworkView, vb: NetworkView, plan: TransportPlan | None, tau: float, beta: float,
+                 feature_weight: float, k: int, structure: sp.csr_matrix | None = None):
+        self.va, self.vb = va, vb
+        self.tau, self.beta, self.feature_weight, self.k = tau, beta, feature_weight, k
+        self.structure = structure if structure is not None else sparse_structure(plan)
+        if plan is not None:
+            self.u, self.v = plan.u.clone(), plan.v.clone()
+        else:
+            self.u, self.v = torch.zeros(va.n), torch.zeros(vb.n)
+        self._extend_potentials()
+        self.ranked = {d: self._full_rows(d, torch.arange(self._src(d).n)) for d in ("ab", "ba")}
+
+    # -- scores ----------------------------------------------------------------------------------------------
+    def base(self, rows_a: torch.Tensor, cols_b: torch.Tensor) -> torch.Tensor:
+        """``(sim + beta * structure bonus) / tau`` for a block, dead columns and rows at -inf."""
+        s = similarity_block(self.va, self.vb, rows_a, cols_b, self.feature_weight)
+        if self.structure is not None and self.beta:
+            n_a0, n_b0 = self.structure.shape
+            left = self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure  # (rows, n_b0) sparse
+            right = self.vb.adjacency[cols_b.numpy()][:, :n_b0]  # (cols, n_b0)
+            bonus = (left @ right.T).toarray()
+            s = s + self.beta * torch.from_numpy(bonus.astype(np.float32))
+        s = s / self.tau
+        mask = self.va.alive[rows_a][:, None] & self.vb.alive[cols_b][None, :]
+        return s.masked_fill(~mask, float("-inf"))
+
+    def scores(self, direction: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Raw scores of ``rows`` of the direction's source network against its destination ``cols``."""
+        if direction == "ab":
+            return self.base(rows, cols) + self.v[cols][None, :]
+        return self.base(cols, rows).T + self.u[cols][None, :]
+
+    def rows(self, direction: str, index: torch.Tensor) -> torch.Tensor:
+        """Confidences (softmax over all destinations) of the given source rows: the scorer protocol of
+        :mod:`aligner.matching`."""
+        raw = self.scores(direction, index, torch.arange(self._dst(direction).n))
+        return torch.exp(raw.double() - self.ranked[direction].lse[index][:, None]).float()
+
+    def top(self, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k indices and confidences of every source row."""
+        r = self.ranked[direction]
+        return r.idx, torch.exp(r.raw.double() - r.lse[:, None]).float()
+
+    def rescored(self) -> "PairMatcher":
+        """A copy with every row of both directions re-scored under the same context: what :meth:`update` must
+        equal."""
+        copy = PairMatcher.from_state(self.state(), self.va, self.vb)
+        copy.ranked = {d: copy._full_rows(d, torch.arange(copy._src(d).n)) for d in ("ab", "ba")}
+        return copy
+
+    # -- updates ---------------------------------------------------------------------------------------------
+    def update(self, va: NetworkView, vb: NetworkView, dirty_a: torch.Tensor, dirty_b: torch.Tensor) -> dict:
+        """Swap in new views where only ``dirty_a`` / ``dirty_b`` nodes (plus appended ones) changed."""
+        dirty = {"a": _with_appended(dirty_a, self.va.n, va.n), "b": _with_appended(dirty_b, self.vb.n, vb.n)}
+        new_views = {"a": va, "b": vb}
+        plans = {}
+        for d, (s, t) in (("ab", ("a", "b")), ("ba", ("b", "a"))):
+            n_old = self._src(d).n
+            # Rows to re-score against the dirty columns only: unchanged, alive before and after.
+            clean_mask = torch.zeros(n_old, dtype=torch.bool)
+            clean_mask[:] = self._src(d).alive & new_views[s].alive[:n_old]
+            clean_mask[dirty[s][dirty[s] < n_old]] = False
+            clean = clean_mask.nonzero().flatten()
+            old_cols = dirty[t][dirty[t] < self._dst(d).n]
+            old_block = self.scores(d, clean, old_cols) if len(clean) and len(old_cols) else None
+            plans[d] = (dirty[s], clean, old_block)
+        self.va, self.vb = va, vb
+        self._extend_potentials()
+        return {d: self._apply(d, dirty_rows, clean, dirty[t], old_block)
+                for (d, t), (dirty_rows, clean, old_block) in zip((("ab", "b"), ("ba", "a")), plans.values())}
+
+    def _apply(self, d: str, dirty_rows: torch.Tensor, clean: torch.Tensor, cols: torch.Tensor,
+               old_block: torch.Tensor | None) -> dict:
+        src, dst = self._src(d), self._dst(d)
+        r = self.ranked[d]
+        k = self._k(dst)
+        if r.idx.shape[1] != k:  # the number of alive candidates crossed k: everything is re-ranked
+            self.ranked[d] = self._full_rows(d, torch.arange(src.n))
+            return {"rescored_rows": src.n, "patched_rows": 0, "uncertified_rows": 0}
+        n_old = r.idx.shape[0]
+        idx = torch.cat([r.idx, torch.zeros(src.n - n_old, k, dtype=torch.long)])
+        raw = torch.cat([r.raw, torch.full((src.n - n_old, k), float("-inf"))])
+        lse = torch.cat([r.lse, torch.full((src.n - n_old,), float("-inf"), dtype=torch.float64)])
+        redo = [dirty_rows]
+        uncertified = 0
+        if len(clean) and len(cols):
+            new_block = self.scores(d, clean, cols)
+            m = lse[clean]
+            keep = 1.0 - (torch.exp(old_block.double() - m[:, None]).sum(1) if old_block is not None else 0.0)
+            total = keep + torch.exp(new_block.double() - m[:, None]).sum(1)
+            lse[clean] = m + torch.log(total.clamp_min(1e-300))
+            in_cols = torch.zeros(dst.n, dtype=torch.bool)
+            in_cols[cols] = True
+            stale = in_cols[idx[clean]]
+            cand_raw = torch.cat([raw[clean].masked_fill(stale, float("-inf")), new_block], dim=1)
+            cand_idx = torch.cat([idx[clean], cols[None, :].expand(len(clean), -1)], dim=1)
+            top_raw, pos = cand_raw.topk(k, dim=1)
+            certified = ~stale.any(1) | (top_raw[:, -1] >= raw[clean][:, -1])
+            trusted = certified & (keep > CANCELLATION) & (total > 0)
+            idx[clean] = cand_idx.gather(1, pos)
+            raw[clean] = top_raw
+            redo.append(clean[~trusted])
+            uncertified = int((~trusted).sum())
+        fresh = torch.unique(torch.cat(redo))
+        if len(fresh):
+            again = self._full_rows(d, fresh)
+            idx[fresh], raw[fresh], lse[fresh] = again.idx, again.raw, again.lse
+        self.ranked[d] = RankedRows(idx, raw, lse)
+        return {"rescored_rows": int(len(fresh)), "patched_rows": int(len(clean)) if len(cols) else 0,
+                "uncertified_rows": uncertified}
+
+    def _full_rows(self, d: str, rows: torch.Tensor) -> RankedRows:
+        dst = self._dst(d)
+        k = self._k(dst)
+        cols = torch.arange(dst.n)
+        idx = torch.empty((len(rows), k), dtype=torch.long)
+        raw = torch.empty((len(rows), k))
+        lse = torch.empty(len(rows), dtype=torch.float64)
+        for start in range(0, len(rows), ROW_CHUNK):
+            chunk = rows[start:start + ROW_CHUNK]
+            s = self.scores(d, chunk, cols)
+            val, top = s.topk(k, dim=1)
+            idx[start:start + len(chunk)], raw[start:start + len(chunk)] = top, val
+            lse[start:start + len(chunk)] = torch.logsumexp(s.double(), dim=1)
+        return RankedRows(idx, raw, lse)
+
+    def _extend_potentials(self) -> None:
+        """Nodes that appeared after the last full solve get the mean potential of their side: a neutral price."""
+        for name, view in (("u", self.va), ("v", self.vb)):
+            pot = getattr(self, name)
+            if len(pot) < view.n:
+                fill = pot[torch.isfinite(pot)].mean() if len(pot) else torch.tensor(0.0)
+                setattr(self, name, torch.cat([pot, fill.expand(view.n - len(pot))]))
+
+    def _k(self, dst: NetworkView) -> int:
+        return max(1, min(self.k, int(dst.alive.sum())))
+
+    def _src(self, d: str) -> NetworkView:
+        return self.va if d == "ab" else self.vb
+
+    def _dst(self, d: str) -> NetworkView:
+        return self.vb if d == "ab" else self.va
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        s = self.structure
+        return {
+            "structure": None if s is None else (s.shape, s.indptr, s.indices, s.data),
+            "u": self.u, "v": self.v, "tau": self.tau, "beta": self.beta, "feature_weight": self.feature_weight,
+            "k": self.k, "ranked": {d: (r.idx, r.raw, r.lse) for d, r in self.ranked.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, va: NetworkView, vb: NetworkView) -> "PairMatcher":
+        self = cls.__new__(cls)
+        self.va, self.vb = va, vb
+        self.tau, self.beta, self.feature_weight, self.k = state["tau"], state["beta"], state["feature_weight"], state["k"]
+        st = state["structure"]
+        self.structure = None if st is None else sp.csr_matrix((st[3], st[2], st[1]), shape=st[0])
+        self.u, self.v = state["u"], state["v"]
+        self.ranked = {d: RankedRows(*r) for d, r in state["ranked"].items()}
+        return self
+
+
+class DirectionScorer:
+    """One direction of a :class:`PairMatcher` as a scorer for :mod:`aligner.matching`."""
+
+    def __init__(self, matcher: PairMatcher, direction: str):
+        self.matcher, self.direction = matcher, direction
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        return self.matcher.rows(self.direction, index)
+
+
+def _with_appended(dirty: torch.Tensor, n_old: int, n_new: int) -> torch.Tensor:
+    return torch.unique(torch.cat([dirty.long(), torch.arange(n_old, n_new)]))

@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,8 +55,6 @@ def parse_bound(text: str) -> Bound:
         raise ValueError(f"expected a snapshot id (an integer), @UNIX_SECONDS or an ISO-8601 time, got {text!r}") \
             from None
     if parsed.tzinfo is None:
-        from datetime import timezone
-
         parsed = parsed.replace(tzinfo=timezone.utc)
     return Bound(time=parsed.timestamp())
 
@@ -112,7 +110,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
     snapshot."""
     import torch
 
-    from aligner.service import aligner_threads, build_aligner
+    from aligner.service import aligner_threads, build_aligner  # here: the service imports this module
 
     torch.set_num_threads(aligner_threads(cfg.service.threads))
     out = state_dir / "replays" / name

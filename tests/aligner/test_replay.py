@@ -9,7 +9,6 @@ from Redis, as retention would, and must still be answerable from the history on
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -95,7 +95,7 @@ class AdaptConfig:
     steps: int = 5
     incremental: bool = True  # False: every snapshot takes the adaptation path
     every_snapshots: int = 10  # adapt at least this often (0: only on anchor growth or drift)
-    anchor_growth: float = 0.5  # adapt when the known anchors grew by this fraction since the last adaptation
+    anchor_growth: float = 1.0  # adapt when the known anchors grew by this fraction (1.0: doubled) since the last one
     drift_delta: float = 0.002  # ADWIN confidence on the reciprocal ranks of new anchors
     shift_threshold: float = 0.05  # Page-Hinkley threshold on the mean embedding shift of re-encoded nodes
 

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.drift import QualityMonitor
-from aligner.features import GraphTensors, anchor_entities, anchors_of, rwr_positions
+from aligner.features import GraphTensors, anchor_entities, anchors_of, position_features, position_sketch, rwr_positions
 from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
 from aligner.matching import ranking_metrics
 from aligner.refine import solve_plan
@@ -117,6 +117,7 @@ class Aligner:
         self.hidden: dict[str, torch.Tensor] = {}  # temporal state for the next adaptation
         self.hidden_in: dict[str, torch.Tensor | None] = {}  # the state the current embeddings were computed from
         self.entities: dict[str, list[tuple[int, str]]] = {}  # the anchor coordinate system of the last adaptation
+        self.sketches: dict[str, torch.Tensor] = {}  # (n, dim) raw anchor-position sketch
         self.position_inputs: dict[str, torch.Tensor] = {}  # (n, dim + 2) encoder input
         self.embeddings: dict[str, torch.Tensor] = {}
         self.node_ids: dict[str, tuple[str, ...]] = {}
@@ -215,16 +216,30 @@ class Aligner:
         fast.params = self.fast
         dirty: dict[str, torch.Tensor] = {}
         shifts = []
+        entities_now = anchor_entities(inputs.snapshot, inputs.anchors)
+        m = self.model_cfg
         for net, g in inputs.graphs.items():
             n_old = len(self.node_ids.get(net, ()))
-            changed = torch.from_numpy(np.asarray(inputs.snapshot.networks[net].changed, dtype=np.int64))
-            changed = torch.unique(torch.cat([changed, torch.arange(n_old, g.num_nodes)]))
+            # Nodes whose edges, attributes or anchors changed, and new ones: their sketch is recomputed.
+            touched = torch.from_numpy(np.asarray(inputs.snapshot.networks[net].changed, dtype=np.int64))
+            touched = torch.unique(torch.cat([touched, torch.arange(n_old, g.num_nodes)]))
+            changed = touched
             adjacency = adjacency_csr(g.edge_index, g.num_nodes)
-            pos = self._grow(self.position_inputs[net], g.num_nodes)
-            if len(changed):
-                fresh = rwr_positions(g, self.entities.get(net, []), self.model_cfg.position_dim,
-                                      self.model_cfg.rwr_restart, self.model_cfg.rwr_steps)
-                pos[changed] = fresh[changed]
+            sketch = self._grow(self.sketches[net], g.num_nodes)
+            # New anchors join the coordinate system as they come: the sketch is a sum over entities, so theirs
+            # is added for every node they reach; the others' terms stay as of the last adaptation.
+            known = {key for _, key in self.entities.get(net, [])}
+            new_seeds = [(i, key) for i, key in entities_now.get(net, []) if key not in known]
+            if new_seeds:
+                added = position_sketch(g, new_seeds, m.position_dim, m.rwr_restart, m.rwr_steps)
+                sketch += added
+                self.entities[net] = self.entities.get(net, []) + new_seeds
+                changed = torch.unique(torch.cat([changed, (added != 0).any(1).nonzero().flatten()]))
+            if len(touched):
+                fresh = position_sketch(g, self.entities.get(net, []), m.position_dim, m.rwr_restart, m.rwr_steps)
+                sketch[touched] = fresh[touched]
+            self.sketches[net] = sketch
+            pos = position_features(sketch, g)
             hops = 2 * (self.model_cfg.cheb_k - 1)
             reach = _closure(adjacency, changed, hops)
             hidden = self._pad(self.hidden_in.get(net), g.num_nodes)
@@ -285,8 +300,9 @@ class Aligner:
         with torch.no_grad():
             for net, g in inputs.graphs.items():
                 self.entities[net] = entities.get(net, [])
-                pos = rwr_positions(g, self.entities[net], self.model_cfg.position_dim, self.model_cfg.rwr_restart,
-                                    self.model_cfg.rwr_steps)
+                self.sketches[net] = position_sketch(g, self.entities[net], self.model_cfg.position_dim,
+                                                     self.model_cfg.rwr_restart, self.model_cfg.rwr_steps)
+                pos = position_features(self.sketches[net], g)
                 z, h = fast(g.attrs, pos, g.edge_index, g.edge_weight, inputs.hidden[net])
                 self.hidden_in[net] = inputs.hidden[net]
                 self.hidden[net] = h.detach()
@@ -323,7 +339,7 @@ class Aligner:
         plan = None
         if cfg.enabled and self.embeddings[a].shape[0] * self.embeddings[b].shape[0] <= cfg.max_cells:
             with torch.no_grad():
-                plan = solve_plan(self.similarity(a, b), self._sparse_adjacency(a), self._sparse_adjacency(b), cfg.tau,
+                plan = solve_plan(self.similarity(a, b), self.adjacency[a], self.adjacency[b], cfg.tau,
                                   cfg.beta, cfg.rounds, cfg.sinkhorn_iters, self.alive[a], self.alive[b],
                                   cfg.marginal_weight)
         return PairMatcher(self._view(a), self._view(b), plan, cfg.tau if plan is not None else 1.0,
@@ -348,11 +364,6 @@ class Aligner:
     def _view(self, net: str) -> NetworkView:
         return NetworkView(self.embeddings[net], self.positions[net], self.attrs[net], self.adjacency[net],
                            self.alive[net])
-
-    def _sparse_adjacency(self, net: str) -> torch.Tensor:
-        n = self.embeddings[net].shape[0]
-        edges = self.edges[net]
-        return torch.sparse_coo_tensor(edges, torch.ones(edges.shape[1]), (n, n), check_invariants=False).coalesce()
 
     def _score_new_anchors(self, snapshot: Snapshot, anchors: dict[tuple[str, str], np.ndarray]) -> int:
         """Test-then-train: rank each newly revealed anchor's partner under the alignments published so far."""
@@ -452,6 +463,7 @@ class Aligner:
             "hidden": self.hidden,
             "hidden_in": self.hidden_in,
             "entities": self.entities,
+            "sketches": self.sketches,
             "position_inputs": self.position_inputs,
             "embeddings": self.embeddings,
             "node_ids": self.node_ids,
@@ -478,7 +490,7 @@ class Aligner:
             self.learner = self._new_learner(state["attr_dim"])
             self.learner.load_state_dict(state["learner"])
             self.learner.optimizer.load_state_dict(state["optimizer"])
-        for name in ("fast", "hidden", "hidden_in", "entities", "position_inputs", "embeddings", "node_ids", "alive",
+        for name in ("fast", "hidden", "hidden_in", "entities", "sketches", "position_inputs", "embeddings", "node_ids", "alive",
                      "edges", "attrs", "monitor", "known_anchors", "anchors_at_adaptation", "since_adaptation",
                      "snapshots_seen", "meta_iterations"):
             setattr(self, name, state[name])

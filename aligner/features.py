@@ -113,12 +113,20 @@ def rwr_positions(
     graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024
 ) -> torch.Tensor:
     """Anchor-relative position features ``(n, dim + 2)``: the unit-normalised sketch, its log-norm (how close the
-    node is to any anchor at all) and the node's log-degree.
+    node is to any anchor at all) and the node's log-degree (see :func:`position_sketch`)."""
+    return position_features(position_sketch(graph, seeds, dim, restart, steps, chunk), graph)
 
-    Each anchored entity's personalised PageRank vector is computed exactly, log-scaled (proximity spans orders
-    of magnitude; in log space a node's profile of distances to the anchors, not its nearest hub, dominates), and
-    only then projected onto the entity's fixed random direction. Entities are processed ``chunk`` at a time,
-    so memory stays at ``n x chunk`` whatever the number of anchors.
+
+def position_sketch(
+    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024
+) -> torch.Tensor:
+    """The raw sketch ``(n, dim)``: the sum over anchored entities of the entity's log-scaled personalised
+    PageRank vector times its fixed random direction. A sum, so entities can be added to a sketch later.
+
+    Each entity's PPR vector is computed exactly and log-scaled (proximity spans orders of magnitude; in log
+    space a node's profile of distances to the anchors, not its nearest hub, dominates) before it is
+    projected. Entities are processed ``chunk`` at a time, so memory stays at ``n x chunk`` whatever the number
+    of anchors.
     """
     n = graph.num_nodes
     position = torch.zeros(n, dim)
@@ -137,8 +145,13 @@ def rwr_positions(
             walk = (1.0 - restart) * torch.sparse.mm(graph.walk, walk)
             ppr = ppr + restart * walk
         position += torch.log1p(n * ppr) @ torch.from_numpy(entity_directions(part, dim))
-    norm = position.norm(dim=1, keepdim=True)
-    unit = position / norm.clamp_min(1e-12)
+    return position
+
+
+def position_features(sketch: torch.Tensor, graph: GraphTensors) -> torch.Tensor:
+    """Encoder input ``(n, dim + 2)`` from a raw sketch: unit sketch, log-norm / 10 and log-degree."""
+    norm = sketch.norm(dim=1, keepdim=True)
+    unit = sketch / norm.clamp_min(1e-12)
     return torch.cat([unit, torch.log(norm + 1e-6) / 10.0, graph.log_degree], dim=1)
 
 

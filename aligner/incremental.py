@@ -123,10 +123,10 @@ class PairMatcher:
         s = similarity_block(self.va, self.vb, rows_a, cols_b, self.feature_weight)
         if self.structure is not None and self.beta:
             n_a0, n_b0 = self.structure.shape
-            left = self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure  # (rows, n_b0) sparse
-            right = self.vb.adjacency[cols_b.numpy()][:, :n_b0]  # (cols, n_b0)
-            bonus = (left @ right.T).toarray()
-            s = s + self.beta * torch.from_numpy(bonus.astype(np.float32))
+            left = (self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure).toarray()  # (rows, n_b0)
+            right = self.vb.adjacency[cols_b.numpy()][:, :n_b0]  # (cols, n_b0) sparse
+            bonus = np.asarray(right @ left.T, dtype=np.float32).T  # sparse x dense: no dense-output SpGEMM
+            s = s + self.beta * torch.from_numpy(np.ascontiguousarray(bonus))
         s = s / self.tau
         mask = self.va.alive[rows_a][:, None] & self.vb.alive[cols_b][None, :]
         return s.masked_fill(~mask, float("-inf"))

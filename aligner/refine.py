@@ -10,9 +10,9 @@ from the previous round's dual potentials so that a few inner iterations suffice
 The result is a log transport plan; its rows (columns) rank candidates for source (target) nodes, and a
 softmax over a row turns it into a confidence.
 
->>> import torch
+>>> import torch, scipy.sparse as sp
 >>> sim = torch.tensor([[0.9, 0.8], [0.85, 0.1]])
->>> adjacency = torch.sparse_coo_tensor(torch.tensor([[0, 1], [1, 0]]), torch.ones(2), (2, 2))
+>>> adjacency = sp.csr_matrix(([1.0, 1.0], ([0, 1], [1, 0])), shape=(2, 2), dtype="float32")
 >>> plan = refine(sim, adjacency, adjacency, tau=0.05, beta=0.3, rounds=5, sinkhorn_iters=20)
 >>> plan.argmax(dim=1).tolist()   # one-to-one: node 1 takes 0, so node 0 goes to 1 despite its raw scores
 [1, 0]
@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 
@@ -48,8 +50,8 @@ def refine(*args, **kwargs) -> torch.Tensor:
 
 def solve_plan(
     similarity: torch.Tensor,
-    adjacency_src: torch.Tensor,
-    adjacency_dst: torch.Tensor,
+    adjacency_src: sp.csr_matrix,
+    adjacency_dst: sp.csr_matrix,
     tau: float = 0.05,
     beta: float = 0.3,
     rounds: int = 10,
@@ -60,7 +62,8 @@ def solve_plan(
 ) -> TransportPlan:
     """Log transport plan ``(n_src, n_dst)``; dead nodes get ``-inf`` rows/columns and carry no mass.
 
-    ``adjacency_*`` are sparse ``(n, n)`` (0/1 or weights); ``similarity`` is dense, roughly in [-1, 2].
+    ``adjacency_*`` are scipy CSR ``(n, n)`` (0/1 or weights; scipy's sparse x dense product is ~20x faster than
+    torch's COO one on CPU); ``similarity`` is dense, roughly in [-1, 2].
     ``marginal_weight`` (rho) relaxes the uniform marginals into a KL penalty (unbalanced transport), so nodes with
     no counterpart in the other network need not receive mass; ``None`` keeps them exact.
     """
@@ -80,15 +83,46 @@ def solve_plan(
         for _ in range(rounds):
             structure = plan
             log_kernel = ((similarity + beta * bonus) / tau).masked_fill_(~mask, float("-inf"))
-            for _ in range(sinkhorn_iters):
-                u = _finite(damp * (log_a - torch.logsumexp(log_kernel + v[None, :], dim=1)))
-                v = _finite(damp * (log_b - torch.logsumexp(log_kernel + u[:, None], dim=0)))
+            u, v = _sinkhorn(log_kernel, u, v, log_a, log_b, damp, sinkhorn_iters, alive_src, alive_dst)
             log_plan = log_kernel + u[:, None] + v[None, :]
             # Where each source node's mass goes, rows summing to 1, so the bonus counts matched neighbour pairs
             # whatever the marginals; dead rows (all -inf) become 0 rather than nan.
             plan = torch.nan_to_num(torch.softmax(log_plan, dim=1), nan=0.0)
-            bonus = torch.sparse.mm(adjacency_src, torch.sparse.mm(adjacency_dst, plan.T).T)
+            # A_src @ plan @ A_dst.T, as two sparse x dense products.
+            half = adjacency_dst @ plan.numpy().T  # (n_dst, n_src)
+            bonus = torch.from_numpy(np.ascontiguousarray((adjacency_src @ half.T).astype(np.float32, copy=False)))
     return TransportPlan(log_plan, structure, u, v)
+
+
+def _sinkhorn(log_kernel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
+              damp: float, iters: int, alive_src: torch.Tensor, alive_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``iters`` (unbalanced) Sinkhorn updates of the dual potentials, warm-started from ``u``, ``v``.
+
+    The log-domain update ``u = damp * (log_a - logsumexp_j(log_kernel + v))`` costs an ``exp`` per cell per
+    iteration. Instead the current potentials are absorbed once into a kernel scaled to at most 1 per row,
+    ``K = exp(log_kernel + u0 + v0 - rowmax)``, and the iterations become matrix-vector products with it (the
+    stabilised scaling of Schmitzer, 2019): the same updates, one ``exp`` per cell per round. Should a scaling
+    ever over- or underflow, that iteration is redone in the log domain.
+    """
+    c = (log_kernel + u[:, None] + v[None, :]).double()  # float64: a poor column's entries must not underflow
+    m = c.amax(dim=1)
+    m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=torch.float64))
+    kernel = torch.exp(c - m[:, None])
+    del c
+    u0, v0 = u.double(), v.double()
+    u, v = u0, v0
+    for _ in range(iters):
+        u = damp * (log_a + u0 - m - torch.log(kernel @ torch.exp(v - v0)))
+        if not torch.isfinite(u[alive_src]).all():
+            u = damp * (log_a - torch.logsumexp(log_kernel + v.float()[None, :], dim=1)).double()
+        u = _finite(u)
+        w = m + u - u0
+        top = w[alive_src].max() if bool(alive_src.any()) else torch.zeros((), dtype=torch.float64)
+        v = damp * (log_b + v0 - top - torch.log(kernel.T @ torch.exp(w - top)))
+        if not torch.isfinite(v[alive_dst]).all():
+            v = damp * (log_b - torch.logsumexp(log_kernel + u.float()[:, None], dim=0)).double()
+        v = _finite(v)
+    return u.float(), v.float()
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:

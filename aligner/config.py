@@ -55,6 +55,7 @@ class SnapshotsConfig:
     every_events: int | None = None
     lateness_seconds: float = 0.0
     dedup_capacity: int = 1_000_000
+    edge_ttl_seconds: float | None = None  # sliding window: edges with no interaction for this long expire
 
 
 @dataclass

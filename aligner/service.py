@@ -215,12 +215,14 @@ class AlignmentService:
         self.history = AlignmentHistory(self.state_dir / "history", cfg.store.base_every)
         policy = SnapshotPolicy(window_seconds=cfg.snapshots.window_seconds, every_events=cfg.snapshots.every_events,
                                 lateness_seconds=cfg.snapshots.lateness_seconds,
-                                dedup_capacity=cfg.snapshots.dedup_capacity)
+                                dedup_capacity=cfg.snapshots.dedup_capacity,
+                                edge_ttl_seconds=cfg.snapshots.edge_ttl_seconds)
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
         self.aligner = build_aligner(cfg)
         self.aligner_state: bytes | None = checkpoint.get("aligner")
         if self.aligner_state:
             self.aligner.load_state_bytes(self.aligner_state)
+            self.aligner.restore_pool(store.load_snapshot)
         self.model_version = model_version(self.aligner_state)
         self.last_snapshot: int | None = checkpoint.get("snapshot_id")
         self.aligned_through: int | None = checkpoint.get("aligned_through", self.last_snapshot)

@@ -40,7 +40,9 @@ class SnapshotPolicy:
     ``window_seconds``: cut when event time crosses a multiple of it (windows ``[k*W, (k+1)*W)``).
     ``every_events``: also (or instead) cut after this many applied events. ``lateness_seconds``: events up to
     this far behind the newest event time are still applied in time order. ``dedup_capacity``: how many recent
-    event ids are remembered to drop redeliveries (oldest forgotten first).
+    event ids are remembered to drop redeliveries (oldest forgotten first). ``edge_ttl_seconds``: a sliding
+    window over interactions: at every cut, edges whose latest interaction is older than this (in event time,
+    before the cut's end) expire, as if removed, so old ties fade; ``None`` keeps them until ``remove_edge``.
 
     >>> SnapshotPolicy(window_seconds=None)
     Traceback (most recent call last):
@@ -52,6 +54,7 @@ class SnapshotPolicy:
     every_events: int | None = None
     lateness_seconds: float = 0.0
     dedup_capacity: int = 1_000_000
+    edge_ttl_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.window_seconds is None and self.every_events is None:
@@ -63,6 +66,9 @@ class SnapshotPolicy:
             raise ValueError(f"every_events must be a positive integer, got {self.every_events!r}")
         if not (_is_number(lateness) and 0 <= lateness < math.inf):
             raise ValueError(f"lateness_seconds must be a finite number of seconds >= 0, got {lateness!r}")
+        ttl = self.edge_ttl_seconds
+        if ttl is not None and not (_is_number(ttl) and 0 < ttl < math.inf):
+            raise ValueError(f"edge_ttl_seconds must be a positive finite number of seconds or None, got {ttl!r}")
         if not (_is_integer(self.dedup_capacity) and self.dedup_capacity > 0):
             raise ValueError(f"dedup_capacity must be a positive integer, got {self.dedup_capacity!r}")
 
@@ -90,7 +96,7 @@ class SnapshotCutter:
         self.policy = policy
         self.graph = graph if graph is not None else TemporalGraphState()
         self.stats: dict[str, int] = dict.fromkeys(
-            ("accepted", "duplicates", "reordered", "late", "out_of_order", "rejected", "snapshots"), 0)
+            ("accepted", "duplicates", "reordered", "late", "out_of_order", "rejected", "snapshots", "expired"), 0)
         self._seen_ids: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._buffer: list[tuple[float, int, Event]] = []
@@ -256,6 +262,8 @@ class SnapshotCutter:
             out.append(self._cut(self._pending_min, self._pending_max))
 
     def _cut(self, start_time: float, end_time: float) -> Snapshot:
+        if self.policy.edge_ttl_seconds is not None:
+            self.stats["expired"] += self.graph.expire(end_time - self.policy.edge_ttl_seconds)
         snapshot = self.graph.snapshot(self._next_id, start_time, end_time, self._pending)
         snapshot = dataclasses.replace(snapshot, arrived=self.offered - (self._offering is not None))
         self._next_id += 1

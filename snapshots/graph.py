@@ -233,6 +233,24 @@ class TemporalGraphState:
         return Snapshot(id=id, start_time=start_time, end_time=end_time, networks=networks, anchors=anchors,
                         events=events)
 
+    def expire(self, before: float) -> int:
+        """Drop every edge whose latest interaction is older than ``before`` (event time), marking its ends
+        changed, as a ``remove_edge`` would; returns how many expired."""
+        expired = 0
+        for network in self._networks.values():
+            if not network.edge_time:
+                continue
+            keys = np.fromiter(network.edge_time.keys(), dtype=np.int64, count=len(network.edge_time))
+            times = np.fromiter(network.edge_time.values(), dtype=np.float64, count=len(network.edge_time))
+            old = keys[times < before]
+            for key in old.tolist():
+                del network.edge_weight[key]
+                del network.edge_time[key]
+                network.changed.add(key >> 32)
+                network.changed.add(key & _LOW_BITS)
+            expired += len(old)
+        return expired
+
     def to_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly: nested dicts/lists of plain values and numpy arrays."""
         return {

@@ -30,6 +30,7 @@ def spans(snapshots):
     ({"every_events": True}, "every_events"),
     ({"lateness_seconds": -1.0}, "lateness_seconds"),
     ({"dedup_capacity": 0}, "dedup_capacity"),
+    ({"edge_ttl_seconds": 0.0}, "edge_ttl_seconds"),
 ])
 def test_policy_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -54,6 +55,20 @@ def test_count_based_cuts_span_their_events():
     cutter = SnapshotCutter(SnapshotPolicy(window_seconds=None, every_events=3))
     snapshots = run(cutter, [edge("a", str(i), t) for i, t in enumerate([5, 6, 6, 9, 12, 13, 20])])
     assert spans(snapshots) == [(1, 5.0, 6.0, 3), (2, 9.0, 13.0, 3), (3, 20.0, 20.0, 1)]
+
+
+def test_edge_ttl_slides_a_window_over_interactions():
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0, edge_ttl_seconds=15.0))
+    snaps = run(cutter, [edge("a", "b", 1), edge("a", "c", 5), edge("a", "b", 12), edge("c", "d", 21),
+                         edge("x", "y", 35)])
+    # Cut at 10: nothing older than -5. At 20: a-c (last seen at 5) is older than 5? no (5 >= 5): kept.
+    # At 30: only ties seen at or after 15 survive: c-d; a-b (12) and a-c (5) expired. At 40: x-y.
+    assert [sorted(edges_of(s)) for s in snaps] == [
+        [("a", "b"), ("a", "c")], [("a", "b"), ("a", "c")], [("c", "d")], [("x", "y")]]
+    assert cutter.stats["expired"] == 3
+    # An expired edge's ends count as changed, so the aligner re-encodes around them.
+    third = snaps[2].networks["a"]
+    assert {third.node_ids[i] for i in third.changed} >= {"a", "b"}
 
 
 def test_windows_and_counts_together():

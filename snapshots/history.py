@@ -30,7 +30,8 @@ import numpy as np
 
 from snapshots.delta import diff_keyed, patch_keyed
 from snapshots.snapshot import pair_key
-from snapshots.store import DEFAULT_BASE_EVERY, Manifest, StoreCorruption, pack_strings, unpack_strings, write_durably
+from snapshots.store import (DEFAULT_BASE_EVERY, Manifest, StoreCorruption, pack_strings, read_verified, unpack_strings,
+                             write_durably)
 
 
 class Direction(Protocol):
@@ -177,14 +178,7 @@ class AlignmentHistory:
         return [by_version[v] for v in sorted(by_version)]
 
     def _verified_bytes(self, entry: dict[str, Any]) -> bytes:
-        path = self.root / entry["file"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise StoreCorruption(f"alignment history file {path} is missing") from None
-        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise StoreCorruption(f"alignment history file {path} is torn or corrupt")
-        return data
+        return read_verified(self.root / entry["file"], entry, f"alignment history version {entry['version']}")
 
 
 def _tag(net_a: str, net_b: str) -> str:

@@ -272,17 +272,7 @@ class SnapshotStore:
         return entry
 
     def _verified_bytes(self, entry: dict[str, Any]) -> bytes:
-        path = self.snapshot_dir / entry["file"]
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise StoreCorruption(f"snapshot {entry['id']} is in the manifest but {path} is missing") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != entry["bytes"] or digest != entry["sha256"]:
-            raise StoreCorruption(
-                f"snapshot file {path} is torn or corrupt: the manifest recorded {entry['bytes']} bytes with sha256 "
-                f"{entry['sha256'][:12]}…, the file has {len(data)} bytes with sha256 {digest[:12]}…")
-        return data
+        return read_verified(self.snapshot_dir / entry["file"], entry, f"snapshot {entry['id']}")
 
     def _manifest(self) -> dict[int, dict[str, Any]]:
         """The last complete manifest line per id (a snapshot re-cut after recovery appends a newer line)."""
@@ -502,6 +492,21 @@ def _json_line(obj: Any) -> bytes:
 
 
 # -- file primitives -------------------------------------------------------------------------------------------
+
+
+def read_verified(path: Path, entry: dict[str, Any], what: str) -> bytes:
+    """The bytes of ``path`` if they match the size and sha256 its manifest ``entry`` recorded, else
+    :class:`StoreCorruption` saying what is wrong: a torn or corrupt file is reported, never loaded."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreCorruption(f"{what} is in the manifest but {path} is missing") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != entry["bytes"] or digest != entry["sha256"]:
+        raise StoreCorruption(
+            f"{what}: file {path} is torn or corrupt: the manifest recorded {entry['bytes']} bytes with sha256 "
+            f"{entry['sha256'][:12]}…, the file has {len(data)} bytes with sha256 {digest[:12]}…")
+    return data
 
 
 def write_durably(path: Path, data: bytes, keep_previous: Path | None = None) -> None:

@@ -138,6 +138,23 @@ def _admin(bootstrap: str, timeout_s: float = 10.0):
     return KafkaAdminClient(bootstrap_servers=bootstrap, bootstrap_timeout_ms=int(timeout_s * 1000))
 
 
+def read_topic(broker, topic: str, expect: int, timeout_s: float = 30.0, partitions: int | None = None) -> list:
+    """Every message of the topic, read without a group (assigned: no join to wait for), by partition then offset;
+    stops once ``expect`` messages came or ``timeout_s`` passed."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    numbers = range(partitions) if partitions else (consumer.partitions_for_topic(topic) or {0})
+    consumer.assign([TopicPartition(topic, p) for p in numbers])
+    messages: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(messages) < expect and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=200).values():
+            messages += batch
+    consumer.close()
+    return sorted(messages, key=lambda m: (m.partition, m.offset))
+
+
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     """Create a topic up front: to choose its partition count, and so consumers never race the first producer."""
     from kafka.admin import NewTopic

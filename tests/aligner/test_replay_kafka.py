@@ -12,8 +12,7 @@ from aligner.cli import cli
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.store import SnapshotStore
 from stream.events import Event, parse_event
-from tests.brokers import create_topic, kafka_broker
-from tests.stream.test_producer import read_topic
+from tests.brokers import create_topic, kafka_broker, read_topic
 
 
 @pytest.fixture(scope="module")

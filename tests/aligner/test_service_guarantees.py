@@ -34,7 +34,7 @@ from stream.datasets import dataset_events, load_dataset, split_anchors
 from stream.events import InvalidEvent, parse_event
 from stream.producer import feed
 from stream.sources import KafkaSettings
-from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, start_tansu
+from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, read_topic, start_tansu
 from tests.synthetic import write_pair_dataset
 
 # Small model, one torch thread (two OpenMP threads on a shared 2-core machine can slow a run a hundredfold),
@@ -167,22 +167,6 @@ def group_committed(broker, topic: str, group: str, partitions: int) -> dict[int
         return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
     finally:
         consumer.close()
-
-
-def read_all(broker, topic: str, expect: int, timeout_s: float = 30) -> list:
-    """Every message of a topic (assigned, no group), in partition then offset order."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
-    partitions = consumer.partitions_for_topic(topic) or {0}
-    consumer.assign([TopicPartition(topic, p) for p in partitions])
-    messages: list = []
-    deadline = time.monotonic() + timeout_s
-    while len(messages) < expect and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=200).values():
-            messages += batch
-    consumer.close()
-    return sorted(messages, key=lambda m: (m.partition, m.offset))
 
 
 # --------------------------------------------------------------------------------------------------- crashes
@@ -321,7 +305,7 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_neve
     assert sum(": assigned partitions" in m for m in ours) == 1  # never left the group
     assert not [r for r in caplog.records if "lost partitions" in r.getMessage()]
 
-    entries = [json.loads(m.value) for m in read_all(broker, f"{topic}.deadletter", len(bad) + 1)]
+    entries = [json.loads(m.value) for m in read_topic(broker, f"{topic}.deadletter", len(bad) + 1)]
     assert len(entries) == len(bad) + 1
     assert all(e["reason"] and e["origin"].startswith(f"kafka:{topic}[") for e in entries)
     assert len({e["origin"] for e in entries}) == len(entries)  # one entry per bad message (or line)
@@ -331,7 +315,7 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_neve
     assert len((tmp_path / "state" / "deadletter.jsonl").read_text().splitlines()) == len(entries)
     assert len(list(SnapshotStore(tmp_path / "state").read_events())) == len(good) + 2
     assert group_committed(broker, topic, "bad", 2) == {
-        p: sum(1 for m in read_all(broker, topic, len(messages)) if m.partition == p) for p in (0, 1)}
+        p: sum(1 for m in read_topic(broker, topic, len(messages)) if m.partition == p) for p in (0, 1)}
 
 
 # --------------------------------------------------------------------------------------------------- rebalance

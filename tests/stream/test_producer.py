@@ -14,7 +14,7 @@ from aligner.cli import cli
 from stream.events import parse_event
 from stream.producer import feed
 from stream.sources import KafkaSettings
-from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker
+from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, read_topic
 
 SETTINGS = KafkaSettings(**TEST_GROUP_SETTINGS, connect_timeout_s=20)
 
@@ -38,19 +38,6 @@ def events_file(tmp_path):
     return path
 
 
-def read_topic(broker, topic: str, partitions: int, expect: int, timeout_s: float = 20.0) -> list:
-    """Every message of the topic (assigned, not in a group: no join to wait for), by partition then offset."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    messages = []
-    deadline = time.monotonic() + timeout_s
-    while len(messages) < expect and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=200).values():
-            messages += batch
-    consumer.close()
-    return sorted(messages, key=lambda m: (m.partition, m.offset))
 
 
 def test_feed_keys_by_network_in_order_and_passes_malformed_lines_on(broker, events_file):
@@ -58,7 +45,7 @@ def test_feed_keys_by_network_in_order_and_passes_malformed_lines_on(broker, eve
     create_topic(broker.bootstrap, topic, partitions=3)
     summary = feed(events_file, f"kafka://{broker.bootstrap}/{topic}", settings=SETTINGS)
     assert (summary.events, summary.malformed, summary.messages, summary.failed) == (63, 3, 63, 0)
-    messages = read_topic(broker, topic, 3, 63)
+    messages = read_topic(broker, topic, 63, partitions=3)
     assert len(messages) == 63
     lines = events_file.read_text().splitlines()
     by_key: dict = {}
@@ -79,7 +66,7 @@ def test_feed_loops_batches_and_keys_everything_alike(broker, events_file):
     summary = feed(events_file, f"kafka://{broker.bootstrap}/{topic}", settings=SETTINGS, loop=True, limit=150,
                    batch=4, key="problem-1")
     assert (summary.events, summary.malformed, summary.passes, summary.failed) == (150, 7, 3, 0)
-    messages = read_topic(broker, topic, 2, summary.messages)
+    messages = read_topic(broker, topic, summary.messages, partitions=2)
     assert {m.key for m in messages} == {b"problem-1"} and len({m.partition for m in messages}) == 1
     assert max(m.value.count(b"\n") + 1 for m in messages) == 4
     lines = [line for m in messages for line in m.value.split(b"\n")]

@@ -176,7 +176,7 @@ def _decode(payload: str | bytes | Mapping[str, Any], limits: EventLimits) -> di
     if not payload.strip():
         raise InvalidEvent("empty payload")
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        obj = _DECODER.decode(payload)
     except InvalidEvent:
         raise
     except (ValueError, RecursionError) as e:  # ValueError also covers integers of over 4300 digits
@@ -188,6 +188,9 @@ def _decode(payload: str | bytes | Mapping[str, Any], limits: EventLimits) -> di
 
 def _reject_constant(name: str) -> float:
     raise InvalidEvent(f"non-finite number {name} is not allowed")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one decoder: json.loads with a hook builds one per call
 
 
 def _type(x: Any) -> str:
@@ -245,7 +248,7 @@ def _text(x: Any, field: str, max_chars: int) -> str:
     if len(s) > max_chars:
         raise InvalidEvent(f"field {field!r} has {len(s)} characters, more than the limit of {max_chars}")
     try:
-        s.encode("utf-8")
+        s.isascii() or s.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate from a JSON escape would break every UTF-8 writer downstream
         raise InvalidEvent(f"field {field!r} is not valid Unicode: {e.reason} at character {e.start}") from None
     return s

@@ -219,6 +219,7 @@ class Aligner:
         shifts = []
         entities_now = anchor_entities(inputs.snapshot, inputs.anchors)
         m = self.model_cfg
+        moved: set[str] = set()  # networks whose coordinate system gained anchors
         for net, g in inputs.graphs.items():
             n_old = len(self.node_ids.get(net, ()))
             # Nodes whose edges, attributes or anchors changed, and new ones: their sketch is recomputed.
@@ -235,6 +236,7 @@ class Aligner:
                 added = position_sketch(g, new_seeds, m.position_dim, m.rwr_restart, m.rwr_steps)
                 sketch += added
                 self.entities[net] = self.entities.get(net, []) + new_seeds
+                moved.add(net)
                 changed = torch.unique(torch.cat([changed, (added != 0).any(1).nonzero().flatten()]))
             if len(touched):
                 fresh = position_sketch(g, self.entities.get(net, []), m.position_dim, m.rwr_restart, m.rwr_steps)
@@ -259,8 +261,13 @@ class Aligner:
         if shifts:
             self.monitor.learn_shift(float(np.mean(shifts)))
         rows = {}
-        for (a, b), matcher in self.matchers.items():
-            if a in dirty and b in dirty:
+        for (a, b), matcher in list(self.matchers.items()):
+            if a in moved or b in moved:
+                # New anchors shift every position they reach: the transport context of the last plan no longer
+                # fits, so the plan is solved again under the same weights (no training).
+                self.matchers[(a, b)] = self._full_match(a, b)
+                rows[f"{a}:{b}"] = "plan solved again: new anchors"
+            elif a in dirty and b in dirty:
                 rows[f"{a}:{b}"] = matcher.update(self._view(a), self._view(b), dirty[a], dirty[b])
         self.since_adaptation += 1
         return {"path": "incremental", "reencoded": {n: int(len(d)) for n, d in dirty.items()},

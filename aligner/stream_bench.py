@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full
                 row[name]["path"] = update.stats["path"]
                 row[name]["prequential_mrr"] = update.stats.get("prequential_mrr")
         rows.append(row)
+        print(f"seed {seed} window {snapshot.id}/{len(snapshots)}: " + ", ".join(
+            f"{v} {row[v]['hits@1']:.3f} in {row[v]['s']:.1f} s" for v in variants if v in row), file=sys.stderr,
+            flush=True)
     return {"seed": seed, "train": len(train), "test": len(test), "windows": rows,
             "wall_s": round(time.perf_counter() - started, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

@@ -68,8 +68,10 @@ def main() -> None:
                "DYNALIGN_ADAPT_EVERY_SNAPSHOTS": str(args.adapt_every), "DYNALIGN_ADAPT_ANCHOR_GROWTH": "0"}
         cmd = [sys.executable, "-m", "aligner.cli", "run", "--source", "-", "--state", f"{tmp}/state",
                "--redis", server.url, "--json"]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                text=True, cwd=Path(__file__).resolve().parents[1])
+        # Logs go to files: a pipe nobody reads while we write would fill and stall the service.
+        log_out, log_err = open(f"{tmp}/stdout", "w+"), open(f"{tmp}/stderr", "w+")
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log_out, stderr=log_err, env=env, text=True,
+                                cwd=Path(__file__).resolve().parents[1])
         client = AlignmentClient.from_url(server.url)
         visible: list[tuple[float, float, int]] = []  # (visible at, end_time, snapshot)
         stop = threading.Event()
@@ -88,7 +90,8 @@ def main() -> None:
         history_end = times[n_history - 1 - (n_history % args.every)] if n_history >= args.every else times[0]
         while not any(v[1] >= history_end for v in visible):
             if proc.poll() is not None:
-                raise SystemExit(f"service exited: {proc.stderr.read()[-2000:]}")
+                log_err.seek(0)
+                raise SystemExit(f"service exited: {log_err.read()[-2000:]}")
             time.sleep(0.05)
         warmup_s = time.time() - t0
 
@@ -112,7 +115,10 @@ def main() -> None:
             time.sleep(0.05)
         stop.set()
         proc.stdin.close()
-        out, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+        log_out.seek(0)
+        log_err.seek(0)
+        out, err = log_out.read(), log_err.read()
 
     vis = sorted(visible, key=lambda v: v[1])
     end_times = np.array([v[1] for v in vis])

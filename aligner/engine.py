@@ -33,13 +33,13 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-
 import scipy.sparse as sp
+import torch
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.drift import QualityMonitor
-from aligner.features import GraphTensors, anchor_entities, anchors_of, position_features, position_sketch, rwr_positions
+from aligner.features import (GraphTensors, anchor_entities, anchors_of, position_features, position_sketch,
+                              rwr_positions)
 from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
 from aligner.matching import ranking_metrics
 from aligner.refine import solve_plan
@@ -47,6 +47,7 @@ from aligner.update import AlignmentUpdate, PairTopK
 from aligner.meta import FastWeights, MetaLearner
 from aligner.model import AlignmentEncoder, anchor_loss
 from snapshots.snapshot import Snapshot, pair_key
+from snapshots.store import snapshot_from_bytes, snapshot_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,6 @@ class Aligner:
         self.anchors_at_adaptation = 0
         self.since_adaptation = 0
         self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
-        self.pending_pool: list[tuple[int, dict]] = []  # (snapshot id, hidden) loaded, for restore_pool
         self.snapshots_seen = 0
         self.meta_iterations = 0
 
@@ -459,8 +459,9 @@ class Aligner:
 
     # -- persistence ------------------------------------------------------------------------------------------
     def state_bytes(self) -> bytes:
-        """Everything needed to continue exactly where this aligner is. The task pool is kept as snapshot ids
-        (plus the temporal state each was seen with); :meth:`restore_pool` reloads the snapshots."""
+        """Everything needed to continue exactly where this aligner is, the meta-learning task pool included (its
+        snapshots in the store's compact encoding, with the temporal state each was seen with), so a restarted
+        or savepoint-seeded worker meta-learns exactly as an uninterrupted one."""
         buf = io.BytesIO()
         torch.save({
             "learner": None if self.learner is None else self.learner.state_dict(),
@@ -484,7 +485,7 @@ class Aligner:
             "known_anchors": self.known_anchors,
             "anchors_at_adaptation": self.anchors_at_adaptation,
             "since_adaptation": self.since_adaptation,
-            "pool": [(entry.snapshot.id, entry.hidden) for entry in self.pool],
+            "pool": [(snapshot_to_bytes(entry.snapshot), entry.hidden) for entry in self.pool],
             "rng": self.rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
@@ -509,25 +510,11 @@ class Aligner:
         self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
                          for pair, m in state["matchers"].items()}
         self.rng.bit_generator.state = state["rng"]
-        self.pending_pool = state.get("pool", [])
-
-    def restore_pool(self, load_snapshot) -> int:
-        """Rebuild the task pool after :meth:`load_state_bytes` from ``load_snapshot(id) -> Snapshot`` (the snapshot
-        store's), so that meta-learning continues exactly as it would have without a restart. Returns how many
-        entries were restored; snapshots the store no longer has are skipped (logged)."""
-        restored = 0
-        for snapshot_id, hidden in self.pending_pool:
-            try:
-                snapshot = load_snapshot(snapshot_id)
-            except (KeyError, FileNotFoundError, ValueError) as e:
-                log.warning("task pool: snapshot %s is gone (%s); meta-learning continues without it", snapshot_id, e)
-                continue
-            anchors = anchors_of(snapshot, self.aligned_pairs(snapshot))
+        self.pool.clear()
+        for data, hidden in state["pool"]:
+            snapshot = snapshot_from_bytes(data)
             graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in hidden}
-            self.pool.append(SnapshotInputs(snapshot, graphs, hidden, anchors))
-            restored += 1
-        self.pending_pool = []
-        return restored
+            self.pool.append(SnapshotInputs(snapshot, graphs, hidden, anchors_of(snapshot, self.aligned_pairs(snapshot))))
 
 
 def _closure(adjacency: sp.csr_matrix, nodes: torch.Tensor, hops: int) -> torch.Tensor:

@@ -222,7 +222,6 @@ class AlignmentService:
         self.aligner_state: bytes | None = checkpoint.get("aligner")
         if self.aligner_state:
             self.aligner.load_state_bytes(self.aligner_state)
-            self.aligner.restore_pool(store.load_snapshot)
         self.model_version = model_version(self.aligner_state)
         self.last_snapshot: int | None = checkpoint.get("snapshot_id")
         self.aligned_through: int | None = checkpoint.get("aligned_through", self.last_snapshot)

@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from snapshots.snapshot import NetworkSnapshot, Snapshot, pair_key
@@ -33,7 +34,8 @@ class GraphTensors:
     num_nodes: int
     edge_index: torch.Tensor  # (2, 2E) both directions
     edge_weight: torch.Tensor  # (2E,)
-    walk: torch.Tensor  # sparse COO (n, n), A D^-1: one step of a random walk on column vectors
+    walk: sp.csr_matrix  # (n, n) A D^-1: one step of a random walk on column vectors (scipy: its sparse x dense
+    # product is ~20x faster than torch's COO one on CPU)
     log_degree: torch.Tensor  # (n, 1)
     alive: torch.Tensor  # (n,) bool
     attrs: torch.Tensor | None  # (n, d) rows L2-normalised, or None
@@ -50,7 +52,8 @@ class GraphTensors:
         # Column j of A D^-1 spreads node j's mass over its neighbours in proportion to edge weight.
         inv_degree = torch.where(degree > 0, 1.0 / degree.clamp_min(1e-12), torch.zeros(()))
         walk_w = edge_weight * inv_degree[edge_index[0]]
-        walk = torch.sparse_coo_tensor(edge_index.flip(0), walk_w, (n, n), check_invariants=False).coalesce()
+        src, dst = edge_index.numpy()  # column j (source) spreads its mass over rows (its neighbours)
+        walk = sp.csr_matrix((walk_w.numpy(), (dst, src)), shape=(n, n))  # row = destination of the step
         attrs = None
         if net.attrs is not None:
             a = torch.from_numpy(np.asarray(net.attrs, dtype=np.float32))
@@ -142,7 +145,7 @@ def position_sketch(
         ppr = restart * signal
         walk = signal
         for _ in range(steps):
-            walk = (1.0 - restart) * torch.sparse.mm(graph.walk, walk)
+            walk = (1.0 - restart) * torch.from_numpy(graph.walk @ walk.numpy())
             ppr = ppr + restart * walk
         position += torch.log1p(n * ppr) @ torch.from_numpy(entity_directions(part, dim))
     return position

@@ -354,9 +354,18 @@ def test_two_workers_split_and_hand_over_partitions_without_losing_or_duplicatin
     moved = next(iter(w2.owns()))
     moved_lines = p_lines if partition_of(key_p) == moved else q_lines
     stayed_lines = q_lines if moved_lines is p_lines else p_lines
+    nets = {id(p_lines): ["p_left", "p_right"], id(q_lines): ["q_left", "q_right"]}
+    client = AlignmentClient.from_url(redis_url)
+    moved_pair = nets[id(moved_lines)]
+
+    def last_publisher() -> str | None:
+        entries = client.r.xrevrange(f"dynalign:{{{moved_pair[0]}|{moved_pair[1]}}}:versions", count=1)
+        return entries[0][1]["worker"].rsplit("/", 1)[-1] if entries else None
+
     produce(slice(cut1, cut2))
-    wait_until(lambda: w1.summary.accepted + w2.summary.accepted == 2 * cut2 and not w2.service.backlog,
-               what="both workers to take the second part", workers=[w1, w2])
+    # Accepting events is not publishing them: wait for the moved pair's alignment by its new owner.
+    wait_until(lambda: w1.summary.accepted + w2.summary.accepted == 2 * cut2 and not w2.service.backlog
+               and last_publisher() == "w2", what="both workers to take the second part", workers=[w1, w2])
     first = w2.stop()
     assert first.restored == cut1  # it rebuilt the moved networks' history before taking on new work
 
@@ -364,7 +373,7 @@ def test_two_workers_split_and_hand_over_partitions_without_losing_or_duplicatin
     produce(slice(cut2, None))
     total = len(p_lines) + len(q_lines)
     wait_until(lambda: w1.summary.accepted + first.accepted == total and not w1.service.backlog
-               and w1.service.job is None, what="worker 1 to take the rest", workers=[w1])
+               and w1.service.job is None and last_publisher() == "w1", what="worker 1 to take the rest", workers=[w1])
     last = w1.stop()
 
     # Every event is new work for exactly one worker; the one that got a partition back re-read only what the
@@ -374,13 +383,10 @@ def test_two_workers_split_and_hand_over_partitions_without_losing_or_duplicatin
     assert group_committed(broker, topic, "split", 2) == {moved: len(moved_lines),
                                                           1 - moved: len(stayed_lines)}
     # Both workers' graphs hold each event of their partitions exactly once, in order.
-    nets = {id(p_lines): ["p_left", "p_right"], id(q_lines): ["q_left", "q_right"]}
     assert_same_networks(final_graph(tmp_path / "w1"), reference_graph(p_lines), nets[id(p_lines)])
     assert_same_networks(final_graph(tmp_path / "w1"), reference_graph(q_lines), nets[id(q_lines)])
     assert_same_networks(final_graph(tmp_path / "w2"), reference_graph(moved_lines[:cut2]), nets[id(moved_lines)])
     # The moved pair was published by each owner in turn, never by both, with versions only going up.
-    client = AlignmentClient.from_url(redis_url)
-    moved_pair = nets[id(moved_lines)]
     entries = [fields for _, fields in client.r.xrange(f"dynalign:{{{moved_pair[0]}|{moved_pair[1]}}}:versions")]
     owners = [e["worker"].rsplit("/", 1)[-1] for e in entries]
     assert [int(e["version"]) for e in entries] == sorted(int(e["version"]) for e in entries)

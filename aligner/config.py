@@ -107,6 +107,7 @@ class RefineConfig:
     tau: float = 0.05
     beta: float = 0.3
     rounds: int = 10
+    warm_rounds: int = 2  # rounds of a re-solve started from the previous plan (new anchors); 0: solve from scratch
     sinkhorn_iters: int = 5
     marginal_weight: float | None = 0.1  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
     feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior

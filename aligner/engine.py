@@ -42,7 +42,7 @@ from aligner.features import (GraphTensors, anchor_entities, anchors_of, positio
                               rwr_positions)
 from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
 from aligner.matching import ranking_metrics
-from aligner.refine import solve_plan
+from aligner.refine import WarmStart, solve_plan
 from aligner.update import AlignmentUpdate, PairTopK
 from aligner.meta import FastWeights, MetaLearner
 from aligner.model import AlignmentEncoder, anchor_loss
@@ -265,8 +265,10 @@ class Aligner:
             if a in moved or b in moved:
                 # New anchors shift every position they reach: the transport context of the last plan no longer
                 # fits, so the plan is solved again under the same weights (no training).
-                self.matchers[(a, b)] = self._full_match(a, b)
-                rows[f"{a}:{b}"] = "plan solved again: new anchors"
+                warm = self._warm_start((a, b))
+                self.matchers[(a, b)] = self._full_match(a, b, warm)
+                rows[f"{a}:{b}"] = ("plan warm-started: new anchors" if warm is not None
+                                    else "plan solved again: new anchors")
             elif a in dirty and b in dirty:
                 rows[f"{a}:{b}"] = matcher.update(self._view(a), self._view(b), dirty[a], dirty[b])
         self.since_adaptation += 1
@@ -340,18 +342,26 @@ class Aligner:
         node_ids = {n: snapshot.networks[n].node_ids for n in {n for p in pairs for n in p}}
         return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
 
-    def _full_match(self, a: str, b: str) -> PairMatcher:
+    def _full_match(self, a: str, b: str, warm: WarmStart | None = None) -> PairMatcher:
         """Solve the structure-consistent transport plan (:mod:`aligner.refine`) when it fits in
-        ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks."""
+        ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks.
+        From ``warm`` (an earlier plan's context) ``refine.warm_rounds`` rounds replace ``refine.rounds``."""
         cfg = self.refine_cfg
         plan = None
         if cfg.enabled and self.embeddings[a].shape[0] * self.embeddings[b].shape[0] <= cfg.max_cells:
             with torch.no_grad():
                 plan = solve_plan(self.similarity(a, b), self.adjacency[a], self.adjacency[b], cfg.tau,
-                                  cfg.beta, cfg.rounds, cfg.sinkhorn_iters, self.alive[a], self.alive[b],
-                                  cfg.marginal_weight)
+                                  cfg.beta, cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,
+                                  self.alive[a], self.alive[b], cfg.marginal_weight, warm)
         return PairMatcher(self._view(a), self._view(b), plan, cfg.tau if plan is not None else 1.0,
                            cfg.beta if plan is not None else 0.0, cfg.feature_weight, self.k)
+
+    def _warm_start(self, pair: tuple[str, str]) -> WarmStart | None:
+        """The pair's last plan as the start of its next solve (``None``: solve from scratch)."""
+        matcher = self.matchers.get(pair)
+        if matcher is None or not self.refine_cfg.warm_rounds:
+            return None
+        return matcher.warm_start(self._view(pair[0]), self._view(pair[1]))
 
     def scorers(self, a: str, b: str) -> dict[tuple[str, str], DirectionScorer]:
         """How candidates are scored for both directions of an aligned pair: confidences under the current

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.refine import TransportPlan
+from aligner.refine import TransportPlan, WarmStart
 
 STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
 ROW_CHUNK = 1024
@@ -155,6 +155,16 @@ class PairMatcher:
         copy.ranked = {d: copy._full_rows(d, torch.arange(copy._src(d).n)) for d in ("ab", "ba")}
         return copy
 
+    def warm_start(self, va: NetworkView, vb: NetworkView) -> WarmStart | None:
+        """This context as the start of a new solve over ``va`` x ``vb`` (networks only grow): appended nodes have
+        no structure yet and the mean potential of their side."""
+        if self.structure is None:
+            return None
+        structure = self.structure.copy()
+        structure.resize((va.n, vb.n))
+        u, v = (_extended(p, n) for p, n in ((self.u, va.n), (self.v, vb.n)))
+        return WarmStart(structure, u, v)
+
     # -- updates ---------------------------------------------------------------------------------------------
     def update(self, va: NetworkView, vb: NetworkView, dirty_a: torch.Tensor, dirty_b: torch.Tensor) -> dict:
         """Swap in new views where only ``dirty_a`` / ``dirty_b`` nodes (plus appended ones) changed."""
@@ -233,11 +243,7 @@ class PairMatcher:
 
     def _extend_potentials(self) -> None:
         """Nodes that appeared after the last full solve get the mean potential of their side: a neutral price."""
-        for name, view in (("u", self.va), ("v", self.vb)):
-            pot = getattr(self, name)
-            if len(pot) < view.n:
-                fill = pot[torch.isfinite(pot)].mean() if len(pot) else torch.tensor(0.0)
-                setattr(self, name, torch.cat([pot, fill.expand(view.n - len(pot))]))
+        self.u, self.v = _extended(self.u, self.va.n), _extended(self.v, self.vb.n)
 
     def _k(self, dst: NetworkView) -> int:
         return max(1, min(self.k, int(dst.alive.sum())))
@@ -277,6 +283,15 @@ class DirectionScorer:
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         return self.matcher.rows(self.direction, index)
+
+
+def _extended(potential: torch.Tensor, n: int) -> torch.Tensor:
+    """``potential`` grown to ``n`` entries with its finite mean: a neutral price for nodes it never saw."""
+    if len(potential) >= n:
+        return potential
+    finite = potential[torch.isfinite(potential)]
+    fill = finite.mean() if len(finite) else torch.tensor(0.0)
+    return torch.cat([potential, fill.expand(n - len(potential))])
 
 
 def _with_appended(dirty: torch.Tensor, n_old: int, n_new: int) -> torch.Tensor:

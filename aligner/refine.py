@@ -43,6 +43,17 @@ class TransportPlan:
     v: torch.Tensor
 
 
+@dataclass
+class WarmStart:
+    """Where a re-solve starts: the structure matrix (sparse, rows summing to at most 1) and dual potentials of
+    an earlier plan, already sized to the current networks. A few rounds from a plan solved before a small change
+    land where many rounds from scratch would."""
+
+    structure: sp.csr_matrix
+    u: torch.Tensor
+    v: torch.Tensor
+
+
 def refine(*args, **kwargs) -> torch.Tensor:
     """The log transport plan of :func:`solve_plan` (same arguments)."""
     return solve_plan(*args, **kwargs).log_plan
@@ -59,6 +70,7 @@ def solve_plan(
     alive_src: torch.Tensor | None = None,
     alive_dst: torch.Tensor | None = None,
     marginal_weight: float | None = None,
+    warm: WarmStart | None = None,
 ) -> TransportPlan:
     """Log transport plan ``(n_src, n_dst)``; dead nodes get ``-inf`` rows/columns and carry no mass.
 
@@ -66,6 +78,7 @@ def solve_plan(
     torch's COO one on CPU); ``similarity`` is dense, roughly in [-1, 2].
     ``marginal_weight`` (rho) relaxes the uniform marginals into a KL penalty (unbalanced transport), so nodes with
     no counterpart in the other network need not receive mass; ``None`` keeps them exact.
+    ``warm`` starts the rounds from an earlier plan's structure and potentials instead of from nothing.
     """
     damp = 1.0 if marginal_weight is None else marginal_weight / (marginal_weight + tau)
     n_src, n_dst = similarity.shape
@@ -74,11 +87,15 @@ def solve_plan(
     log_a = torch.where(alive_src, torch.tensor(-math.log(max(int(alive_src.sum()), 1))), torch.tensor(float("-inf")))
     log_b = torch.where(alive_dst, torch.tensor(-math.log(max(int(alive_dst.sum()), 1))), torch.tensor(float("-inf")))
     mask = alive_src[:, None] & alive_dst[None, :]
-    u = torch.zeros(n_src)
-    v = torch.zeros(n_dst)
-    bonus = torch.zeros_like(similarity)
     log_plan = similarity
-    plan = torch.zeros_like(similarity)
+    if warm is None:
+        u, v = torch.zeros(n_src), torch.zeros(n_dst)
+        plan = torch.zeros_like(similarity)
+        bonus = torch.zeros_like(similarity)
+    else:
+        u, v = _finite(warm.u.float()), _finite(warm.v.float())
+        plan = torch.from_numpy(warm.structure.toarray().astype(np.float32, copy=False))
+        bonus = _bonus(plan, adjacency_src, adjacency_dst)
     with torch.no_grad():
         for _ in range(rounds):
             structure = plan
@@ -88,10 +105,14 @@ def solve_plan(
             # Where each source node's mass goes, rows summing to 1, so the bonus counts matched neighbour pairs
             # whatever the marginals; dead rows (all -inf) become 0 rather than nan.
             plan = torch.nan_to_num(torch.softmax(log_plan, dim=1), nan=0.0)
-            # A_src @ plan @ A_dst.T, as two sparse x dense products.
-            half = adjacency_dst @ plan.numpy().T  # (n_dst, n_src)
-            bonus = torch.from_numpy(np.ascontiguousarray((adjacency_src @ half.T).astype(np.float32, copy=False)))
+            bonus = _bonus(plan, adjacency_src, adjacency_dst)
     return TransportPlan(log_plan, structure, u, v)
+
+
+def _bonus(plan: torch.Tensor, adjacency_src: sp.csr_matrix, adjacency_dst: sp.csr_matrix) -> torch.Tensor:
+    """``A_src @ plan @ A_dst.T``, as two sparse x dense products."""
+    half = adjacency_dst @ plan.numpy().T  # (n_dst, n_src)
+    return torch.from_numpy(np.ascontiguousarray((adjacency_src @ half.T).astype(np.float32, copy=False)))
 
 
 def _sinkhorn(log_kernel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,

@@ -99,6 +99,8 @@ class AdaptConfig:
     anchor_growth: float = 1.0  # adapt when the known anchors grew by this fraction (1.0: doubled) since the last one
     drift_delta: float = 0.002  # ADWIN confidence on the reciprocal ranks of new anchors
     shift_threshold: float = 0.05  # Page-Hinkley threshold on the mean embedding shift of re-encoded nodes
+    embedding_tolerance: float = 0.01  # incremental path: re-rank a node reached by a change only if its unit
+    # embedding moved by more than this (L2; bounds the error of any of its cosine scores); 0: exact
 
 
 @dataclass
@@ -130,6 +132,8 @@ class ServiceConfig:
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
     threads: int = 0  # torch intra-op threads of the aligner; 0 = all cores but one (the polling thread's)
+    coalesce: str = "live"  # align waiting snapshots as one catch-up step: live (Kafka, stdin) | always | never
+    max_backlog: int = 4  # snapshots waiting for the aligner before the source pauses (ingest goes on meanwhile)
 
 
 @dataclass
@@ -208,6 +212,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("snapshots: set window_seconds, every_events or both")
     if cfg.service.log_format not in ("text", "json"):
         raise ConfigError(f"service.log_format must be text or json, got {cfg.service.log_format!r}")
+    if cfg.service.coalesce not in ("live", "always", "never"):
+        raise ConfigError(f"service.coalesce must be live, always or never, got {cfg.service.coalesce!r}")
+    if cfg.service.max_backlog < 1:
+        raise ConfigError(f"service.max_backlog must be >= 1, got {cfg.service.max_backlog}")
     if not 0.0 < cfg.meta.seed_fraction < 1.0:
         raise ConfigError(f"meta.seed_fraction must be in (0, 1), got {cfg.meta.seed_fraction}")
     if cfg.store.base_every < 1:

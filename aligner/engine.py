@@ -215,7 +215,8 @@ class Aligner:
         t0 = time.perf_counter()
         fast = self.learner.clone(second_order=False)
         fast.params = self.fast
-        dirty: dict[str, torch.Tensor] = {}
+        dirty: dict[str, torch.Tensor] = {}  # per network: the nodes whose scores must be recomputed
+        encoded: dict[str, int] = {}
         shifts = []
         entities_now = anchor_entities(inputs.snapshot, inputs.anchors)
         m = self.model_cfg
@@ -252,6 +253,16 @@ class Aligner:
             old = reach[reach < n_old]
             if len(old):
                 shifts.append(float((1.0 - (z_reach[: len(old)] * z[old]).sum(1)).mean()))
+            encoded[net] = int(len(reach))
+            if self.adapt_cfg.embedding_tolerance > 0 and len(old):
+                # A node the change reached only through message passing, whose embedding moved by less than the
+                # tolerance, keeps its stored embedding and its ranking: every score it takes part in is a cosine
+                # of unit vectors, so it is off by at most the tolerance. In a small world a 2-hop closure is most
+                # of the graph, but few of its nodes really move.
+                shifted = (z_reach[: len(old)] - z[old]).norm(dim=1) > self.adapt_cfg.embedding_tolerance
+                keep = torch.cat([shifted, torch.ones(len(reach) - len(old), dtype=torch.bool)])
+                keep |= torch.isin(reach, changed)
+                reach, z_reach = reach[keep], z_reach[keep]
             z[reach] = z_reach
             self.position_inputs[net] = pos
             self.hidden_in[net] = hidden
@@ -272,7 +283,7 @@ class Aligner:
             elif a in dirty and b in dirty:
                 rows[f"{a}:{b}"] = matcher.update(self._view(a), self._view(b), dirty[a], dirty[b])
         self.since_adaptation += 1
-        return {"path": "incremental", "reencoded": {n: int(len(d)) for n, d in dirty.items()},
+        return {"path": "incremental", "reencoded": encoded, "reranked": {n: int(len(d)) for n, d in dirty.items()},
                 "rescored": rows, "encode_s": round(t_encode - t0, 3),
                 "align_s": round(time.perf_counter() - t_encode, 3)}
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -252,6 +253,7 @@ class AlignmentService:
                                           on_revoke=self._on_revoke)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self.job: Future | None = None
+        self.job_covers = 0  # how many queued snapshots the job in flight aligns
         self.bar = _progress(self.progress)
         self.dirty = False  # events applied since the last checkpoint
         self.last_checkpoint = self.last_lag_report = time.monotonic()
@@ -299,6 +301,7 @@ class AlignmentService:
             records = self.source.poll(cfg.batch_size, timeout)
             if records:
                 self._ingest(records)
+                self._throttle()
                 idle_since = time.monotonic()
             elif self.source.exhausted and self.job is None and not self.backlog:
                 break
@@ -363,9 +366,18 @@ class AlignmentService:
         self.backlog.append((snap, self.source.live_partitions()))
 
     def _align_next(self) -> None:
-        """Hand the oldest queued snapshot to the aligner thread; the source pauses until the queue is empty."""
-        self.source.pause()
-        self.job = self.executor.submit(self._align, self.backlog[0][0])
+        """Hand the queued snapshots to the aligner thread, as one catch-up step (see :func:`coalesce`).
+
+        The source keeps being read while the aligner works, so the next snapshot is cut meanwhile; it pauses
+        only when ``service.max_backlog`` snapshots wait. ``service.coalesce`` says when queued snapshots are
+        aligned as one step: ``live`` (the default) for Kafka and stdin, where freshness comes first, not for a
+        file being replayed, where every snapshot gets its own alignment and history; ``always``; ``never``.
+        """
+        mode = self.cfg.service.coalesce
+        live = self.source_url == "-" or self.source_url.startswith("kafka://")
+        take = len(self.backlog) if mode == "always" or (mode == "live" and live) else 1
+        self.job_covers = take
+        self.job = self.executor.submit(self._align, coalesce([snap for snap, _ in list(self.backlog)[:take]]))
 
     def _align(self, snap: Snapshot) -> tuple[AlignmentUpdate | None, bytes, float]:
         """In the aligner thread: the only code that touches the aligner while a job is in flight."""
@@ -380,7 +392,8 @@ class AlignmentService:
         update, self.aligner_state, seconds = self.job.result()  # an aligner failure stops the service
         self.model_version = model_version(self.aligner_state)
         self.job = None
-        snap, live_at_cut = self.backlog.popleft()
+        for _ in range(self.job_covers):
+            snap, live_at_cut = self.backlog.popleft()
         self.aligned_through = snap.id
         self.summary.align_s += seconds
         fields = {"snapshot": snap.id, "events": snap.events,
@@ -398,7 +411,13 @@ class AlignmentService:
                 self._publish_pending(now=True)
         self.dirty = True
         self._checkpoint()
-        if not self.backlog:
+        self._throttle()
+
+    def _throttle(self) -> None:
+        """Pause the source while ``service.max_backlog`` snapshots wait for the aligner; resume below it."""
+        if len(self.backlog) >= self.cfg.service.max_backlog:
+            self.source.pause()
+        else:
             self.source.resume()
 
     def _idle(self) -> bool:
@@ -574,6 +593,33 @@ class AlignmentService:
         temp = path.with_name(".metrics.json.tmp")
         temp.write_text(json.dumps(metrics, indent=1))
         os.replace(temp, path)
+
+
+def coalesce(snapshots: list[Snapshot]) -> Snapshot:
+    """Consecutive snapshots as one catch-up step for the aligner: the newest graph state, whose ``changed``
+    nodes are every node changed since the snapshot before the first. Aligning it costs about as much as aligning
+    the newest alone (the receptive field of a few changes is most of what many changes reach), so an aligner
+    that fell behind catches up at once instead of working through stale states one by one.
+
+    >>> import numpy as np
+    >>> from snapshots.snapshot import NetworkSnapshot
+    >>> def snap(i, changed):
+    ...     net = NetworkSnapshot("a", ("x", "y", "z"), np.zeros((2, 0), np.int64), np.zeros(0, np.float32),
+    ...                           np.ones(3, bool), changed=np.array(changed, np.int64))
+    ...     return Snapshot(i, float(i), float(i + 1), {"a": net}, {}, events=2)
+    >>> both = coalesce([snap(1, [0]), snap(2, [2, 0])])
+    >>> both.id, both.start_time, both.end_time, both.events, both.networks["a"].changed.tolist()
+    (2, 1.0, 3.0, 4, [0, 2])
+    """
+    newest = snapshots[-1]
+    if len(snapshots) == 1:
+        return newest
+    networks = {}
+    for name, net in newest.networks.items():
+        changed = [s.networks[name].changed for s in snapshots if name in s.networks]
+        networks[name] = dataclasses.replace(net, changed=np.unique(np.concatenate(changed)))
+    return dataclasses.replace(newest, networks=networks, start_time=snapshots[0].start_time,
+                               events=sum(s.events for s in snapshots))
 
 
 def update_to_state(update: AlignmentUpdate) -> dict[str, Any]:

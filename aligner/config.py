@@ -99,6 +99,8 @@ class AdaptConfig:
     anchor_growth: float = 1.0  # adapt when the known anchors grew by this fraction (1.0: doubled) since the last one
     drift_delta: float = 0.002  # ADWIN confidence on the reciprocal ranks of new anchors
     shift_threshold: float = 0.05  # Page-Hinkley threshold on the mean embedding shift of re-encoded nodes
+    anchor_refresh: float = 0.05  # incremental path: new anchors join the position coordinates once they add
+    # this fraction to the known ones (0: at once); each joining re-encodes the networks and re-solves the plan
     embedding_tolerance: float = 0.01  # incremental path: re-rank a node reached by a change only if its unit
     # embedding moved by more than this (L2; bounds the error of any of its cosine scores); 0: exact
 

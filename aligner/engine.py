@@ -60,6 +60,7 @@ class SnapshotInputs:
     graphs: dict[str, GraphTensors]
     hidden: dict[str, torch.Tensor | None]
     anchors: dict[tuple[str, str], np.ndarray]
+    encoded: bytes | None = None  # the snapshot in the store's encoding, once the state has been saved
 
 
 class AlignmentTask:
@@ -113,6 +114,9 @@ class Aligner:
         self.k = top_k
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # Meta-learning draws its tasks from its own stream, so when it runs (now, or in the service's idle
+        # time) never changes what adaptation draws.
+        self.meta_rng = np.random.default_rng([seed, 1])
         self.learner: MetaLearner | None = None
         self.fast: dict[str, torch.Tensor] | None = None  # the adapted weights the incremental path encodes with
         self.hidden: dict[str, torch.Tensor] = {}  # temporal state for the next adaptation
@@ -137,6 +141,9 @@ class Aligner:
         self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
         self.snapshots_seen = 0
         self.meta_iterations = 0
+        # Meta-update iterations an adaptation asked for and not yet run, with the task pool as it was then.
+        self.meta_due = 0
+        self.meta_pool: list[SnapshotInputs] = []
 
     # -- the per-snapshot pipeline -------------------------------------------------------------------------
     def aligned_pairs(self, snapshot: Snapshot) -> list[tuple[str, str]]:
@@ -195,9 +202,19 @@ class Aligner:
         return None
 
     def _adaptation_path(self, inputs: SnapshotInputs, reason: str) -> dict:
+        """Fast-adapt the initialisation to this snapshot and align everything afresh.
+
+        The meta-update this snapshot earns (``meta.iterations_per_snapshot``, on the task pool as it is now) is
+        owed, not run: :meth:`learn` runs it after the alignment is out, so publishing never waits for it. What
+        is still owed when the next adaptation comes is run first, so every adaptation starts from the same
+        initialisation whenever the service found time to learn. The first snapshot warms up at once.
+        """
         t0 = time.perf_counter()
-        iterations = self.meta_cfg.warmup_iterations if self.meta_iterations == 0 else self.meta_cfg.iterations_per_snapshot
-        meta_stats = self.meta_train(iterations)
+        if self.meta_iterations == 0:
+            meta_stats = self.meta_train(self.meta_cfg.warmup_iterations, list(self.pool))
+        else:
+            meta_stats = self.learn()
+        self.meta_due, self.meta_pool = self.meta_cfg.iterations_per_snapshot, list(self.pool)
         t_meta = time.perf_counter()
         fast = self.adapt(inputs, self.adapt_cfg.steps)
         self.fast = fast.detached()
@@ -206,7 +223,7 @@ class Aligner:
         self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
         self.since_adaptation = 0
-        return {"path": "adaptation", "reason": reason, **meta_stats, "meta_iterations": iterations,
+        return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due,
                 "meta_s": round(t_meta - t0, 3), "adapt_s": round(t_adapt - t_meta, 3),
                 "align_s": round(time.perf_counter() - t_adapt, 3)}
 
@@ -221,6 +238,15 @@ class Aligner:
         entities_now = anchor_entities(inputs.snapshot, inputs.anchors)
         m = self.model_cfg
         moved: set[str] = set()  # networks whose coordinate system gained anchors
+        # New anchors join the coordinate system together, once they add ``adapt.anchor_refresh`` of the known
+        # ones: each one moves every position it reaches and so costs a re-encoding and a re-solve of the plan,
+        # which a stream revealing an anchor every few hundred events cannot pay each time. Until then they
+        # are scored prequentially and wait; a network's anchors join all at once, so coordinates stay shared.
+        waiting = {net: [(i, key) for i, key in entities_now.get(net, [])
+                         if key not in {k for _, k in self.entities.get(net, [])}] for net in inputs.graphs}
+        known_count = sum(len(self.entities.get(net, [])) for net in inputs.graphs)
+        if sum(map(len, waiting.values())) < self.adapt_cfg.anchor_refresh * known_count:
+            waiting = {}
         for net, g in inputs.graphs.items():
             n_old = len(self.node_ids.get(net, ()))
             # Nodes whose edges, attributes or anchors changed, and new ones: their sketch is recomputed.
@@ -229,10 +255,9 @@ class Aligner:
             changed = touched
             adjacency = adjacency_csr(g.edge_index, g.num_nodes)
             sketch = self._grow(self.sketches[net], g.num_nodes)
-            # New anchors join the coordinate system as they come: the sketch is a sum over entities, so theirs
-            # is added for every node they reach; the others' terms stay as of the last adaptation.
-            known = {key for _, key in self.entities.get(net, [])}
-            new_seeds = [(i, key) for i, key in entities_now.get(net, []) if key not in known]
+            # The sketch is a sum over entities, so a new anchor's term is added for every node it reaches; the
+            # others' terms stay as of the last adaptation.
+            new_seeds = waiting.get(net)
             if new_seeds:
                 added = position_sketch(g, new_seeds, m.position_dim, m.rwr_restart, m.rwr_steps)
                 sketch += added
@@ -296,10 +321,19 @@ class Aligner:
         self.meta_cfg = dataclasses.replace(self.meta_cfg, iterations_per_snapshot=0)
         self.adapt_cfg = dataclasses.replace(self.adapt_cfg, steps=0, incremental=False)
 
-    def meta_train(self, iterations: int) -> dict[str, float]:
+    def learn(self, iterations: int | None = None) -> dict[str, float]:
+        """Run up to ``iterations`` (default: all) of the meta-update iterations owed; returns the last stats."""
+        run = self.meta_due if iterations is None else min(iterations, self.meta_due)
+        stats = self.meta_train(run, self.meta_pool) if run else {}
+        self.meta_due -= run
+        if not self.meta_due:
+            self.meta_pool = []
+        return stats
+
+    def meta_train(self, iterations: int, pool: list[SnapshotInputs]) -> dict[str, float]:
         stats: dict[str, float] = {}
         for _ in range(iterations):
-            tasks = [self._task(self.pool[self._pick_pool_index()], query_fraction=0.5)
+            tasks = [self._task(pool[self._pick_pool_index(len(pool))], 0.5, self.meta_rng)
                      for _ in range(self.meta_cfg.tasks_per_iteration)]
             tasks = [t for t in tasks if t is not None]
             if not tasks:
@@ -309,7 +343,7 @@ class Aligner:
         return stats
 
     def adapt(self, inputs: SnapshotInputs, steps: int) -> FastWeights:
-        task = self._task(inputs, query_fraction=0.0)
+        task = self._task(inputs, 0.0, self.rng)
         if task is None or steps == 0:
             return self.learner.clone(second_order=False)
         return self.learner.adapted(task, steps)
@@ -445,25 +479,25 @@ class Aligner:
     def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
         return torch.cat([x, torch.zeros(n - x.shape[0], x.shape[1])]) if x.shape[0] < n else x.clone()
 
-    def _pick_pool_index(self) -> int:
+    def _pick_pool_index(self, size: int) -> int:
         # Half the tasks come from the newest snapshot, the rest from the recent past, so the initialisation
         # tracks the present without forgetting what recent snapshots taught it.
-        if len(self.pool) == 1 or self.rng.random() < 0.5:
-            return len(self.pool) - 1
-        return int(self.rng.integers(0, len(self.pool) - 1))
+        if size == 1 or self.meta_rng.random() < 0.5:
+            return size - 1
+        return int(self.meta_rng.integers(0, size - 1))
 
-    def _task(self, inputs: SnapshotInputs, query_fraction: float) -> AlignmentTask | None:
+    def _task(self, inputs: SnapshotInputs, query_fraction: float, rng: np.random.Generator) -> AlignmentTask | None:
         seeds, labels = {}, {}
         for pair, rows in inputs.anchors.items():
             if len(rows) < 3:
                 continue
-            perm = self.rng.permutation(len(rows))
+            perm = rng.permutation(len(rows))
             n_seed = min(len(rows) - 2, max(1, int(round(len(rows) * self.meta_cfg.seed_fraction))))
             seeds[pair] = rows[perm[:n_seed]]
             labels[pair] = rows[perm[n_seed:]]
         if not labels:
             return None
-        return AlignmentTask(inputs, seeds, labels, self.model_cfg, query_fraction, self.rng)
+        return AlignmentTask(inputs, seeds, labels, self.model_cfg, query_fraction, rng)
 
     def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
         """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes this
@@ -506,8 +540,11 @@ class Aligner:
             "known_anchors": self.known_anchors,
             "anchors_at_adaptation": self.anchors_at_adaptation,
             "since_adaptation": self.since_adaptation,
-            "pool": [(snapshot_to_bytes(entry.snapshot), entry.hidden) for entry in self.pool],
+            "pool": [_pool_entry_to_state(entry) for entry in self.pool],
+            "meta_pool": [_pool_entry_to_state(entry) for entry in self.meta_pool],
+            "meta_due": self.meta_due,
             "rng": self.rng.bit_generator.state,
+            "meta_rng": self.meta_rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
         }, buf)
@@ -531,11 +568,24 @@ class Aligner:
         self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
                          for pair, m in state["matchers"].items()}
         self.rng.bit_generator.state = state["rng"]
+        self.meta_rng.bit_generator.state = state["meta_rng"]
+        self.meta_due = state["meta_due"]
         self.pool.clear()
-        for data, hidden in state["pool"]:
-            snapshot = snapshot_from_bytes(data)
-            graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in hidden}
-            self.pool.append(SnapshotInputs(snapshot, graphs, hidden, anchors_of(snapshot, self.aligned_pairs(snapshot))))
+        self.pool.extend(self._pool_entry(entry) for entry in state["pool"])
+        self.meta_pool = [self._pool_entry(entry) for entry in state["meta_pool"]]
+
+    def _pool_entry(self, state: tuple[bytes, dict]) -> SnapshotInputs:
+        snapshot, hidden = snapshot_from_bytes(state[0]), state[1]
+        graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in hidden}
+        return SnapshotInputs(snapshot, graphs, hidden, anchors_of(snapshot, self.aligned_pairs(snapshot)))
+
+
+def _pool_entry_to_state(entry: SnapshotInputs) -> tuple[bytes, dict]:
+    """A task-pool entry as stored: the snapshot in the store's compact encoding (encoded once: entries never
+    change, and the state is saved after every alignment) and the temporal state it was seen with."""
+    if entry.encoded is None:
+        entry.encoded = snapshot_to_bytes(entry.snapshot)
+    return entry.encoded, entry.hidden
 
 
 def _closure(adjacency: sp.csr_matrix, nodes: torch.Tensor, hops: int) -> torch.Tensor:

@@ -78,6 +78,7 @@ class RunSummary:
     published: int = 0
     wall_s: float = 0.0
     align_s: float = 0.0
+    learn_s: float = 0.0  # meta-update iterations run while nothing waited to be aligned
     ingest_s: float = 0.0
     redis_url: str = ""
     last_version: int | None = None
@@ -298,6 +299,8 @@ class AlignmentService:
             if self.job is None and self.backlog:
                 self._align_next()
                 timeout = 0.0
+            elif self.job is None and self.aligner.meta_due:
+                self._learn_next()
             records = self.source.poll(cfg.batch_size, timeout)
             if records:
                 self._ingest(records)
@@ -379,6 +382,18 @@ class AlignmentService:
         self.job_covers = take
         self.job = self.executor.submit(self._align, coalesce([snap for snap, _ in list(self.backlog)[:take]]))
 
+    def _learn_next(self) -> None:
+        """Nothing waits to be aligned: spend the time on one owed meta-update iteration (a second or so, so a
+        snapshot cut meanwhile waits at most that long)."""
+        self.job_covers = 0
+        self.job = self.executor.submit(self._learn)
+
+    def _learn(self) -> tuple[None, bytes, float]:
+        """In the aligner thread, like :meth:`_align`."""
+        started = time.perf_counter()
+        self.aligner.learn(1)
+        return None, self.aligner.state_bytes(), time.perf_counter() - started
+
     def _align(self, snap: Snapshot) -> tuple[AlignmentUpdate | None, bytes, float]:
         """In the aligner thread: the only code that touches the aligner while a job is in flight."""
         started = time.perf_counter()
@@ -392,6 +407,10 @@ class AlignmentService:
         update, self.aligner_state, seconds = self.job.result()  # an aligner failure stops the service
         self.model_version = model_version(self.aligner_state)
         self.job = None
+        if not self.job_covers:  # a meta-update: durable with the next periodic checkpoint
+            self.summary.learn_s += seconds
+            self.dirty = True
+            return
         for _ in range(self.job_covers):
             snap, live_at_cut = self.backlog.popleft()
         self.aligned_through = snap.id
@@ -422,7 +441,7 @@ class AlignmentService:
 
     def _idle(self) -> bool:
         """Nothing to align, and every owned partition caught up and at its end (a file: nothing came)."""
-        if self.job is not None or self.backlog:
+        if self.backlog or (self.job is not None and self.job_covers):  # learning is background work
             return False
         lag_of = getattr(self.source, "lag", None)
         if lag_of is None:

@@ -18,7 +18,7 @@ from tests.synthetic import write_pair_dataset
 
 SMALL_MODEL = ModelConfig(hidden=32, embedding_dim=32, position_dim=64)
 NEVER_ADAPT = AdaptConfig(steps=3, every_snapshots=0, anchor_growth=0.0, drift_delta=1e-12, shift_threshold=1e9,
-                          embedding_tolerance=0.0)
+                          embedding_tolerance=0.0, anchor_refresh=0.0)
 
 
 def small_changes(side: int = 20, seed: int = 3) -> list:
@@ -185,3 +185,36 @@ def test_catching_up_on_several_snapshots_at_once_equals_a_full_recomputation():
         for d in ("ab", "ba"):
             alive = matcher._src(d).alive
             torch.testing.assert_close(matcher.top(d)[1][alive], reference.top(d)[1][alive], atol=1e-5, rtol=1e-4)
+
+
+def test_a_few_new_anchors_wait_until_they_are_worth_a_re_solve():
+    snaps = small_changes()
+    waits = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), dataclasses.replace(NEVER_ADAPT, anchor_refresh=0.5),
+                    top_k=5, seed=0)
+    joins = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
+    for aligner in (waits, joins):
+        for snap in snaps[:3]:
+            update = aligner.on_snapshot(snap)
+        assert update.stats["path"] == "incremental"
+    # The next snapshot reveals one anchor: a re-solve for one, none for the other, which keeps its coordinates.
+    assert joins.on_snapshot(snaps[3]).stats["rescored"]["left:right"] == "plan warm-started: new anchors"
+    assert isinstance(waits.on_snapshot(snaps[3]).stats["rescored"]["left:right"], dict)
+    assert len(joins.entities["left"]) == len(waits.entities["left"]) + 1
+
+
+def test_when_the_owed_meta_update_runs_changes_no_alignment(tmp_path):
+    """The service runs meta-update iterations whenever nothing waits to be aligned; one that always finds the
+    time and one that never does (and pays at the next adaptation) publish the same alignments."""
+    adapt = AdaptConfig(steps=2, every_snapshots=2, anchor_growth=0.0, shift_threshold=1e9)
+    meta = MetaConfig(warmup_iterations=5, iterations_per_snapshot=3)
+    eager, lazy = (Aligner(SMALL_MODEL, meta, adapt, seed=0) for _ in range(2))
+    owed = []
+    for snap in stream_snapshots(tmp_path):
+        a, b = eager.on_snapshot(snap), lazy.on_snapshot(snap)
+        owed.append(eager.meta_due)
+        eager.learn(1)
+        eager.learn()
+        for x, y in zip(a.pairs, b.pairs):
+            assert np.array_equal(x.candidates, y.candidates) and np.array_equal(x.scores, y.scores)
+    assert max(owed) == 3 and eager.meta_due == 0 and lazy.meta_due == 3
+    assert eager.meta_iterations == lazy.meta_iterations + 3

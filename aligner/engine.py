@@ -30,7 +30,7 @@ import io
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,8 +38,8 @@ import torch
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.drift import QualityMonitor
-from aligner.features import (GraphTensors, anchor_entities, anchors_of, position_features, position_sketch,
-                              rwr_positions)
+from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
+                              position_sketch, rwr_positions)
 from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
 from aligner.matching import ranking_metrics
 from aligner.refine import WarmStart, solve_plan
@@ -61,6 +61,17 @@ class SnapshotInputs:
     hidden: dict[str, torch.Tensor | None]
     anchors: dict[tuple[str, str], np.ndarray]
     encoded: bytes | None = None  # the snapshot in the store's encoding, once the state has been saved
+    ppr: dict[str, NodePPR | None] = field(default_factory=dict)  # per network, computed on first use
+
+    def node_ppr(self, net: str, restart: float, steps: int) -> NodePPR | None:
+        """Personalised PageRank of every anchored node of ``net``, shared by every task drawn from this
+        snapshot (``None`` where it would not fit in memory: sketches then walk on their own)."""
+        if net not in self.ppr:
+            nodes = {i for pair, rows in self.anchors.items() for col, name in enumerate(pair) if name == net
+                     for i in rows[:, col].tolist()}
+            g = self.graphs[net]
+            self.ppr[net] = NodePPR(g, nodes, restart, steps) if NodePPR.fits(g, len(nodes)) else None
+        return self.ppr[net]
 
 
 class AlignmentTask:
@@ -73,7 +84,7 @@ class AlignmentTask:
         entities = anchor_entities(inputs.snapshot, seeds)
         self.positions = {
             net: rwr_positions(g, entities.get(net, []), model_cfg.position_dim, model_cfg.rwr_restart,
-                               model_cfg.rwr_steps)
+                               model_cfg.rwr_steps, cache=inputs.node_ppr(net, model_cfg.rwr_restart, model_cfg.rwr_steps))
             for net, g in inputs.graphs.items()
         }
         self.labels: dict[str, dict[tuple[str, str], torch.Tensor]] = {"all": {}, "support": {}, "query": {}}
@@ -355,8 +366,9 @@ class Aligner:
         with torch.no_grad():
             for net, g in inputs.graphs.items():
                 self.entities[net] = entities.get(net, [])
-                self.sketches[net] = position_sketch(g, self.entities[net], self.model_cfg.position_dim,
-                                                     self.model_cfg.rwr_restart, self.model_cfg.rwr_steps)
+                m = self.model_cfg
+                self.sketches[net] = position_sketch(g, self.entities[net], m.position_dim, m.rwr_restart,
+                                                     m.rwr_steps, cache=inputs.node_ppr(net, m.rwr_restart, m.rwr_steps))
                 pos = position_features(self.sketches[net], g)
                 z, h = fast(g.attrs, pos, g.edge_index, g.edge_weight, inputs.hidden[net])
                 self.hidden_in[net] = inputs.hidden[net]

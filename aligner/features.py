@@ -113,40 +113,95 @@ def anchor_entities(snapshot: Snapshot, anchors: dict[tuple[str, str], np.ndarra
 
 
 def rwr_positions(
-    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024
+    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024,
+    cache: "NodePPR | None" = None,
 ) -> torch.Tensor:
     """Anchor-relative position features ``(n, dim + 2)``: the unit-normalised sketch, its log-norm (how close the
     node is to any anchor at all) and the node's log-degree (see :func:`position_sketch`)."""
-    return position_features(position_sketch(graph, seeds, dim, restart, steps, chunk), graph)
+    return position_features(position_sketch(graph, seeds, dim, restart, steps, chunk, cache), graph)
+
+
+def personalized_pagerank(graph: GraphTensors, signal: torch.Tensor, restart: float, steps: int) -> torch.Tensor:
+    """``steps`` terms of the personalised PageRank series of each column of ``signal`` (n, c)."""
+    ppr = restart * signal
+    walk = signal
+    for _ in range(steps):
+        walk = (1.0 - restart) * torch.from_numpy(graph.walk @ walk.numpy())
+        ppr = ppr + restart * walk
+    return ppr
+
+
+class NodePPR:
+    """The personalised PageRank vector of each of a set of nodes, computed once and shared by every sketch
+    whose seeds are among them.
+
+    A meta-learning task draws a random subset of the anchors as seeds and sketches positions from them; PPR is
+    linear in its seed signal, so an entity's vector is the sum of its nodes' vectors, and every task on the
+    same snapshot can slice one matrix instead of running the random walk again (on a 10k-node network that
+    walk was most of a meta-iteration).
+
+    >>> import numpy as np
+    >>> from snapshots.snapshot import NetworkSnapshot
+    >>> net = NetworkSnapshot("a", ("x", "y", "z"), np.array([[0, 1], [1, 2]]), np.ones(2, np.float32),
+    ...                       np.ones(3, bool))
+    >>> g = GraphTensors.from_snapshot(net)
+    >>> cache = NodePPR(g, [0, 2], restart=0.15, steps=10)
+    >>> seeds = [(0, "e/0"), (2, "e/2")]
+    >>> bool(torch.allclose(position_sketch(g, seeds, 4, 0.15, 10, cache=cache), position_sketch(g, seeds, 4, 0.15, 10)))
+    True
+    """
+
+    MAX_CELLS = 64_000_000  # n x nodes floats kept (256 MB); beyond it sketches walk on their own
+
+    def __init__(self, graph: GraphTensors, nodes, restart: float, steps: int, chunk: int = 1024):
+        self.nodes = sorted(set(int(i) for i in nodes))
+        self.column = {node: c for c, node in enumerate(self.nodes)}
+        self.restart, self.steps = restart, steps
+        n = graph.num_nodes
+        self.ppr = torch.empty(n, len(self.nodes))
+        for start in range(0, len(self.nodes), chunk):
+            part = self.nodes[start:start + chunk]
+            signal = torch.zeros(n, len(part))
+            signal[torch.tensor(part), torch.arange(len(part))] = 1.0
+            self.ppr[:, start:start + len(part)] = personalized_pagerank(graph, signal, restart, steps)
+
+    @classmethod
+    def fits(cls, graph: GraphTensors, count: int) -> bool:
+        return graph.num_nodes * count <= cls.MAX_CELLS
+
+    def covers(self, seeds: list[tuple[int, str]], restart: float, steps: int) -> bool:
+        return (restart, steps) == (self.restart, self.steps) and all(node in self.column for node, _ in seeds)
 
 
 def position_sketch(
-    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024
+    graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024,
+    cache: NodePPR | None = None,
 ) -> torch.Tensor:
     """The raw sketch ``(n, dim)``: the sum over anchored entities of the entity's log-scaled personalised
     PageRank vector times its fixed random direction. A sum, so entities can be added to a sketch later.
 
-    Each entity's PPR vector is computed exactly and log-scaled (proximity spans orders of magnitude; in log
-    space a node's profile of distances to the anchors, not its nearest hub, dominates) before it is
-    projected. Entities are processed ``chunk`` at a time, so memory stays at ``n x chunk`` whatever the number
-    of anchors.
+    Each entity's PPR vector is computed exactly (or summed from ``cache``'s per-node vectors) and log-scaled
+    (proximity spans orders of magnitude; in log space a node's profile of distances to the anchors, not its
+    nearest hub, dominates) before it is projected. Entities are processed ``chunk`` at a time, so memory stays
+    at ``n x chunk`` whatever the number of anchors.
     """
     n = graph.num_nodes
     position = torch.zeros(n, dim)
     keys = sorted({k for _, k in seeds})
     column = {k: i for i, k in enumerate(keys)}
+    cached = cache is not None and cache.covers(seeds, restart, steps)
     for start in range(0, len(keys), chunk):
         part = keys[start:start + chunk]
-        signal = torch.zeros(n, len(part))
-        for node, key in seeds:
-            c = column[key] - start
-            if 0 <= c < len(part):
+        members = [(node, column[key] - start) for node, key in seeds if 0 <= column[key] - start < len(part)]
+        if cached:
+            nodes, cols = zip(*members) if members else ((), ())
+            ppr = torch.zeros(n, len(part)).index_add_(
+                1, torch.tensor(cols, dtype=torch.long), cache.ppr[:, [cache.column[i] for i in nodes]])
+        else:
+            signal = torch.zeros(n, len(part))
+            for node, c in members:
                 signal[node, c] = 1.0
-        ppr = restart * signal
-        walk = signal
-        for _ in range(steps):
-            walk = (1.0 - restart) * torch.from_numpy(graph.walk @ walk.numpy())
-            ppr = ppr + restart * walk
+            ppr = personalized_pagerank(graph, signal, restart, steps)
         position += torch.log1p(n * ppr) @ torch.from_numpy(entity_directions(part, dim))
     return position
 

@@ -94,6 +94,9 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
 
 
 def _child(queue, fn, *args) -> None:
+    from aligner.runtime import release_freed_tensors
+
+    release_freed_tensors()
     try:
         queue.put(("ok", fn(*args)))
     except BaseException as e:  # the parent reports it; a child must not die silently

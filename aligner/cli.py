@@ -34,6 +34,9 @@ def _config(ctx: click.Context, **overrides) -> Config:
 def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log_level: str | None) -> None:
     """dynalign: streaming alignment of dynamic networks (events in, alignments out to Redis)."""
     from aligner.logs import setup_logging
+    from aligner.runtime import release_freed_tensors
+
+    release_freed_tensors()
 
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path

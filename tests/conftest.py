@@ -8,6 +8,9 @@ import pytest
 import redis
 
 from aligner.embedded_redis import EmbeddedRedis
+from aligner.runtime import release_freed_tensors
+
+release_freed_tensors()  # as every `dynalign` process does: long training loops otherwise grow the heap
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

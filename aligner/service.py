@@ -2,11 +2,13 @@
 
 The main thread polls a batch, validates each record (bad ones go to the dead-letter sink with the reason),
 logs accepted events and feeds the snapshot cutter; every snapshot it completes is saved and queued for the
-aligner. The aligner runs in a worker thread, one snapshot at a time, while the main thread keeps polling
-the paused source: a Kafka consumer thus stays in its group (``max_poll_interval_ms`` counts time between
-polls, and slow poll loops are the classic cause of ``CommitFailedError`` and rebalance storms) and handles
-rebalances while the model adapts. When an alignment ends its update is published, the newest one winning
-while Redis is away, and the source resumes.
+aligner. The aligner runs in a worker thread while the main thread keeps polling: a Kafka consumer thus
+stays in its group (``max_poll_interval_ms`` counts time between polls, and slow poll loops are the classic
+cause of ``CommitFailedError`` and rebalance storms) and handles rebalances while the model adapts. Ingestion
+goes on meanwhile, and snapshots queue; on a live source the aligner takes all of them as one catch-up step
+(:func:`coalesce`), and the source pauses only when ``service.max_backlog`` wait. When an alignment ends its
+update is published, the newest one winning while Redis is away. When nothing waits, the aligner thread
+spends its time on the meta-update iterations the last adaptation left owed.
 
 A checkpoint holds the graph and cutter state, the aligner's state as of the last snapshot it finished
 (``aligned_through``), the update Redis has not taken yet, the partitions each network's events came from,

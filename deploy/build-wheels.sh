@@ -6,7 +6,7 @@
 set -euo pipefail
 python=${1:?usage: build-wheels.sh PYTHON [CACHE_ROOT]}
 root=${2:-${DYNALIGN_WHEEL_CACHE:-$HOME/.cache/dynalign/wheels}}
-key=$("$python" -c 'import sys, torch; print(f"torch-{torch.__version__.split("+")[0]}-cp{sys.version_info[0]}{sys.version_info[1]}")')
+key=$("$python" -c "import sys, torch; v = torch.__version__.split('+')[0]; print(f'torch-{v}-cp{sys.version_info[0]}{sys.version_info[1]}')")
 dir="$root/$key"
 mkdir -p "$dir"
 build() {  # name version module

@@ -16,32 +16,44 @@ production until Redis announces the first version whose snapshot covers it.
 Starts its own tansu broker and redis-server on free loopback ports. Run from the repository root::
 
     .venv/bin/python benchmarks/kafka_ingest.py                  # about three minutes
+    .venv/bin/python benchmarks/kafka_ingest.py --repeat 3 --no-latency --modes batched,batched_no_crc
     .venv/bin/python benchmarks/kafka_ingest.py --events 500000 --json results.json
 
-Measured on the 2-core development machine, 2026-11-25, 200,000 events, torch on one thread, no ``crc32c``
-extension, three runs; the machine was shared with other jobs (load average from 0.1 to 4 during the runs),
-so the spread is mostly theirs:
+Measured on the 2-core development machine, 2026-11-25, 200,000 events, torch on one thread, with the
+``crc32c`` C extension (a dependency now), ``.venv/bin/python benchmarks/kafka_ingest.py --repeat 3`` twice
+(the second time with ``--no-latency``); another engineer's torch job kept one core busy throughout and more
+at times (load average 0.8 to 2.5), so the spread is mostly theirs, and CRC checks cost nothing visible:
 
-    events/s, Kafka -> snapshot state      three runs                 processing alone (validation, log, graph)
-    one event per message                  12,700  13,000  10,800     23,000 - 27,000
-    ... without CRC checks                 17,300  10,800  15,800     17,000 - 28,000
-    50 events per message                  14,900  13,000  18,800     20,000 - 30,000
-    ... without CRC checks                 21,200  15,900  19,100     19,000 - 24,000
+    events/s, Kafka -> snapshot state      first three            second three           processing alone
+    one event per message                  47,700 49,800 55,600   28,000 39,700 26,900    54,000 - 107,000
+    ... without CRC checks                 52,100 48,000 52,900   28,300 23,100 30,500    50,000 - 107,000
+    50 events per message                  83,600 58,400 88,000   44,900 49,400 51,600    55,000 - 107,000
+    ... without CRC checks                 90,100 73,800 79,100   78,500 72,000 71,900    88,000 - 110,000
 
-    event -> Redis latency, 500 events/s for 40 s, 300 + 300 nodes, small model, window 5 s:
-    p50 4.1 / 5.9 / 5.4 s, p95 7.2 / 12.2 / 13.0 s, p99 8.0 / 13.0 / 14.6 s (alignments 1.7 / 2.7 / 2.4 s each);
-    with a 2 s window alignments take nearly a window and snapshots queue: p50 8.9 s, p95 12.7 s.
+    event -> Redis latency, 500 events/s for 40 s, 300 + 300 nodes, small model, window 5 s, one run:
+    p50 3.3 s, p95 7.4 s, p99 9.0 s (alignments 0.7 s each).
 
-The goal of 50,000 events/s on one consumer is not reached. Per event, ``parse_event`` costs 14-23 us,
-the cutter and graph 6 us, the canonical event-log line 5 us; kafka-python's record decoding 15-20 us per
-record, twice that with CRC32C checked in pure Python. Batching events into messages removes most of the
-decoding, the ``crc32c`` extension the CRC cost; what is left is validation, so a faster ``parse_event``
-is the lever.
+A third set, batched modes only and in the other order: 42,600 59,200 63,700 without CRC checks, 71,200
+54,400 45,300 with. So one consumer ingests 50,000 events/s and more from ``feed --batch`` messages (14 of 18
+batched runs; the four below were the busiest minutes), and up to about 50,000 from one event per message.
+
+Before the fast paths below (same machine, that morning, two runs per mode, ``crc32c`` installed): 12,800 and
+19,000 events/s one event per message, 20,800 and 20,300 without CRC checks, 15,300 and 30,400 batched, 13,100
+and 13,300 batched without CRC checks (without ``crc32c`` the previous table here had 10,800 to 21,200).
+
+Per event now, on this machine under that load: ``parse_event`` 4 us (12 us by the full validation route,
+which still decides every rejection), the canonical event-log line 1.4 us (6.7 us through ``json.dumps``), the
+cutter and graph 4-5 us. kafka-python decodes records in pure Python, about 10 us per Kafka message: that is
+why one event per message stays near 50,000 events/s and ``feed --batch`` goes well past it. The biggest
+single win was not computation but CPython's cyclic garbage collector, which rescanned each polled batch's
+short-lived objects and, every few batches, torch's whole heap (45% of one-event-per-message time, 20% of
+batched): ``KafkaSource.poll`` now pauses it while decoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -67,6 +79,14 @@ from tests.synthetic import write_pair_dataset  # noqa: E402
 
 SMALL_MODEL = {"DYNALIGN_MODEL_HIDDEN": "32", "DYNALIGN_MODEL_EMBEDDING_DIM": "32", "DYNALIGN_MODEL_POSITION_DIM": "64",
                "DYNALIGN_META_WARMUP_ITERATIONS": "20", "DYNALIGN_META_ITERATIONS_PER_SNAPSHOT": "2"}
+
+
+# Throughput modes: the topic read (one event per message, or --batch events per message) and CRC checks.
+MODES = {"single": ("single", True), "single_no_crc": ("single", False),
+         "batched": ("batched", True), "batched_no_crc": ("batched", False)}
+
+
+_RUNS = itertools.count()
 
 
 def edge_events(count: int, nodes: int, seed: int) -> list[bytes]:
@@ -99,9 +119,10 @@ def service_config(state: Path, redis_url: str, **env: str):
 
 def throughput(bootstrap: str, topic: str, count: int, redis_url: str, workdir: Path, check_crcs: bool) -> dict:
     """Events/s from the moment the worker owns the partition to the last event in its snapshot state."""
-    cfg = service_config(workdir / f"state-{topic}-{check_crcs}", redis_url, DYNALIGN_SNAPSHOTS_WINDOW_SECONDS="1e9",
+    name = f"{topic}-{check_crcs}-{next(_RUNS)}"  # a fresh state dir and group: every run reads the whole topic
+    cfg = service_config(workdir / f"state-{name}", redis_url, DYNALIGN_SNAPSHOTS_WINDOW_SECONDS="1e9",
                          DYNALIGN_STREAM_KAFKA_CHECK_CRCS=str(check_crcs))
-    service = AlignmentService(cfg, f"kafka://{bootstrap}/{topic}?group=bench-{check_crcs}")
+    service = AlignmentService(cfg, f"kafka://{bootstrap}/{topic}?group=bench-{name}")
     marks: dict[str, float] = {}
 
     def watch() -> None:
@@ -185,6 +206,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=5.0, help="snapshot window (s) of the live replay")
     parser.add_argument("--nodes", type=int, default=300, help="nodes per network of the live replay")
     parser.add_argument("--seconds", type=float, default=40.0, help="length of the live replay")
+    parser.add_argument("--repeat", type=int, default=1, help="throughput runs per mode (each a fresh consumer group)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"throughput modes to run, of {', '.join(MODES)}")
+    parser.add_argument("--no-latency", action="store_true", help="measure throughput only")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -195,24 +219,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, start_tansu() as broker, EmbeddedRedis(Path(tmp) / "redis") as redis:
         workdir = Path(tmp)
         lines = edge_events(args.events, nodes=20_000, seed=0)
-        create_topic(broker.bootstrap, "single")
-        produce(broker.bootstrap, "single", lines, batch=1)
-        results["one_event_per_message"] = throughput(broker.bootstrap, "single", args.events, redis.url, workdir, True)
-        print("one event per message:", results["one_event_per_message"], flush=True)
-        results["one_event_per_message_no_crc"] = throughput(broker.bootstrap, "single", args.events, redis.url,
-                                                             workdir, False)
-        print("... without CRC checks:", results["one_event_per_message_no_crc"], flush=True)
-        create_topic(broker.bootstrap, "batched")
-        produce(broker.bootstrap, "batched", lines, batch=args.batch)
-        for check_crcs in (True, False):
-            name = f"{args.batch}_events_per_message" + ("" if check_crcs else "_no_crc")
-            results[name] = throughput(broker.bootstrap, "batched", args.events, redis.url, workdir, check_crcs)
+        modes = args.modes.split(",")
+        for topic in sorted({MODES[mode][0] for mode in modes}):
+            create_topic(broker.bootstrap, topic)
+            produce(broker.bootstrap, topic, lines, batch=1 if topic == "single" else args.batch)
+        for mode in modes:
+            topic, check_crcs = MODES[mode]
+            name = mode.replace("batched", f"{args.batch}_events_per_message").replace("single",
+                                                                                        "one_event_per_message")
+            results[name] = [throughput(broker.bootstrap, topic, args.events, redis.url, workdir, check_crcs)
+                             for _ in range(args.repeat)]
             print(name.replace("_", " ") + ":", results[name], flush=True)
-        results["latency"] = latency(broker.bootstrap, redis.url, workdir, args.rate, args.window, args.nodes,
-                                     args.seconds)
-        print("event -> Redis latency:", results["latency"], flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        if not args.no_latency:
+            results["latency"] = latency(broker.bootstrap, redis.url, workdir, args.rate, args.window, args.nodes,
+                                         args.seconds)
+            print("event -> Redis latency:", results["latency"], flush=True)
+    _write(results, args.json)
+
+
+def _write(results: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(results, indent=1))
 
 
 def _has_crc32c() -> bool:

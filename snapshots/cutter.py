@@ -26,7 +26,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from snapshots.graph import StateConflict, TemporalGraphState
 from snapshots.snapshot import Snapshot
@@ -103,6 +103,8 @@ class SnapshotCutter:
         self._arrivals = 0
         self._newest = -math.inf
         self._window: int | None = None  # index k of the open window [k*W, (k+1)*W)
+        # (k+1)*W: an event before it cannot open a newer window, so _apply skips the window arithmetic for it
+        self._window_end = -math.inf if policy.window_seconds is not None else math.inf
         self._sealed_before = -math.inf  # events older than this were handed over already
         self._last_applied = -math.inf
         self._pending = 0  # events applied since the last cut
@@ -122,35 +124,48 @@ class SnapshotCutter:
 
     def offer(self, event: Event) -> list[Snapshot]:
         """Accept one event; returns the snapshots it completed (usually none). O(log buffered) per event."""
+        out: list[Snapshot] = []
+        self._offer(event, out)
+        return out
+
+    def offer_all(self, events: Iterable[Event]) -> list[Snapshot]:
+        """:meth:`offer` each event in turn; returns the snapshots they completed, in order (one call per batch
+        rather than per event: ingestion offers tens of thousands of events a second)."""
+        out: list[Snapshot] = []
+        offer = self._offer
+        for event in events:
+            offer(event, out)
+        return out
+
+    def _offer(self, event: Event, out: list[Snapshot]) -> None:
+        """Offer ``event``, appending the snapshots it completes to ``out``."""
         self.offered += 1
         self._offering = event
         try:
-            return self._offer(event)
+            event_id = event.id
+            if event_id is not None:
+                if event_id in self._seen_ids:
+                    self.stats["duplicates"] += 1
+                    return
+                self._remember(event_id)
+            stats = self.stats
+            stats["accepted"] += 1
+            time = event.time
+            lateness = self.policy.lateness_seconds
+            if time >= self._newest:
+                self._newest = time
+            elif time >= self._newest - lateness:
+                stats["reordered"] += 1
+            watermark = self._newest - lateness
+            if not self._buffer and time <= watermark:
+                # in-order fast path: nothing waits ahead of it, so skip the heap
+                self._apply(event, out)
+                return
+            heapq.heappush(self._buffer, (time, self._arrivals, event))
+            self._arrivals += 1
+            self._release(watermark, out)
         finally:
             self._offering = None
-
-    def _offer(self, event: Event) -> list[Snapshot]:
-        if event.id is not None:
-            if event.id in self._seen_ids:
-                self.stats["duplicates"] += 1
-                return []
-            self._remember(event.id)
-        self.stats["accepted"] += 1
-        time = event.time
-        if time >= self._newest:
-            self._newest = time
-        elif time >= self._newest - self.policy.lateness_seconds:
-            self.stats["reordered"] += 1
-        watermark = self._newest - self.policy.lateness_seconds
-        out: list[Snapshot] = []
-        if not self._buffer and time <= watermark:
-            # in-order fast path: nothing waits ahead of it, so skip the heap
-            self._apply(event, out)
-            return out
-        heapq.heappush(self._buffer, (time, self._arrivals, event))
-        self._arrivals += 1
-        self._release(watermark, out)
-        return out
 
     def flush(self) -> list[Snapshot]:
         """End of a finite stream: apply everything buffered and cut the open snapshot if it has events."""
@@ -212,6 +227,8 @@ class SnapshotCutter:
         cutter._arrivals = int(state["arrivals"])
         cutter._newest = float(state["newest"])
         cutter._window = None if state["window"] is None else int(state["window"])
+        if cutter._window is not None:
+            cutter._window_end = cutter._window_bounds(cutter._window)[1]
         cutter._sealed_before = float(state["sealed_before"])
         cutter._last_applied = float(state["last_applied"])
         cutter._pending = int(state["pending"])
@@ -224,9 +241,10 @@ class SnapshotCutter:
 
     def _remember(self, event_id: str) -> None:
         self._seen_ids.add(event_id)
-        self._seen_order.append(event_id)
-        if len(self._seen_order) > self.policy.dedup_capacity:
-            self._seen_ids.discard(self._seen_order.popleft())
+        order = self._seen_order
+        order.append(event_id)
+        if len(order) > self.policy.dedup_capacity:
+            self._seen_ids.discard(order.popleft())
 
     def _release(self, watermark: float, out: list[Snapshot]) -> None:
         buffer = self._buffer
@@ -235,13 +253,14 @@ class SnapshotCutter:
 
     def _apply(self, event: Event, out: list[Snapshot]) -> None:
         time = event.time
-        if self.policy.window_seconds is not None:
+        if time >= self._window_end:  # only then can the event open a newer window (never with counts alone)
             window = self._window_of(time)
             if self._window is None or window > self._window:
                 if self._window is not None and self._pending:
                     out.append(self._cut(*self._window_bounds(self._window)))
                 self._window = window
-                self._sealed_before = max(self._sealed_before, window * self.policy.window_seconds)
+                start, self._window_end = self._window_bounds(window)
+                self._sealed_before = max(self._sealed_before, start)
         if time < self._sealed_before:
             self.stats["late"] += 1
         elif time < self._last_applied:
@@ -255,10 +274,15 @@ class SnapshotCutter:
             self._rejected.append((event, conflict.reason))
             return
         self._pending += 1
-        self._pending_min = min(self._pending_min, time)
-        self._pending_max = max(self._pending_max, time)
-        self._last_applied = max(self._last_applied, time)
-        if self.policy.every_events is not None and self._pending >= self.policy.every_events:
+        # comparisons rather than min()/max(): this runs once per event
+        if time < self._pending_min:
+            self._pending_min = time
+        if time > self._pending_max:
+            self._pending_max = time
+        if time > self._last_applied:
+            self._last_applied = time
+        every = self.policy.every_events
+        if every is not None and self._pending >= every:
             out.append(self._cut(self._pending_min, self._pending_max))
 
     def _cut(self, start_time: float, end_time: float) -> Snapshot:

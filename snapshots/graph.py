@@ -45,11 +45,12 @@ class StateConflict(ValueError):
 class _Network:
     """Mutable per-network state; edge dicts share keys and insertion order (they change together)."""
 
-    __slots__ = ("registry", "edge_weight", "edge_time", "attr_form", "attr_columns", "attr_width",
+    __slots__ = ("registry", "known", "edge_weight", "edge_time", "attr_form", "attr_columns", "attr_width",
                  "attr_values", "has_attrs", "changed")
 
     def __init__(self, registry: NodeRegistry | None = None):
         self.registry = registry if registry is not None else NodeRegistry()
+        self.known = self.registry.known  # read before registry.index: two lookups per edge event, most hit
         self.edge_weight: dict[int, float] = {}
         self.edge_time: dict[int, float] = {}
         self.attr_form: str | None = None
@@ -278,20 +279,26 @@ class TemporalGraphState:
         return network
 
     def _add_edge(self, event: Event) -> None:
-        network = self._network(event.net)
-        a, b = network.registry.index(event.u), network.registry.index(event.v)
-        key = _edge_key(a, b)
-        weight = network.edge_weight.get(key)
+        # The hottest code of ingestion (most events are interactions): locals and inlined helpers on purpose.
+        network = self._networks.get(event.net) or self._network(event.net)
+        known = network.known
+        a, b = known.get(event.u), known.get(event.v)
+        if a is None or b is None:  # a new node: in event order, as the registry needs
+            a, b = network.registry.index(event.u), network.registry.index(event.v)
+        key = (a << 32) | b if a < b else (b << 32) | a  # _edge_key, inlined
+        weights = network.edge_weight
+        weight = weights.get(key)
         if weight is None:
-            network.edge_weight[key] = event.weight
+            weights[key] = event.weight
             network.edge_time[key] = event.time
         else:
-            network.edge_weight[key] = weight + event.weight
+            weights[key] = weight + event.weight
             # max, not last: a late event must not make a tie look older than it is
             if event.time > network.edge_time[key]:
                 network.edge_time[key] = event.time
-        network.changed.add(a)
-        network.changed.add(b)
+        changed = network.changed
+        changed.add(a)
+        changed.add(b)
 
     def _remove_edge(self, event: Event) -> None:
         network = self._network(event.net)

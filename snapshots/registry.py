@@ -47,6 +47,12 @@ class NodeRegistry:
         return self._index.get(node_id)
 
     @property
+    def known(self) -> dict[str, int]:
+        """The live id → index map itself, for hot loops that look ids up (read it, never write it: new ids
+        go through :meth:`index`)."""
+        return self._index
+
+    @property
     def ids(self) -> tuple[str, ...]:
         """All ids in index order (cached: snapshots ask for it every cut, nodes arrive far less often)."""
         if self._ids_tuple is None:

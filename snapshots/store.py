@@ -296,14 +296,17 @@ class SnapshotStore:
 
     def append_events(self, lines: Iterable[str]) -> None:
         """Append one line per event (buffered; durable after :meth:`sync`). Lines must not contain newlines."""
-        batch = list(lines)
+        batch = lines if isinstance(lines, list) else list(lines)
         if not batch:
             return
-        if any("\n" in line or "\r" in line for line in batch):
+        # Checked on the joined text, in C, rather than line by line: no line holds a break exactly when the text
+        # holds only the joining ones, and a line starts with '#' exactly when the text does or one follows a break.
+        text = "\n".join(batch)
+        if "\r" in text or text.count("\n") != len(batch) - 1:
             raise ValueError("event log lines must not contain line breaks (pass canonical single-line JSON)")
-        if any(line.startswith("#") for line in batch):
+        if text.startswith("#") or "\n#" in text:
             raise ValueError("event log lines must not start with '#' (reserved for the log header)")
-        self._open_log().write(("\n".join(batch) + "\n").encode("utf-8"))
+        self._open_log().write((text + "\n").encode("utf-8"))
 
     def sync(self) -> None:
         """Flush and fsync the event log; :meth:`events_log_size` then counts everything appended."""

@@ -156,6 +156,21 @@ def test_resuming_from_state_mid_stream_gives_identical_snapshots():
         assert resumed.stats == original.stats
 
 
+def test_offering_a_batch_is_offering_each_event():
+    policy = SnapshotPolicy(window_seconds=50.0, every_events=70, lateness_seconds=10.0, dedup_capacity=500)
+    events = messy_stream(4, 1500) + [attr("x", [1.0], 2000, net="z"), attr("x", {"f": 2.0}, 2001, net="z")]
+    one_by_one, batched = SnapshotCutter(policy), SnapshotCutter(policy)
+    expected = [s for e in events for s in one_by_one.offer(e)]
+    got = [s for start in range(0, len(events), 300) for s in batched.offer_all(iter(events[start:start + 300]))]
+    assert len(got) == len(expected) > 20
+    for snapshot, want in zip(got, expected):
+        assert_snapshots_equal(snapshot, want)
+        assert snapshot.arrived == want.arrived
+    assert [s.id for s in batched.flush()] == [s.id for s in one_by_one.flush()]
+    assert batched.stats == one_by_one.stats and batched.stats["rejected"] == 1
+    assert batched.drain_rejected() == one_by_one.drain_rejected()
+
+
 def test_resuming_under_a_changed_policy():
     cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0, dedup_capacity=3))
     for i in range(3):

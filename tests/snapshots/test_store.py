@@ -89,12 +89,16 @@ def test_event_log_append_sync_and_read(store):
     store.append_events(iter(['{"c":3}']))
     store.sync()
     assert list(store.read_events(size)) == ['{"c":3}']
-    with pytest.raises(ValueError, match="line breaks"):
-        store.append_events(['{"a":\n1}'])
+    for bad, why in ((['{"a":\n1}'], "line breaks"), (['{"a":1}', '{"b":\r2}'], "line breaks"),
+                     (['{"a":1}', "x\n"], "line breaks"), (["#x"], "'#'"), (['{"a":1}', "# not an event"], "'#'")):
+        with pytest.raises(ValueError, match=why):
+            store.append_events(bad)
+    store.append_events(['{"d":"#"}', ""])  # '#' inside a line, and an empty line, are fine
+    assert list(store.read_events(size)) == ['{"c":3}', '{"d":"#"}', ""]  # a refused batch writes nothing
     store.close()
     with open(store.events_path, "ab") as log:
         log.write(b'{"torn')
-    assert list(SnapshotStore(store.root).read_events(size)) == ['{"c":3}']
+    assert list(SnapshotStore(store.root).read_events(size)) == ['{"c":3}', '{"d":"#"}', ""]
 
 
 def test_checkpoint_round_trip_is_exact(store):

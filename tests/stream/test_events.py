@@ -14,6 +14,7 @@ from stream.events import (
     REMOVE_ANCHOR,
     REMOVE_EDGE,
     SET_ATTR,
+    DEFAULT_LIMITS,
     EventLimits,
     InvalidEvent,
     parse_event,
@@ -240,3 +241,118 @@ def test_semantic_mistakes():
     )
     assert reason(with_(EDGE, time=-1)).startswith("field 'time' = -1 is outside")
     assert reason(with_(EDGE, time="1900-01-01T00:00:00Z")).startswith("field 'time' = -2.20899e+09 is outside")
+
+
+# ------------------------------------------------------------------------------------ two routes, one answer
+
+# Values that probe every check: types JSON can carry, edge cases of each limit, strings needing escapes.
+ODD_VALUES = [
+    None, True, False, 0, 1, -1, 7, 2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**25, 10**255, 10**256,
+    0.0, -0.0, 0.5, 1e12, 1e12 + 1, -1e12, 1e11, 1e11 + 1, 1e-320, 1.7e9,
+    "", "x", "a b", "a\nb", 'q"uote', "back\\slash", "café", "ü" * 300,
+    "\u2028", "\x00", "\x7f", "é", "😀", "n" * 256, "n" * 257, "online", "offline", "x" * 64, "x" * 65, "add_edge",
+    "2023-11-14T22:13:20Z", [], [1], [1.5, -2], {}, {"a": 1}, {"bad name": 1}, {"z": 1.0, "a": -3}, [[1]],
+]
+BASES = [EDGE, with_(EDGE, weight=2.5, id="e"), with_(EDGE, op="remove_edge", id=3), ATTR,
+         with_(ATTR, attrs={"b": 2, "a": 1.5}), ANCHOR, with_(ANCHOR, op="remove_anchor", id="r")]
+
+
+def variants(rng):
+    """Payloads near the well-formed ones: a field changed, removed or added, in any combination."""
+    for _ in range(6000):
+        payload = dict(rng.choice(BASES))
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            field = rng.choice([*payload, "id", "weight", "extra", "attrs", "to", "node", "u"])
+            action = rng.random()
+            if action < 0.1:
+                payload.pop(field, None)
+            elif action < 0.15:
+                payload["op"] = rng.choice(["add_edge", "remove_edge", "set_attr", "add_anchor", "remove_anchor"])
+            else:
+                payload[field] = rng.choice(ODD_VALUES)
+        yield payload
+
+
+def outcome(parse, payload):
+    """What ``parse`` makes of ``payload``: the event (with its field types) or the exception and its words."""
+    try:
+        return repr(parse(payload))
+    except Exception as e:  # noqa: BLE001 - any exception must be the same on both routes
+        return f"{type(e).__name__}: {e}"
+
+
+def test_fast_route_agrees_with_full_validation():
+    """Whatever the route, the same event or the same rejection, for objects, text and bytes."""
+    import random
+
+    from stream.events import _validate
+
+    rng = random.Random(5)
+    accepted = 0
+    for payload in variants(rng):
+        full = outcome(lambda p: _validate(p, DEFAULT_LIMITS), payload)
+        assert outcome(parse_event, payload) == full, payload
+        try:
+            text = json.dumps(payload, ensure_ascii=rng.random() < 0.5)
+        except ValueError:
+            continue
+        for wire in (text, text.encode("utf-8", "surrogatepass")):
+            assert outcome(parse_event, wire) == outcome(lambda p: _validate(p, DEFAULT_LIMITS), wire), wire
+        accepted += full.startswith("Event(")
+    assert accepted > 300  # the well-formed shape was exercised, not only rejections
+
+
+def test_fast_route_agrees_on_raw_text():
+    """JSON the standard library and orjson read differently: big integers, escapes, duplicates, whitespace."""
+    from stream.events import _validate
+
+    texts = [
+        '{"op":"add_edge","time":1,"net":"a","u":123456789012345678901234567890,"v":2}',
+        '{"op":"add_edge","time":1,"net":"a","u":18446744073709551616,"v":-9223372036854775809}',
+        '{"op":"add_edge","time":1e400,"net":"a","u":1,"v":2}',
+        '{"op":"add_edge","time":1,"net":"a","u":"\\ud800","v":2}',
+        '{"op":"add_edge","time":1,"net":"a","u":"\\ud83d\\ude00","v":"\\u0000"}',
+        '{"op":"add_edge","time":1,"net":"a","u":1,"v":2,"u":3}',
+        '{"op":"add_edge","time":1,"net":"a","u":1,"v":2,"v":1}',
+        ' \t{"op":"add_edge","time":1,"net":"a","u":1,"v":2}\r\n',
+        '\ufeff{"op":"add_edge","time":1,"net":"a","u":1,"v":2}',
+        '{"op":"add_edge","time":-0.0,"net":"a","u":1,"v":2,"weight":1E-3}',
+        '{"op":"add_edge","time":1,"net":"a\\n","u":1,"v":2}',
+        '{"op":"add_edge","time":1,"net":"a","u":1,"v":2,"weight":17000000000000000000000.5}',
+        '{"op":"set_attr","time":1,"net":"a","node":1,"attrs":[1,2.5,-0.0,1e-320,1e12]}',
+        '{"op":"set_attr","time":1,"net":"a","node":1,"attrs":{"b":1,"a":2,"b":3}}',
+    ]
+    big = EventLimits(max_time=1e30, max_abs_value=1e30)
+    for text in texts:
+        for wire in (text, text.encode("utf-8", "surrogatepass"), b"\xef\xbb\xbf" + text.encode()):
+            for limits in (DEFAULT_LIMITS, big):
+                assert outcome(lambda p: parse_event(p, limits), wire) == outcome(
+                    lambda p: _validate(p, limits), wire), (wire, limits)
+    for number in ("18446744073709551617", "123456789012345678901234567.0", "98765432109876543210987"):
+        text = f'{{"op":"add_edge","time":{number},"net":"a","u":1,"v":2,"weight":{number}}}'
+        assert outcome(lambda p: parse_event(p, big), text) == outcome(lambda p: _validate(p, big), text)
+
+
+def test_canonical_line_is_what_json_dumps_writes():
+    """Event.to_json writes the line itself; it must be byte for byte json.dumps of to_dict()."""
+    import random
+
+    from stream.events import Event
+
+    rng = random.Random(7)
+    events = [parse_event(p) for p in BASES]
+    for payload in variants(rng):
+        try:
+            events.append(parse_event(payload))
+        except InvalidEvent:
+            pass
+    nan = float("nan")
+    events += [Event("add_edge", 3, "a", "x", "y"), Event("add_edge", 1.0, "a", "x", "y", weight=2),
+               Event("add_edge", nan, "a", "x", "y", weight=float("inf")), Event("set_attr", 1.0, "a", "x"),
+               Event("set_attr", 1.0, "a", "x", attrs=(1, 2.5)), Event("set_attr", 1.0, "a", "x", attrs=(nan,)),
+               Event("set_attr", 1.0, "a", "x", attrs=(("k", 1.0), ("j", 2), ("k", 3.0))),
+               Event("add_anchor", 1.0, "a", "x", None, to="b"), Event("add_edge", 1.0, "a", "x", "y", id=5),
+               Event("add_edge", 1e-320, "\u2028", "é😀", '"\\\n\x00', id="ü")]
+    assert len(events) > 300
+    for event in events:
+        assert event.to_json() == json.dumps(event.to_dict(), separators=(",", ":")), event

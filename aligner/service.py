@@ -12,9 +12,11 @@ spends its time on the meta-update iterations the last adaptation left owed.
 
 A checkpoint holds the graph and cutter state, the aligner's state as of the last snapshot it finished
 (``aligned_through``), the update Redis has not taken yet, the partitions each network's events came from,
-and the source position. It can be written at any moment (after a batch that cut a snapshot, after every
-alignment, every ``CHECKPOINT_EVERY_S``, when Kafka revokes partitions, at exit) because snapshots cut but not
-yet aligned are on disk and are aligned again after a restart. Only once it is durable is the source told
+and the source position. It can be written at any moment (after every alignment, every ``CHECKPOINT_EVERY_S``,
+when Kafka revokes partitions, at exit) because snapshots cut but not yet aligned are on disk and are aligned
+again after a restart, and snapshots cut after it are cut again, the same, from the re-read source. (Not
+after every cut: at a snapshot every few hundred events, rewriting the checkpoint each time was most of the
+ingest thread's time.) Only once it is durable is the source told
 to commit; after a crash the service resumes from it and re-reads the source from its position, so every
 accepted event takes effect exactly once. SIGINT/SIGTERM finish the current batch and alignment first.
 
@@ -371,8 +373,6 @@ class AlignmentService:
             self.bar.update(len(records))
         for snap in snapshots:
             self._queue(snap)
-        if snapshots:
-            self._checkpoint()  # the cut is durable before more events come
 
     def _queue(self, snap: Snapshot) -> None:
         self.store.save_snapshot(snap, model_version=self.model_version)

@@ -580,11 +580,12 @@ class Aligner:
         self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
                          for pair, m in state["matchers"].items()}
         self.rng.bit_generator.state = state["rng"]
-        self.meta_rng.bit_generator.state = state["meta_rng"]
-        self.meta_due = state["meta_due"]
+        if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
+            self.meta_rng.bit_generator.state = state["meta_rng"]
+        self.meta_due = state.get("meta_due", 0)
         self.pool.clear()
         self.pool.extend(self._pool_entry(entry) for entry in state["pool"])
-        self.meta_pool = [self._pool_entry(entry) for entry in state["meta_pool"]]
+        self.meta_pool = [self._pool_entry(entry) for entry in state.get("meta_pool", [])]
 
     def _pool_entry(self, state: tuple[bytes, dict]) -> SnapshotInputs:
         snapshot, hidden = snapshot_from_bytes(state[0]), state[1]

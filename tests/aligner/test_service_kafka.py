@@ -51,10 +51,14 @@ def test_run_consumes_kafka_publishes_and_stops_cleanly_on_sigterm(broker, redis
     deadline = time.monotonic() + 180
     # A live stream never ends, so the last window stays open: the second of the three windows is the newest
     # published (the first two may be aligned as one catch-up step when they queue up together).
-    while client.meta("left", "right").get("snapshot") != "2":
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no alignments published from Kafka in time"
-        time.sleep(0.2)
+    try:
+        while client.meta("left", "right").get("snapshot") != "2":
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no alignments published from Kafka in time"
+            time.sleep(0.2)
+    except BaseException:
+        proc.kill()  # a failed wait must not leave a consumer running after the test
+        raise
     time.sleep(1.0)  # let the consumer reach the end of the topic
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)

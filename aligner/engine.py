@@ -253,8 +253,9 @@ class Aligner:
         # ones: each one moves every position it reaches and so costs a re-encoding and a re-solve of the plan,
         # which a stream revealing an anchor every few hundred events cannot pay each time. Until then they
         # are scored prequentially and wait; a network's anchors join all at once, so coordinates stay shared.
-        waiting = {net: [(i, key) for i, key in entities_now.get(net, [])
-                         if key not in {k for _, k in self.entities.get(net, [])}] for net in inputs.graphs}
+        known = {net: {key for _, key in self.entities.get(net, [])} for net in inputs.graphs}
+        waiting = {net: [(i, key) for i, key in entities_now.get(net, []) if key not in known[net]]
+                   for net in inputs.graphs}
         known_count = sum(len(self.entities.get(net, [])) for net in inputs.graphs)
         if sum(map(len, waiting.values())) < self.adapt_cfg.anchor_refresh * known_count:
             waiting = {}

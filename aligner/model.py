@@ -9,7 +9,6 @@ its history rather than only the latest cut.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 
 import torch
@@ -17,9 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import ChebConv
 from torch_geometric_temporal.nn.recurrent import GConvGRU
-
-# CSR matrix products are what this module needs from torch.sparse; its "beta" notice says nothing actionable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 class AlignmentEncoder(nn.Module):

@@ -43,6 +43,7 @@ from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of
 from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
 from aligner.matching import ranking_metrics
 from aligner.refine import WarmStart, solve_plan
+from aligner.runtime import return_free_heap
 from aligner.update import AlignmentUpdate, PairTopK
 from aligner.meta import FastWeights, MetaLearner
 from aligner.model import AlignmentEncoder, anchor_loss
@@ -407,6 +408,7 @@ class Aligner:
         cfg = self.refine_cfg
         plan = None
         if cfg.enabled and self.embeddings[a].shape[0] * self.embeddings[b].shape[0] <= cfg.max_cells:
+            return_free_heap()  # what training freed goes back before the plan's dense buffers are allocated
             with torch.no_grad():
                 plan = solve_plan(self.similarity(a, b), self.adjacency[a], self.adjacency[b], cfg.tau,
                                   cfg.beta, cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,

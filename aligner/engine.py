@@ -232,6 +232,7 @@ class Aligner:
         self.fast = fast.detached()
         t_adapt = time.perf_counter()
         self.infer(fast, inputs)
+        return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
         self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
         self.since_adaptation = 0
@@ -408,7 +409,6 @@ class Aligner:
         cfg = self.refine_cfg
         plan = None
         if cfg.enabled and self.embeddings[a].shape[0] * self.embeddings[b].shape[0] <= cfg.max_cells:
-            return_free_heap()  # what training freed goes back before the plan's dense buffers are allocated
             with torch.no_grad():
                 plan = solve_plan(self.similarity(a, b), self.adjacency[a], self.adjacency[b], cfg.tau,
                                   cfg.beta, cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,

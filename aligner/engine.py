@@ -26,6 +26,7 @@ Per snapshot (``Aligner.on_snapshot``):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import time
@@ -528,6 +529,19 @@ class Aligner:
         return out
 
     # -- persistence ------------------------------------------------------------------------------------------
+    def model_version(self) -> str | None:
+        """A short content id of the model: the meta-learned initialisation, its inner learning rates and the
+        adapted weights the incremental path encodes with. It changes with adaptation and meta-updates, not with
+        incremental steps; equal weights, equal versions. ``None`` before the first snapshot."""
+        if self.learner is None:
+            return None
+        digest = hashlib.sha256()
+        for prefix, tensors in (("init", self.learner.state_dict()), ("fast", self.fast or {})):
+            for name in sorted(tensors):
+                digest.update(f"{prefix}.{name}".encode())
+                digest.update(tensors[name].detach().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def state_bytes(self) -> bytes:
         """Everything needed to continue exactly where this aligner is, the meta-learning task pool included (its
         snapshots in the store's compact encoding, with the temporal state each was seen with), so a restarted

@@ -18,7 +18,9 @@ confidence is ``exp(score - lse)``, a softmax over all candidates). When the dir
    and the merged k-th score fell below the old k-th, so an unseen column might now belong) is re-scored fully.
 
 The result equals re-scoring every pair under the same context (``tests/aligner/test_incremental.py`` checks
-it); the cost is ``O(dirty x n + n x dirty_columns)`` instead of ``O(n_a x n_b)``.
+it); the cost is ``O(dirty x n + n x dirty_columns)`` instead of ``O(n_a x n_b)``. In a small world a change
+reaches most nodes within two hops, and then that sum exceeds ``n_a x n_b``: the update re-scores every pair
+instead, both directions from one score matrix when it fits in ``DENSE_CELLS``.
 
 >>> import torch, scipy.sparse as sp
 >>> z = torch.nn.functional.normalize(torch.eye(3) + 0.1, dim=1)
@@ -40,6 +42,7 @@ from aligner.refine import TransportPlan, WarmStart
 
 STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
 ROW_CHUNK = 1024
+DENSE_CELLS = 1 << 22  # score matrices up to this many pairs (16 MB) rank both directions from one matrix
 CANCELLATION = 1e-4  # below this share of surviving mass the partition update is not trusted: the old scores
 # are float32, so at |score| ~ 50 each exp(old - lse) carries ~3e-6 relative error, and 1 - their sum cancels
 
@@ -72,11 +75,11 @@ def similarity_block(va: NetworkView, vb: NetworkView, rows, cols, feature_weigh
     """Prior similarity of ``rows`` of ``va`` and ``cols`` of ``vb``: embedding cosine plus ``feature_weight`` x
     (position cosine + attribute cosine, when both networks have attributes)."""
     sim = va.z[rows] @ vb.z[cols].T
-    if feature_weight:
-        sim = sim + feature_weight * (va.pos[rows] @ vb.pos[cols].T)
+    if feature_weight:  # accumulated in place: at n x n every temporary costs a pass over memory
+        sim.addmm_(va.pos[rows], vb.pos[cols].T, alpha=feature_weight)
         if va.attrs is not None and vb.attrs is not None:
             width = min(va.attrs.shape[1], vb.attrs.shape[1])
-            sim = sim + feature_weight * (va.attrs[rows, :width] @ vb.attrs[cols, :width].T)
+            sim.addmm_(va.attrs[rows, :width], vb.attrs[cols, :width].T, alpha=feature_weight)
     return sim
 
 
@@ -116,7 +119,7 @@ class PairMatcher:
         else:
             self.u, self.v = torch.zeros(va.n), torch.zeros(vb.n)
         self._extend_potentials()
-        self.ranked = {d: self._full_rows(d, torch.arange(self._src(d).n)) for d in ("ab", "ba")}
+        self.ranked = self._rank_all()
 
     # -- scores ----------------------------------------------------------------------------------------------
     def base(self, rows_a: torch.Tensor, cols_b: torch.Tensor) -> torch.Tensor:
@@ -127,10 +130,14 @@ class PairMatcher:
             left = (self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure).toarray()  # (rows, n_b0)
             right = self.vb.adjacency[cols_b.numpy()][:, :n_b0]  # (cols, n_b0) sparse
             bonus = np.asarray(right @ left.T, dtype=np.float32).T  # sparse x dense: no dense-output SpGEMM
-            s = s + self.beta * torch.from_numpy(np.ascontiguousarray(bonus))
-        s = s / self.tau
-        mask = self.va.alive[rows_a][:, None] & self.vb.alive[cols_b][None, :]
-        return s.masked_fill(~mask, float("-inf"))
+            s.add_(torch.from_numpy(bonus), alpha=self.beta)
+        s.div_(self.tau)
+        dead_a, dead_b = ~self.va.alive[rows_a], ~self.vb.alive[cols_b]
+        if dead_a.any():
+            s[dead_a] = float("-inf")
+        if dead_b.any():
+            s[:, dead_b] = float("-inf")
+        return s
 
     def scores(self, direction: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Raw scores of ``rows`` of the direction's source network against its destination ``cols``."""
@@ -153,7 +160,7 @@ class PairMatcher:
         """A copy with every row of both directions re-scored under the same context: what :meth:`update` must
         equal."""
         copy = PairMatcher.from_state(self.state(), self.va, self.vb)
-        copy.ranked = {d: copy._full_rows(d, torch.arange(copy._src(d).n)) for d in ("ab", "ba")}
+        copy.ranked = copy._rank_all()
         return copy
 
     def warm_start(self, va: NetworkView, vb: NetworkView) -> WarmStart | None:
@@ -170,6 +177,17 @@ class PairMatcher:
     def update(self, va: NetworkView, vb: NetworkView, dirty_a: torch.Tensor, dirty_b: torch.Tensor) -> dict:
         """Swap in new views where only ``dirty_a`` / ``dirty_b`` nodes (plus appended ones) changed."""
         dirty = {"a": _with_appended(dirty_a, self.va.n, va.n), "b": _with_appended(dirty_b, self.vb.n, vb.n)}
+        # Pairs the incremental route scores (old and new block of clean rows x dirty columns, dirty rows x all,
+        # per direction) against what re-scoring everything costs.
+        incremental = sum(2 * (self._src(d).n - len(dirty[s])) * len(dirty[t]) + len(dirty[s]) * n_t
+                          for d, s, t, n_t in (("ab", "a", "b", vb.n), ("ba", "b", "a", va.n)))
+        everything = va.n * vb.n * (1 if va.n * vb.n <= DENSE_CELLS else 2)
+        if incremental >= everything:
+            self.va, self.vb = va, vb
+            self._extend_potentials()
+            self.ranked = self._rank_all()
+            return {d: {"rescored_rows": self._src(d).n, "patched_rows": 0, "uncertified_rows": 0}
+                    for d in ("ab", "ba")}
         new_views = {"a": va, "b": vb}
         plans = {}
         for d, (s, t) in (("ab", ("a", "b")), ("ba", ("b", "a"))):
@@ -227,20 +245,27 @@ class PairMatcher:
         return {"rescored_rows": int(len(fresh)), "patched_rows": int(len(clean)) if len(cols) else 0,
                 "uncertified_rows": uncertified}
 
+    def _rank_all(self) -> dict[str, RankedRows]:
+        """Every row of both directions: from one score matrix when it fits in ``DENSE_CELLS`` (the two
+        directions share every pair's base score), else in row chunks per direction."""
+        if not 0 < self.va.n * self.vb.n <= DENSE_CELLS:
+            return {d: self._full_rows(d, torch.arange(self._src(d).n)) for d in ("ab", "ba")}
+        base = self.base(torch.arange(self.va.n), torch.arange(self.vb.n))
+        return {"ab": _ranked(base + self.v[None, :], self._k(self.vb)),
+                "ba": _ranked(base.T + self.u[None, :], self._k(self.va))}
+
     def _full_rows(self, d: str, rows: torch.Tensor) -> RankedRows:
         dst = self._dst(d)
         k = self._k(dst)
         cols = torch.arange(dst.n)
-        idx = torch.empty((len(rows), k), dtype=torch.long)
-        raw = torch.empty((len(rows), k))
-        lse = torch.empty(len(rows), dtype=torch.float64)
-        for start in range(0, len(rows), ROW_CHUNK):
-            chunk = rows[start:start + ROW_CHUNK]
-            s = self.scores(d, chunk, cols)
-            val, top = s.topk(k, dim=1)
-            idx[start:start + len(chunk)], raw[start:start + len(chunk)] = top, val
-            lse[start:start + len(chunk)] = torch.logsumexp(s.double(), dim=1)
-        return RankedRows(idx, raw, lse)
+        chunks = [_ranked(self.scores(d, rows[start:start + ROW_CHUNK], cols), k)
+                  for start in range(0, len(rows), ROW_CHUNK)]
+        if len(chunks) == 1:
+            return chunks[0]
+        if not chunks:
+            return RankedRows(torch.empty((0, k), dtype=torch.long), torch.empty((0, k)),
+                              torch.empty(0, dtype=torch.float64))
+        return RankedRows(*(torch.cat([getattr(c, f) for c in chunks]) for f in ("idx", "raw", "lse")))
 
     def _extend_potentials(self) -> None:
         """Nodes that appeared after the last full solve get the mean potential of their side: a neutral price."""
@@ -284,6 +309,12 @@ class DirectionScorer:
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         return self.matcher.rows(self.direction, index)
+
+
+def _ranked(scores: torch.Tensor, k: int) -> RankedRows:
+    """Per row of a raw score block: top-``k`` columns and scores, and the log-partition in float64."""
+    val, top = scores.topk(k, dim=1)
+    return RankedRows(top, val, torch.logsumexp(scores.double(), dim=1))
 
 
 def _extended(potential: torch.Tensor, n: int) -> torch.Tensor:

@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
+import orjson
 import redis
 
 from aligner.update import AlignmentUpdate, PairTopK
@@ -89,7 +91,7 @@ class _Direction:
     """One direction of one pair, ready to write: its HASH fields, its digest, and what changed."""
 
     src: str
-    fields: dict[str, str]
+    fields: dict[str, bytes]  # node -> JSON [[candidate, score], ...]
     ranking: dict[str, int]  # node -> hash of its ranked candidate ids, to find changed nodes next time
     changed: list[str]
     digest: str  # of the fields, to recognise a replay of what is already published
@@ -197,17 +199,20 @@ class RedisPublisher:
                     continue
 
     def _direction(self, tag: str, t: PairTopK, update: AlignmentUpdate) -> _Direction:
-        src_ids, dst_ids = update.node_ids[t.src], update.node_ids[t.dst]
+        src_ids = update.node_ids[t.src]
+        dst_ids = np.asarray(update.node_ids[t.dst], dtype=object)
         before = self._rankings.get((tag, t.src))
         fields, ranking, changed = {}, {}, []
         digest = hashlib.sha1(t.src.encode())
-        for src_index, candidates, scores in zip(t.src_index.tolist(), t.candidates.tolist(), t.scores.tolist()):
+        # One vectorised gather and rounding, then orjson per node: this runs for every node on every publish.
+        candidate_ids = dst_ids[t.candidates].tolist() if len(t.candidates) else []
+        scores = np.round(t.scores.astype(np.float64), 5).tolist()
+        for src_index, ids, row in zip(t.src_index.tolist(), candidate_ids, scores):
             node = src_ids[src_index]
-            ids = [dst_ids[c] for c in candidates]
-            fields[node] = value = json.dumps([[c, round(s, 5)] for c, s in zip(ids, scores)], separators=(",", ":"))
-            digest.update(f"{node}\0{value}\n".encode())
-            ranking[node] = hash(tuple(ids))
-            if before is None or before.get(node) != ranking[node]:
+            fields[node] = value = orjson.dumps(list(zip(ids, row)))
+            digest.update(node.encode() + b"\0" + value + b"\n")
+            ranking[node] = key = hash(tuple(ids))
+            if before is None or before.get(node) != key:
                 changed.append(node)
         if before is not None:
             changed += [node for node in before if node not in ranking]  # no longer aligned

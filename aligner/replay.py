@@ -21,7 +21,6 @@ from typing import Any, Callable
 import numpy as np
 
 from aligner.config import Config
-from aligner.savepoint import model_version
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.history import AlignmentHistory, RecordedAlignment
 from snapshots.snapshot import pair_key
@@ -122,6 +121,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
     aligner = build_aligner(cfg)
     if aligner_state:
         aligner.load_state_bytes(aligner_state)
+    seeded_with = aligner.model_version()
     started = time.perf_counter()
     versions: dict[str, int] = {}
     rows = []
@@ -130,7 +130,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
         update = aligner.on_snapshot(snapshot)
         if update is None:
             continue
-        version_of_model = model_version(aligner.state_bytes())
+        version_of_model = aligner.model_version()
         if publisher is not None:
             publisher.publish(update)
         for a, b in by_pair(update):
@@ -151,7 +151,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
                 f"{row['top1_changed']}/{row['nodes']} top-1 changed, overlap@k {row['overlap_at_k']:.3f}"))
     report = {
         "name": name, "state_dir": str(state_dir), "snapshots": [e["id"] for e in entries],
-        "model_version": model_version(aligner_state) if aligner_state else None,
+        "model_version": seeded_with,
         "seed": cfg.service.seed, "seconds": round(time.perf_counter() - started, 2), "rows": rows,
         "compared": sum(r["recorded_version"] is not None for r in rows),
         "identical": sum(bool(r.get("identical")) for r in rows),

@@ -15,7 +15,6 @@ run then resumes exactly as a restart of the original worker would.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import time
 from pathlib import Path
@@ -25,15 +24,6 @@ from snapshots.store import (SnapshotStore, encode_checkpoint, read_checkpoint_f
                              snapshot_to_bytes, write_durably)
 
 FORMAT = "dynalign-savepoint/1"
-
-
-def model_version(aligner_state: bytes | None) -> str | None:
-    """A short content id of an aligner state: equal states, equal versions.
-
-    >>> model_version(b"weights")
-    '9a129038d9a00aed'
-    """
-    return None if not aligner_state else hashlib.sha256(aligner_state).hexdigest()[:16]
 
 
 def write_savepoint(state_dir: Path, path: Path) -> dict[str, Any]:
@@ -48,7 +38,7 @@ def write_savepoint(state_dir: Path, path: Path) -> dict[str, Any]:
     summary = {
         "format": FORMAT, "created_at": time.time(), "host": socket.gethostname(), "state_dir": str(state_dir),
         "snapshot_id": checkpoint.get("snapshot_id"), "aligned_through": checkpoint.get("aligned_through"),
-        "model_version": model_version(checkpoint.get("aligner")), "position": checkpoint.get("position"),
+        "model_version": checkpoint.get("model_version"), "position": checkpoint.get("position"),
         "events_log_size": checkpoint["events_log_size"], "unaligned_snapshots": len(backlog),
     }
     write_durably(path, encode_checkpoint({**summary, "checkpoint": checkpoint, "snapshots": backlog}))

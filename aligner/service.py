@@ -7,16 +7,19 @@ stays in its group (``max_poll_interval_ms`` counts time between polls, and slow
 cause of ``CommitFailedError`` and rebalance storms) and handles rebalances while the model adapts. Ingestion
 goes on meanwhile, and snapshots queue; on a live source the aligner takes all of them as one catch-up step
 (:func:`coalesce`), and the source pauses only when ``service.max_backlog`` wait. When an alignment ends its
-update is published, the newest one winning while Redis is away. When nothing waits, the aligner thread
-spends its time on the meta-update iterations the last adaptation left owed.
+update is published, the newest one winning while Redis is away. When nothing waits and the stream has been
+quiet for a while, the aligner thread spends its time on the meta-update iterations the last adaptation left
+owed (never while snapshots come faster than an iteration takes: each new one would wait behind it).
 
 A checkpoint holds the graph and cutter state, the aligner's state as of the last snapshot it finished
 (``aligned_through``), the update Redis has not taken yet, the partitions each network's events came from,
-and the source position. It can be written at any moment (after every alignment, every ``CHECKPOINT_EVERY_S``,
-when Kafka revokes partitions, at exit) because snapshots cut but not yet aligned are on disk and are aligned
-again after a restart, and snapshots cut after it are cut again, the same, from the re-read source. (Not
-after every cut: at a snapshot every few hundred events, rewriting the checkpoint each time was most of the
-ingest thread's time.) Only once it is durable is the source told
+and the source position. It can be written at any moment (every ``CHECKPOINT_EVERY_S``, when Kafka revokes
+partitions, at exit) because snapshots cut but not yet aligned are on disk and are aligned again after a
+restart, and snapshots cut after it are cut again, the same, from the re-read source. (Not after every cut or
+every alignment: at a snapshot every few hundred events, rewriting the checkpoint each time was most of the
+ingest thread's time and held back the next alignment. A restart may thus align, and publish, a few seconds of
+snapshots again: publication is at least once, and a replayed version has the same snapshot id and content.)
+Only once it is durable is the source told
 to commit; after a crash the service resumes from it and re-reads the source from its position, so every
 accepted event takes effect exactly once. SIGINT/SIGTERM finish the current batch and alignment first.
 
@@ -40,7 +43,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 import redis
@@ -51,7 +54,7 @@ from aligner.config import Config
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
 from aligner.redis_alignments import RedisPublisher
 from aligner.replay import record_update
-from aligner.savepoint import model_version, seed_state_dir
+from aligner.savepoint import seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.history import AlignmentHistory
@@ -67,9 +70,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("dynalign.service")
 
 CHECKPOINT_EVERY_S = 5.0
+STATE_AFTER_S = 0.8 * CHECKPOINT_EVERY_S  # alignments finished this long after a checkpoint serialise the state
+LEARN_QUIET_S = 0.5  # at least this long without a new snapshot before a meta-update iteration starts
 ALIGN_POLL_S = 0.2  # while the aligner works: how often the paused source is polled (and the job checked)
 LAG_REPORT_EVERY_S = 30.0
 PUBLISH_BACKOFF_S = (0.5, 10.0)  # retry delays while Redis is away: first, then doubling up to the last
+
+
+class Queued(NamedTuple):
+    """A snapshot waiting for the aligner: the partitions live when it was cut (``None``: not Kafka, or
+    recovered), and when it was queued (``time.monotonic()``)."""
+
+    snapshot: Snapshot
+    live_partitions: set[int] | None
+    cut_at: float
+
+
+@dataclass
+class JobResult:
+    """What the aligner thread hands back: the update (``None`` for a meta-update), the aligner's serialised state
+    if a checkpoint is near (else ``None``), the model version, and the seconds it took."""
+
+    update: AlignmentUpdate | None
+    state: bytes | None
+    model_version: str | None
+    seconds: float
 
 
 @dataclass
@@ -84,6 +109,9 @@ class RunSummary:
     align_s: float = 0.0
     learn_s: float = 0.0  # meta-update iterations run while nothing waited to be aligned
     ingest_s: float = 0.0
+    state_s: float = 0.0  # serialising the aligner's state after each job, in the aligner thread
+    publish_s: float = 0.0  # Redis and the on-disk alignment history
+    checkpoint_s: float = 0.0
     redis_url: str = ""
     last_version: int | None = None
     versions: dict[str, int] = field(default_factory=dict)  # newest version per pair "A|B"
@@ -173,6 +201,7 @@ class AlignmentService:
 
     def run(self) -> RunSummary:
         started = time.perf_counter()
+        self.main_thread = threading.current_thread()
         previous = {}
         if threading.current_thread() is threading.main_thread():  # signals can only be handled there
             previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -185,8 +214,9 @@ class AlignmentService:
                 for snap in self.cutter.flush():
                     self._queue(snap)
                 self._rejected_to_dead_letters(self.cutter, self.dead)
-                while self.backlog:
-                    self._align_next()
+                while self.backlog or self.job is not None:
+                    if self.job is None:
+                        self._align_next()
                     self._collect(wait_s=None)
             elif self.job is not None:
                 self._collect(wait_s=None)
@@ -228,17 +258,21 @@ class AlignmentService:
         self.aligner_state: bytes | None = checkpoint.get("aligner")
         if self.aligner_state:
             self.aligner.load_state_bytes(self.aligner_state)
-        self.model_version = model_version(self.aligner_state)
+        self.model_version = self.state_version = checkpoint.get("model_version", self.aligner.model_version())
         self.last_snapshot: int | None = checkpoint.get("snapshot_id")
         self.aligned_through: int | None = checkpoint.get("aligned_through", self.last_snapshot)
+        # The aligner state is serialised only when a checkpoint is near (it costs as much as a small incremental
+        # step): ``aligner_state`` is the aligner as of snapshot ``state_through``, which may trail
+        # ``aligned_through``; a checkpoint records the pair, and a restart aligns what lies between again.
+        self.state_through: int | None = self.aligned_through
         self.position: dict | None = checkpoint.get("position")
         self.net_partitions: dict[str, set[int]] = {
             net: set(parts) for net, parts in (checkpoint.get("net_partitions") or {}).items()}
         if checkpoint.get("pending_update"):
             self.pending = update_from_state(checkpoint["pending_update"])
         # Snapshots cut before the checkpoint but not aligned then: aligned again, in order.
-        self.backlog: deque[tuple[Snapshot, set[int] | None]] = deque(
-            (store.load_snapshot(entry["id"]), None) for entry in store.list_snapshots()
+        self.backlog: deque[Queued] = deque(
+            Queued(store.load_snapshot(entry["id"]), None, time.monotonic()) for entry in store.list_snapshots()
             if (self.aligned_through or 0) < entry["id"] <= (self.last_snapshot or 0))
         if checkpoint:
             log.info("resuming from checkpoint", extra={"fields": {
@@ -259,6 +293,8 @@ class AlignmentService:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self.job: Future | None = None
         self.job_covers = 0  # how many queued snapshots the job in flight aligns
+        self.last_queued = 0.0  # when the newest snapshot was queued (time.monotonic())
+        self.learn_iteration_s = 0.0  # how long the last meta-update iteration took
         self.bar = _progress(self.progress)
         self.dirty = False  # events applied since the last checkpoint
         self.last_checkpoint = self.last_lag_report = time.monotonic()
@@ -303,7 +339,7 @@ class AlignmentService:
             if self.job is None and self.backlog:
                 self._align_next()
                 timeout = 0.0
-            elif self.job is None and self.aligner.meta_due:
+            elif self.job is None and self.aligner.meta_due and self._quiet():
                 self._learn_next()
             records = self.source.poll(cfg.batch_size, timeout)
             if records:
@@ -378,7 +414,8 @@ class AlignmentService:
         self.store.save_snapshot(snap, model_version=self.model_version)
         self.summary.snapshots += 1
         self.last_snapshot = snap.id
-        self.backlog.append((snap, self.source.live_partitions()))
+        self.last_queued = time.monotonic()
+        self.backlog.append(Queued(snap, self.source.live_partitions(), self.last_queued))
 
     def _align_next(self) -> None:
         """Hand the queued snapshots to the aligner thread, as one catch-up step (see :func:`coalesce`).
@@ -392,7 +429,14 @@ class AlignmentService:
         live = self.source_url == "-" or self.source_url.startswith("kafka://")
         take = len(self.backlog) if mode == "always" or (mode == "live" and live) else 1
         self.job_covers = take
-        self.job = self.executor.submit(self._align, coalesce([snap for snap, _ in list(self.backlog)[:take]]))
+        self.job_started = time.monotonic()
+        self.job = self.executor.submit(self._align, coalesce([q.snapshot for q in list(self.backlog)[:take]]))
+
+    def _quiet(self) -> bool:
+        """Whether the stream has been quiet long enough for a meta-update iteration: no snapshot queued for
+        twice the last iteration's time. A live stream cutting snapshots faster than that never waits behind
+        one; the iterations stay owed and run when it pauses, or with the next adaptation."""
+        return time.monotonic() - self.last_queued >= max(LEARN_QUIET_S, 2 * self.learn_iteration_s)
 
     def _learn_next(self) -> None:
         """Nothing waits to be aligned: spend the time on one owed meta-update iteration (a second or so, so a
@@ -400,35 +444,54 @@ class AlignmentService:
         self.job_covers = 0
         self.job = self.executor.submit(self._learn)
 
-    def _learn(self) -> tuple[None, bytes, float]:
+    def _learn(self) -> JobResult:
         """In the aligner thread, like :meth:`_align`."""
         started = time.perf_counter()
         self.aligner.learn(1)
-        return None, self.aligner.state_bytes(), time.perf_counter() - started
+        return JobResult(None, self._state_if_due(), self.aligner.model_version(), time.perf_counter() - started)
 
-    def _align(self, snap: Snapshot) -> tuple[AlignmentUpdate | None, bytes, float]:
+    def _align(self, snap: Snapshot) -> JobResult:
         """In the aligner thread: the only code that touches the aligner while a job is in flight."""
         started = time.perf_counter()
         update = self.aligner.on_snapshot(snap)
-        return update, self.aligner.state_bytes(), time.perf_counter() - started
+        return JobResult(update, self._state_if_due(), self.aligner.model_version(), time.perf_counter() - started)
+
+    def _state_if_due(self) -> bytes | None:
+        """The aligner's state when the next checkpoint is near or the run ends, else ``None`` (not needed yet)."""
+        due = self.stop_requested or time.monotonic() - self.last_checkpoint >= STATE_AFTER_S
+        return self._serialise_state() if due else None
+
+    def _serialise_state(self) -> bytes:
+        started = time.perf_counter()
+        state = self.aligner.state_bytes()
+        self.summary.state_s += time.perf_counter() - started
+        return state
 
     def _collect(self, wait_s: float | None) -> None:
         """If the alignment in flight has finished (waiting up to ``wait_s``), publish it and checkpoint."""
         if self.job is None or not wait([self.job], timeout=wait_s).done:
             return
-        update, self.aligner_state, seconds = self.job.result()  # an aligner failure stops the service
-        self.model_version = model_version(self.aligner_state)
+        result: JobResult = self.job.result()  # an aligner failure stops the service
+        update, state, self.model_version = result.update, result.state, result.model_version
         self.job = None
         if not self.job_covers:  # a meta-update: durable with the next periodic checkpoint
-            self.summary.learn_s += seconds
+            if state is not None:
+                self.aligner_state, self.state_version = state, self.model_version
+            self.summary.learn_s += result.seconds
+            self.learn_iteration_s = result.seconds
             self.dirty = True
             return
+        first = self.backlog[0]
         for _ in range(self.job_covers):
-            snap, live_at_cut = self.backlog.popleft()
+            snap, live_at_cut, _ = self.backlog.popleft()
         self.aligned_through = snap.id
-        self.summary.align_s += seconds
+        if state is not None:
+            self.aligner_state, self.state_through, self.state_version = state, snap.id, self.model_version
+        self.summary.align_s += result.seconds
         fields = {"snapshot": snap.id, "events": snap.events,
-                  **{f"nodes:{n}": int(s.alive.sum()) for n, s in snap.networks.items()}}
+                  **{f"nodes:{n}": int(s.alive.sum()) for n, s in snap.networks.items()},
+                  "snapshots": self.job_covers, "queued_s": round(self.job_started - first.cut_at, 3),
+                  "job_s": round(result.seconds, 3)}
         if update is None:
             log.info("snapshot cut", extra={"fields": fields})
         else:
@@ -440,8 +503,7 @@ class AlignmentService:
             if owned is not None:
                 self.pending = owned  # newest wins: an older unpublished update is superseded
                 self._publish_pending(now=True)
-        self.dirty = True
-        self._checkpoint()
+        self.dirty = True  # durable with the next periodic checkpoint: until then a restart aligns it again
         self._throttle()
 
     def _throttle(self) -> None:
@@ -493,6 +555,7 @@ class AlignmentService:
         if not ready and len(waiting) == len(self.pending.pairs):
             return  # nothing this worker may publish yet
         if ready:
+            started = time.perf_counter()
             update = dataclasses.replace(self.pending, pairs=ready)
             try:
                 versions = self.publisher.publish(update)
@@ -514,6 +577,7 @@ class AlignmentService:
             self.summary.published += 1
             self.summary.versions.update(versions)
             self.summary.last_version = max(self.summary.versions.values())
+            self.summary.publish_s += time.perf_counter() - started
         self.pending = dataclasses.replace(self.pending, pairs=waiting) if waiting else None
         self.dirty = True  # the checkpoint must record what is left to publish
 
@@ -543,12 +607,19 @@ class AlignmentService:
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
     def _checkpoint(self, commit: bool = True) -> None:
+        started = time.perf_counter()
+        if (self.job is None and self.state_through != self.aligned_through
+                and threading.current_thread() is self.main_thread):
+            # The aligner is idle (no job, and this is the thread that submits them): bring its state up to date.
+            self.aligner_state, self.state_through = self._serialise_state(), self.aligned_through
+            self.state_version = self.model_version
         self.store.sync()
         self.dead.flush(durable=True)
         self.store.write_checkpoint({
             "cutter": self.cutter.to_state(),
             "aligner": self.aligner_state,
-            "aligned_through": self.aligned_through,
+            "aligned_through": self.state_through,
+            "model_version": self.state_version,
             "snapshot_id": self.last_snapshot,
             "position": self.position,
             "pending_update": update_to_state(self.pending) if self.pending is not None else None,
@@ -563,12 +634,14 @@ class AlignmentService:
             if self.position is not None:
                 self.source.commit(self.position)
             self._write_metrics()
+        self.summary.checkpoint_s += time.perf_counter() - started
 
     def _compact(self) -> None:
         """Retention (``store.retain_snapshots``): never a snapshot still to align; history follows the store."""
         if self.cfg.store.retain_snapshots is None:
             return
-        first_needed = self.backlog[0][0].id if self.backlog else None
+        # The checkpoint's aligner state needs every snapshot after the one it was taken at.
+        first_needed = (self.state_through or 0) + 1
         dropped = self.store.compact(keep_from=first_needed)
         if dropped["dropped"]:
             kept = self.store.list_snapshots()

@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--live-events", type=int, default=12000, help="live events to write (at most the rest)")
     ap.add_argument("--adapt-every", type=int, default=0, help="adapt.every_snapshots during the run (0: off)")
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--service-log", default=None, help="keep the service's log (its stderr) in this file")
     args = ap.parse_args()
 
     ds = load_dataset(args.dataset_dir)
@@ -119,6 +120,8 @@ def main() -> None:
         log_out.seek(0)
         log_err.seek(0)
         out, err = log_out.read(), log_err.read()
+    if args.service_log:
+        Path(args.service_log).write_text(err)
 
     vis = sorted(visible, key=lambda v: v[1])
     end_times = np.array([v[1] for v in vis])
@@ -128,6 +131,10 @@ def main() -> None:
     pos = np.searchsorted(end_times, live_times[covered], side="left")
     ok = pos < len(end_times)
     latency = seen_at[pos[ok]] - written[covered][ok]
+    # Worst latency per second of the live part: where the tail comes from (a slow alignment, a meta-update).
+    second = (written[covered][ok] - written[0]).astype(int)
+    per_second = [round(float(latency[second == s].max()), 2) for s in range(int(second.max()) + 1)
+                  if (second == s).any()]
     summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     adaptations = err.count('"path": "adaptation"') + err.count("path=adaptation")
     result = {
@@ -136,8 +143,10 @@ def main() -> None:
         "measured_events": int(ok.sum()), "warmup_s": round(warmup_s, 2),
         "latency_s": {f"p{q}": round(float(np.percentile(latency, q)), 3) for q in (50, 95, 99)}
         | {"max": round(float(latency.max()), 3), "mean": round(float(latency.mean()), 3)},
-        "versions_seen": len(vis), "adaptations_logged": adaptations,
-        "service": {k: summary.get(k) for k in ("accepted", "snapshots", "published", "dead_letters")},
+        "worst_per_second": per_second, "versions_seen": len(vis), "adaptations_logged": adaptations,
+        "service": {k: summary.get(k) for k in ("accepted", "snapshots", "published", "dead_letters", "wall_s",
+                                                     "ingest_s", "align_s", "learn_s", "state_s", "publish_s",
+                                                     "checkpoint_s")},
     }
     print(json.dumps(result, indent=1))
     if args.json_out:

@@ -103,15 +103,32 @@ def test_incremental_top_k_equals_full_recomputation(tmp_path, tolerance):
 
 
 def test_published_rows_cover_new_nodes_and_changed_rows_only_are_rescored(tmp_path):
-    snaps = small_changes(side=16, seed=5)
+    snaps = small_changes(side=24, seed=5)
     aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
     aligner.on_snapshot(snaps[0])
     update = aligner.on_snapshot(snaps[1])
     rescored = update.stats["rescored"]["left:right"]
-    assert 0 < rescored["ab"]["rescored_rows"] < 256 // 2
+    assert 0 < rescored["ab"]["rescored_rows"] < 24 * 24 // 2 and rescored["ab"]["patched_rows"] > 0
     for pair in update.pairs:
         alive = snaps[1].networks[pair.src].alive
         assert len(pair.src_index) == int(alive.sum())
+
+
+def test_a_change_that_reaches_most_nodes_rescores_every_pair_at_once():
+    """Past the break-even (dirty rows x all + clean rows x dirty columns > all pairs) the update re-scores
+    everything from one score matrix: the same top-k, and every row counted as re-scored."""
+    snaps = small_changes(side=12, seed=2)
+    aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
+    aligner.on_snapshot(snaps[0])
+    matcher = aligner.matchers[("left", "right")]
+    va, vb = aligner._view("left"), aligner._view("right")
+    half_a, half_b = torch.arange(0, va.n, 2), torch.arange(0, vb.n, 2)
+    stats = matcher.update(va, vb, half_a, half_b)
+    assert stats["ab"] == {"rescored_rows": va.n, "patched_rows": 0, "uncertified_rows": 0}
+    reference = matcher.rescored()
+    for d in ("ab", "ba"):
+        for got, want in zip(matcher.top(d), reference.top(d)):
+            assert torch.equal(got, want)
 
 
 def test_state_round_trip_continues_identically(tmp_path):

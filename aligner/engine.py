@@ -147,6 +147,8 @@ class Aligner:
         self.attrs: dict[str, torch.Tensor | None] = {}
         self.adjacency: dict[str, sp.csr_matrix] = {}
         self.matchers: dict[tuple[str, str], PairMatcher] = {}
+        # Per pair and network: the nodes changed since the pair's plan was last solved.
+        self.unsolved: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.monitor = QualityMonitor(adapt.drift_delta, adapt.shift_threshold)
         self.known_anchors: set[tuple[str, str, int, int]] = set()
         self.anchors_at_adaptation = 0
@@ -235,6 +237,7 @@ class Aligner:
         self.infer(fast, inputs)
         return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
         self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
+        self.unsolved = {}
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
         self.since_adaptation = 0
         return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due,
@@ -252,6 +255,7 @@ class Aligner:
         entities_now = anchor_entities(inputs.snapshot, inputs.anchors)
         m = self.model_cfg
         moved: set[str] = set()  # networks whose coordinate system gained anchors
+        touched_in: dict[str, torch.Tensor] = {}
         # New anchors join the coordinate system together, once they add ``adapt.anchor_refresh`` of the known
         # ones: each one moves every position it reaches and so costs a re-encoding and a re-solve of the plan,
         # which a stream revealing an anchor every few hundred events cannot pay each time. Until then they
@@ -268,6 +272,7 @@ class Aligner:
             touched = torch.from_numpy(np.asarray(inputs.snapshot.networks[net].changed, dtype=np.int64))
             touched = torch.unique(torch.cat([touched, torch.arange(n_old, g.num_nodes)]))
             changed = touched
+            touched_in[net] = touched
             adjacency = adjacency_csr(g.edge_index, g.num_nodes)
             sketch = self._grow(self.sketches[net], g.num_nodes)
             # The sketch is a sum over entities, so a new anchor's term is added for every node it reaches; the
@@ -313,11 +318,14 @@ class Aligner:
             self.monitor.learn_shift(float(np.mean(shifts)))
         rows = {}
         for (a, b), matcher in list(self.matchers.items()):
+            changed_share = self._changed_since_plan((a, b), touched_in)
             if a in moved or b in moved:
                 # New anchors shift every position they reach: the transport context of the last plan no longer
-                # fits, so the plan is solved again under the same weights (no training).
-                warm = self._warm_start((a, b))
+                # fits, so the plan is solved again under the same weights (no training), from the last plan
+                # while the graph is still mostly the one it was solved on.
+                warm = self._warm_start((a, b)) if changed_share < self.refine_cfg.warm_max_change else None
                 self.matchers[(a, b)] = self._full_match(a, b, warm)
+                self.unsolved.pop((a, b), None)
                 rows[f"{a}:{b}"] = ("plan warm-started: new anchors" if warm is not None
                                     else "plan solved again: new anchors")
             elif a in dirty and b in dirty:
@@ -326,6 +334,21 @@ class Aligner:
         return {"path": "incremental", "reencoded": encoded, "reranked": {n: int(len(d)) for n, d in dirty.items()},
                 "rescored": rows, "encode_s": round(t_encode - t0, 3),
                 "align_s": round(time.perf_counter() - t_encode, 3)}
+
+    def _changed_since_plan(self, pair: tuple[str, str], touched: dict[str, torch.Tensor]) -> float:
+        """Add ``touched`` to the nodes changed since the pair's plan was solved; the largest share of a
+        network's nodes changed since then."""
+        marks = self.unsolved.setdefault(pair, {})
+        share = 0.0
+        for net in pair:
+            n = len(self.node_ids[net])
+            mark = marks.get(net, torch.zeros(0, dtype=torch.bool))
+            mark = torch.cat([mark, torch.zeros(n - len(mark), dtype=torch.bool)])
+            if net in touched:
+                mark[touched[net]] = True
+            marks[net] = mark
+            share = max(share, float(mark.sum()) / max(n, 1))
+        return share
 
     def freeze(self) -> None:
         """Keep the current adapted weights for good: every later snapshot is embedded and matched in full with
@@ -565,6 +588,7 @@ class Aligner:
             "edges": self.edges,
             "attrs": self.attrs,
             "matchers": {pair: m.state() for pair, m in self.matchers.items()},
+            "unsolved": self.unsolved,
             "monitor": self.monitor,
             "known_anchors": self.known_anchors,
             "anchors_at_adaptation": self.anchors_at_adaptation,
@@ -596,6 +620,7 @@ class Aligner:
         self.adjacency = {net: adjacency_csr(e, len(self.node_ids[net])) for net, e in self.edges.items()}
         self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
                          for pair, m in state["matchers"].items()}
+        self.unsolved = state.get("unsolved", {})
         self.rng.bit_generator.state = state["rng"]
         if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
             self.meta_rng.bit_generator.state = state["meta_rng"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from aligner.config import AdaptConfig, MetaConfig, ModelConfig
+from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.engine import Aligner
 from aligner.features import GraphTensors
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
@@ -217,6 +217,21 @@ def test_a_few_new_anchors_wait_until_they_are_worth_a_re_solve():
     assert joins.on_snapshot(snaps[3]).stats["rescored"]["left:right"] == "plan warm-started: new anchors"
     assert isinstance(waits.on_snapshot(snaps[3]).stats["rescored"]["left:right"], dict)
     assert len(joins.entities["left"]) == len(waits.entities["left"]) + 1
+
+
+def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_the_same():
+    """A few changed edges since the last plan: warm start. Past ``refine.warm_max_change`` of a network's
+    nodes (here: any change at all) the old structure is not trusted and the plan is solved from scratch."""
+    snaps = small_changes()
+    outcomes = []
+    for max_change in (0.25, 0.0):
+        aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0,
+                          refine=RefineConfig(warm_max_change=max_change))
+        for snap in snaps[:4]:
+            update = aligner.on_snapshot(snap)
+        outcomes.append(update.stats["rescored"]["left:right"])
+        assert not aligner.unsolved.get(("left", "right"))  # counted afresh from the new plan
+    assert outcomes == ["plan warm-started: new anchors", "plan solved again: new anchors"]
 
 
 def test_when_the_owed_meta_update_runs_changes_no_alignment(tmp_path):

@@ -16,10 +16,14 @@ Every seed runs in its own process, so its wall time and peak memory (max RSS) a
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing as mp
+import os
 import resource
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -93,9 +97,19 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     return out
 
 
-def _child(queue, fn, *args) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: end this seed process when the bench that started it ends (killed included); an orphan would go
+    on computing beside the next run, and two torch jobs on the same cores slow each other down many times."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent was gone before the request took effect
+            os._exit(1)
+
+
+def _child(queue, parent: int, fn, *args) -> None:
     from aligner.runtime import release_freed_tensors
 
+    _die_with_parent(parent)
     release_freed_tensors()
     try:
         queue.put(("ok", fn(*args)))
@@ -107,7 +121,7 @@ def in_own_process(fn, *args):
     """``fn(*args)`` in a fresh spawned process, so its wall time and peak memory are its own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, fn, *args))
+    proc = ctx.Process(target=_child, args=(queue, os.getpid(), fn, *args))
     proc.start()
     status, result = queue.get()
     proc.join()

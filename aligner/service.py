@@ -475,8 +475,9 @@ class AlignmentService:
         update, state, self.model_version = result.update, result.state, result.model_version
         self.job = None
         if not self.job_covers:  # a meta-update: durable with the next periodic checkpoint
-            if state is not None:
-                self.aligner_state, self.state_version = state, self.model_version
+            if state is not None:  # the aligner after everything aligned so far, plus the iteration
+                self.aligner_state, self.state_through, self.state_version = (state, self.aligned_through,
+                                                                                self.model_version)
             self.summary.learn_s += result.seconds
             self.learn_iteration_s = result.seconds
             self.dirty = True

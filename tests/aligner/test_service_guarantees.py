@@ -35,6 +35,7 @@ from stream.events import InvalidEvent, parse_event
 from stream.producer import feed
 from stream.sources import KafkaSettings
 from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, read_topic, start_tansu
+from tests.logs import our_messages
 from tests.synthetic import write_pair_dataset
 
 # Small model, one torch thread (two OpenMP threads on a shared 2-core machine can slow a run a hundredfold),
@@ -85,13 +86,16 @@ def config(state: Path, redis_url: str, namespace: str = "dynalign", **env: str)
 
 
 class Worker:
-    """A service run in a thread of the test process (stopped with :meth:`stop`)."""
+    """A service run in a thread of the test process (stopped with :meth:`stop`, or at the test's teardown)."""
+
+    started: list[Worker] = []
 
     def __init__(self, cfg, url: str, until_idle_s: float | None = None):
         self.service = AlignmentService(cfg, url, until_idle_s=until_idle_s)
         self.result: RunSummary | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        Worker.started.append(self)
         self.thread.start()
 
     def _run(self) -> None:
@@ -118,6 +122,17 @@ class Worker:
         if self.error:
             raise self.error
         return self.result
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test():
+    """A failed test's worker would go on polling (its collector pauses and log records reaching later tests)."""
+    yield
+    while Worker.started:
+        worker = Worker.started.pop()
+        if worker.thread.is_alive():
+            worker.service.request_stop()
+            worker.thread.join(60)
 
 
 def wait_until(condition, timeout_s: float = 60, what: str = "condition", workers=()) -> None:
@@ -305,12 +320,12 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_neve
         summary = Worker(cfg, f"kafka://{broker.bootstrap}/{topic}?group=bad", until_idle_s=1.0).join(180)
     assert summary.accepted == len(good) + 2 and summary.dead_letters == len(bad) + 1
     assert summary.published >= 1
-    align_s = [r for r in caplog.records if r.getMessage() == "snapshot aligned"]
+    align_s = [r for r in caplog.records if r.name == "dynalign.service" and r.getMessage() == "snapshot aligned"]
     slowest = max(r.fields["meta_s"] for r in align_s)
     assert slowest > 1.0, f"the warm-up ({slowest:.2f} s) must outlast max_poll_interval_ms for this test to mean anything"
     ours = [r.getMessage() for r in caplog.records if r.name == "stream.sources"]
     assert sum(": assigned partitions" in m for m in ours) == 1  # never left the group
-    assert not [r for r in caplog.records if "lost partitions" in r.getMessage()]
+    assert not [m for m in our_messages(caplog.records) if "lost partitions" in m]
 
     entries = [json.loads(m.value) for m in read_topic(broker, f"{topic}.deadletter", len(bad) + 1)]
     assert len(entries) == len(bad) + 1
@@ -420,7 +435,7 @@ def test_a_broker_outage_is_waited_out_without_spinning(redis_url, tmp_path, cap
                        workers=[worker])
             own.proxy.down()
             cpu, wall = time.process_time(), time.monotonic()
-            wait_until(lambda: any("Kafka unreachable" in r.getMessage() for r in caplog.records), 30,
+            wait_until(lambda: any("Kafka unreachable" in m for m in our_messages(caplog.records)), 30,
                        "the outage to be noticed")
             time.sleep(2.0)
             cpu, wall = time.process_time() - cpu, time.monotonic() - wall
@@ -429,7 +444,7 @@ def test_a_broker_outage_is_waited_out_without_spinning(redis_url, tmp_path, cap
             wait_until(lambda: worker.summary.accepted == len(lines), 60, "the rest after the outage", [worker])
             summary = worker.stop()
     assert cpu < 0.5 * wall, (cpu, wall)  # waiting, not spinning
-    assert any("Kafka reachable again" in r.getMessage() for r in caplog.records)
+    assert any("Kafka reachable again" in m for m in our_messages(caplog.records))
     assert summary.accepted == len(lines) and summary.restored == 0
     assert_same_networks(final_graph(tmp_path / "state"), reference_graph(lines), ["left", "right"])
 

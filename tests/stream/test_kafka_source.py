@@ -15,6 +15,7 @@ import pytest
 from stream.deadletter import DeadLetterSink
 from stream.sources import KafkaSettings, KafkaSource, Record, SourceUnavailable, open_source, parse_kafka_url
 from tests.brokers import TEST_GROUP_SETTINGS, Broker, EXTERNAL_ENV, create_topic, free_port, kafka_broker, start_tansu
+from tests.logs import our_messages
 
 SETTINGS = KafkaSettings(**TEST_GROUP_SETTINGS, connect_timeout_s=20)
 
@@ -130,7 +131,7 @@ def test_a_failed_commit_is_logged_not_raised(caplog):
     with caplog.at_level(logging.WARNING, logger="stream.sources"):
         src.commit(record.position)
         assert time.monotonic() - started < 1  # asynchronous: an outage does not stall the caller
-        while not any("the next commit will cover it" in r.getMessage() for r in caplog.records):
+        while not any("the next commit will cover it" in m for m in our_messages(caplog.records)):
             assert src.poll(10, 0.1) == [] and time.monotonic() - started < 15
         src.close()  # waits at most commit_timeout_s for the last commit
     assert time.monotonic() - started < 20
@@ -220,5 +221,5 @@ def test_lines_of_a_message_lag_and_pausing_without_leaving_the_group(broker, ca
         src.resume()
         rest = consume(src, 2)
     assert [r.value for r in rest] == [b'{"c": 3}', b'{"d": 4}'] and src.lag() == {0: 0}
-    assert not [r for r in caplog.records[before:] if "revoked" in r.getMessage() or "assigned" in r.getMessage()]
+    assert not [m for m in our_messages(caplog.records[before:]) if "revoked" in m or "assigned" in m]
     src.close()

@@ -118,6 +118,11 @@ class RefineConfig:
     marginal_weight: float | None = 0.1  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
     feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior
     max_cells: int = 120_000_000  # larger pairs fall back to plain embedding similarity (dense plan memory)
+    # Self-training on adaptation: mutual top-1 pairs of the plan with at least this confidence (row softmax)
+    # join the known anchors as seeds and labels, and the model is adapted and the plan solved again, this many
+    # times; 0 rounds: off.
+    pseudo_anchor_confidence: float = 0.5
+    pseudo_anchor_rounds: int = 1
 
 
 @dataclass

@@ -231,18 +231,55 @@ class Aligner:
             meta_stats = self.learn()
         self.meta_due, self.meta_pool = self.meta_cfg.iterations_per_snapshot, list(self.pool)
         t_meta = time.perf_counter()
-        fast = self.adapt(inputs, self.adapt_cfg.steps)
-        self.fast = fast.detached()
-        t_adapt = time.perf_counter()
-        self.infer(fast, inputs)
-        return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
-        self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
-        self.unsolved = {}
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
+        pseudo, adapt_s = 0, 0.0
+        for round_ in range(1 + self.refine_cfg.pseudo_anchor_rounds):
+            if round_:
+                expanded = self._with_pseudo_anchors(inputs)
+                if expanded is None:
+                    break
+                inputs, pseudo = expanded
+            started = time.perf_counter()
+            fast = self.adapt(inputs, self.adapt_cfg.steps)
+            self.fast = fast.detached()
+            adapt_s += time.perf_counter() - started
+            self.infer(fast, inputs)
+            return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
+            self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
+        self.unsolved = {}
         self.since_adaptation = 0
         return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due,
-                "meta_s": round(t_meta - t0, 3), "adapt_s": round(t_adapt - t_meta, 3),
-                "align_s": round(time.perf_counter() - t_adapt, 3)}
+                "pseudo_anchors": pseudo, "meta_s": round(t_meta - t0, 3), "adapt_s": round(adapt_s, 3),
+                "align_s": round(time.perf_counter() - t_meta - adapt_s, 3)}
+
+    def _with_pseudo_anchors(self, inputs: SnapshotInputs) -> tuple[SnapshotInputs, int] | None:
+        """``inputs`` with the current plans' confident mutual top-1 pairs added to its anchors (``None``: no
+        pair qualifies), and how many were added.
+
+        With few anchors, positions relative to them are coarse and the loss has little to learn from; the pairs
+        the structure-consistent plan is sure of, both ways, are right far more often than the model alone
+        (douban at 0.5 confidence, the default: 78% of ~580 with 42 train anchors, 87% of ~630 with 167, where
+        Hits@1 is 0.62 and 0.74) and sharpen both. Only nodes not anchored
+        yet qualify, so a pseudo-anchor never contradicts a known one; they are seeds until the next adaptation
+        derives them afresh, and are never scored, counted or meta-learned from as anchors.
+        """
+        threshold = self.refine_cfg.pseudo_anchor_confidence
+        merged, added = {}, 0
+        for pair, rows in inputs.anchors.items():
+            matcher = self.matchers[pair]
+            to_b, conf = matcher.top("ab")
+            to_a, _ = matcher.top("ba")
+            best, conf = to_b[:, 0], conf[:, 0]
+            a = torch.arange(len(best))
+            keep = (to_a[best, 0] == a) & (conf >= threshold) & self.alive[pair[0]] & self.alive[pair[1]][best]
+            keep[torch.from_numpy(rows[:, 0])] = False
+            keep &= ~torch.isin(best, torch.from_numpy(rows[:, 1]))
+            found = torch.stack([a[keep], best[keep]], dim=1).numpy()
+            merged[pair] = np.concatenate([rows, found]) if len(found) else rows
+            added += len(found)
+        if not added:
+            return None
+        return dataclasses.replace(inputs, anchors=merged, ppr={}, encoded=None), added
 
     def _incremental_path(self, inputs: SnapshotInputs) -> dict:
         """Re-encode and re-rank only what the snapshot's changes can reach (see the module docstring)."""
@@ -260,8 +297,10 @@ class Aligner:
         # ones: each one moves every position it reaches and so costs a re-encoding and a re-solve of the plan,
         # which a stream revealing an anchor every few hundred events cannot pay each time. Until then they
         # are scored prequentially and wait; a network's anchors join all at once, so coordinates stay shared.
-        known = {net: {key for _, key in self.entities.get(net, [])} for net in inputs.graphs}
-        waiting = {net: [(i, key) for i, key in entities_now.get(net, []) if key not in known[net]]
+        # A seed is a node under an entity key: an anchor that confirms a pseudo-anchor (same nodes, same key)
+        # changes nothing, one that contradicts it seeds its other node under the same key.
+        known = {net: set(self.entities.get(net, [])) for net in inputs.graphs}
+        waiting = {net: [seed for seed in entities_now.get(net, []) if seed not in known[net]]
                    for net in inputs.graphs}
         known_count = sum(len(self.entities.get(net, [])) for net in inputs.graphs)
         if sum(map(len, waiting.values())) < self.adapt_cfg.anchor_refresh * known_count:

@@ -99,3 +99,45 @@ def test_configured_pairs_are_validated(dataset):
         Aligner(SMALL_MODEL, MetaConfig(), AdaptConfig(), pairs="left-right").aligned_pairs(snaps[0])
     assert Aligner(SMALL_MODEL, MetaConfig(), AdaptConfig(), pairs="right:left").aligned_pairs(snaps[0]) == [
         ("left", "right")]
+
+
+def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_more_often_than_top_1(tmp_path):
+    from aligner.bench import static_snapshot
+    from aligner.config import RefineConfig
+    from stream.datasets import split_anchors
+
+    ds = load_dataset(write_pair_dataset(tmp_path / "p", n=150, seed=4))
+    train, test = split_anchors(ds, 0.1, seed=0)
+    snapshot = static_snapshot(ds, train)
+    off = RefineConfig(pseudo_anchor_rounds=0, pseudo_anchor_confidence=0.5)
+    aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=20), AdaptConfig(steps=5), seed=0, refine=off)
+    assert aligner.on_snapshot(snapshot).stats["pseudo_anchors"] == 0
+    inputs = aligner.pool[-1]
+    (pair,) = inputs.anchors
+    known = inputs.anchors[pair]
+    expanded, added = aligner._with_pseudo_anchors(inputs)
+    rows = expanded.anchors[pair]
+    assert added > len(known) and np.array_equal(rows[: len(known)], known)  # the known ones kept, first
+    found = rows[len(known):]
+    assert not set(found[:, 0]) & set(known[:, 0]) and not set(found[:, 1]) & set(known[:, 1])
+    matcher = aligner.matchers[pair]
+    to_b, conf = matcher.top("ab")
+    to_a, _ = matcher.top("ba")
+    for i, j in found.tolist():
+        assert to_b[i, 0] == j and to_a[j, 0] == i and conf[i, 0] >= 0.5
+    ids = snapshot.networks
+    truth = {str(s): str(t) for s, t in ds.anchors.tolist()}
+    a, b = pair if pair[0] == ds.source_net else pair[::-1]
+    col_a, col_b = (0, 1) if pair[0] == a else (1, 0)
+    right = sum(truth.get(ids[a].node_ids[r[col_a]]) == ids[b].node_ids[r[col_b]] for r in found.tolist())
+    # The premise: the pairs the plan is sure of both ways are right more often than its top-1 in general.
+    hits1 = aligner.evaluate(ds.source_net, ds.target_net, [(str(s), str(t)) for s, t in test.tolist()])["hits@1"]
+    assert right / added > max(hits1, 0.5), (right, added, hits1)
+    assert inputs.anchors[pair] is known  # the snapshot's own inputs (the meta-learning pool's) are unchanged
+
+    on = dataclasses.replace(off, pseudo_anchor_rounds=1)
+    again = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=20), AdaptConfig(steps=5), seed=0, refine=on)
+    stats = again.on_snapshot(snapshot).stats
+    assert stats["pseudo_anchors"] == added and stats["anchors"] == len(known)
+    assert again.anchors_at_adaptation == len(known)  # the adaptation schedule counts real anchors only
+    assert len(again.entities[a]) == len(known) + added  # positions are seeded by both

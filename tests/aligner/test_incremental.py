@@ -206,9 +206,11 @@ def test_catching_up_on_several_snapshots_at_once_equals_a_full_recomputation():
 
 def test_a_few_new_anchors_wait_until_they_are_worth_a_re_solve():
     snaps = small_changes()
+    # Without pseudo-anchors: the revealed anchor would most likely be one already, and so change nothing.
+    real_only = RefineConfig(pseudo_anchor_rounds=0)
     waits = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), dataclasses.replace(NEVER_ADAPT, anchor_refresh=0.5),
-                    top_k=5, seed=0)
-    joins = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
+                    top_k=5, seed=0, refine=real_only)
+    joins = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0, refine=real_only)
     for aligner in (waits, joins):
         for snap in snaps[:3]:
             update = aligner.on_snapshot(snap)
@@ -219,6 +221,21 @@ def test_a_few_new_anchors_wait_until_they_are_worth_a_re_solve():
     assert len(joins.entities["left"]) == len(waits.entities["left"]) + 1
 
 
+def test_an_anchor_that_confirms_a_pseudo_anchor_moves_no_coordinate():
+    snaps = small_changes()
+    aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
+    for snap in snaps[:3]:
+        aligner.on_snapshot(snap)
+    (i, j), = ({tuple(r) for r in snaps[3].anchors[("left", "right")].tolist()}
+               - {tuple(r) for r in snaps[2].anchors[("left", "right")].tolist()})
+    left, right = dict(aligner.entities["left"]), dict(aligner.entities["right"])
+    assert len(left) > len(snaps[2].anchors[("left", "right")])  # pseudo-anchors seed positions too
+    assert i in left and right.get(j) == left[i]  # the revealed pair is one of them already
+    seeds = {net: list(aligner.entities[net]) for net in ("left", "right")}
+    assert isinstance(aligner.on_snapshot(snaps[3]).stats["rescored"]["left:right"], dict)  # no re-solve
+    assert {net: aligner.entities[net] for net in seeds} == seeds
+
+
 def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_the_same():
     """A few changed edges since the last plan: warm start. Past ``refine.warm_max_change`` of a network's
     nodes (here: any change at all) the old structure is not trusted and the plan is solved from scratch."""
@@ -226,7 +243,7 @@ def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_t
     outcomes = []
     for max_change in (0.25, 0.0):
         aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0,
-                          refine=RefineConfig(warm_max_change=max_change))
+                          refine=RefineConfig(warm_max_change=max_change, pseudo_anchor_rounds=0))
         for snap in snaps[:4]:
             update = aligner.on_snapshot(snap)
         outcomes.append(update.stats["rescored"]["left:right"])

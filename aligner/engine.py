@@ -135,6 +135,7 @@ class Aligner:
         self.hidden: dict[str, torch.Tensor] = {}  # temporal state for the next adaptation
         self.hidden_in: dict[str, torch.Tensor | None] = {}  # the state the current embeddings were computed from
         self.entities: dict[str, list[tuple[int, str]]] = {}  # the anchor coordinate system of the last adaptation
+        self.pseudo_seeds: dict[str, int] = {}  # how many of a network's entities are pseudo-anchors
         self.sketches: dict[str, torch.Tensor] = {}  # (n, dim) raw anchor-position sketch
         self.position_inputs: dict[str, torch.Tensor] = {}  # (n, dim + 2) encoder input
         self.embeddings: dict[str, torch.Tensor] = {}
@@ -232,6 +233,7 @@ class Aligner:
         self.meta_due, self.meta_pool = self.meta_cfg.iterations_per_snapshot, list(self.pool)
         t_meta = time.perf_counter()
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
+        real = anchor_entities(inputs.snapshot, inputs.anchors)
         pseudo, adapt_s = 0, 0.0
         for round_ in range(1 + self.refine_cfg.pseudo_anchor_rounds):
             if round_:
@@ -246,6 +248,7 @@ class Aligner:
             self.infer(fast, inputs)
             return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
             self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
+        self.pseudo_seeds = {net: len(seeds) - len(real.get(net, [])) for net, seeds in self.entities.items()}
         self.unsolved = {}
         self.since_adaptation = 0
         return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due,
@@ -302,7 +305,9 @@ class Aligner:
         known = {net: set(self.entities.get(net, [])) for net in inputs.graphs}
         waiting = {net: [seed for seed in entities_now.get(net, []) if seed not in known[net]]
                    for net in inputs.graphs}
-        known_count = sum(len(self.entities.get(net, [])) for net in inputs.graphs)
+        # Counted without pseudo-anchors: new anchors join as often as they would without them, and each join
+        # re-solves the plan, which is what keeps a growing network's new nodes well matched.
+        known_count = sum(len(self.entities.get(net, [])) - self.pseudo_seeds.get(net, 0) for net in inputs.graphs)
         if sum(map(len, waiting.values())) < self.adapt_cfg.anchor_refresh * known_count:
             waiting = {}
         for net, g in inputs.graphs.items():
@@ -619,6 +624,7 @@ class Aligner:
             "hidden": self.hidden,
             "hidden_in": self.hidden_in,
             "entities": self.entities,
+            "pseudo_seeds": self.pseudo_seeds,
             "sketches": self.sketches,
             "position_inputs": self.position_inputs,
             "embeddings": self.embeddings,
@@ -660,6 +666,7 @@ class Aligner:
         self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
                          for pair, m in state["matchers"].items()}
         self.unsolved = state.get("unsolved", {})
+        self.pseudo_seeds = state.get("pseudo_seeds", {})
         self.rng.bit_generator.state = state["rng"]
         if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
             self.meta_rng.bit_generator.state = state["meta_rng"]

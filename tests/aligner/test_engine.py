@@ -141,3 +141,7 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
     assert stats["pseudo_anchors"] == added and stats["anchors"] == len(known)
     assert again.anchors_at_adaptation == len(known)  # the adaptation schedule counts real anchors only
     assert len(again.entities[a]) == len(known) + added  # positions are seeded by both
+    assert again.pseudo_seeds == {a: added, b: added}  # ...and new anchors join as often as without them
+    restored = Aligner(SMALL_MODEL, MetaConfig(), AdaptConfig(), seed=1, refine=on)
+    restored.load_state_bytes(again.state_bytes())
+    assert restored.pseudo_seeds == again.pseudo_seeds

@@ -262,9 +262,9 @@ class Aligner:
         With few anchors, positions relative to them are coarse and the loss has little to learn from; the pairs
         the structure-consistent plan is sure of, both ways, are right far more often than the model alone
         (douban at 0.5 confidence, the default: 78% of ~580 with 42 train anchors, 87% of ~630 with 167, where
-        Hits@1 is 0.62 and 0.74) and sharpen both. Only nodes not anchored
-        yet qualify, so a pseudo-anchor never contradicts a known one; they are seeds until the next adaptation
-        derives them afresh, and are never scored, counted or meta-learned from as anchors.
+        Hits@1 is 0.62 and 0.74) and sharpen both. Only nodes not anchored yet qualify, so a pseudo-anchor never
+        contradicts a known one. They stay seeds until the next adaptation derives them afresh (counted apart in
+        :attr:`pseudo_seeds`), and are never scored, meta-learned from or counted as anchors by the schedule.
         """
         threshold = self.refine_cfg.pseudo_anchor_confidence
         merged, added = {}, 0

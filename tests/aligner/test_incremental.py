@@ -236,6 +236,24 @@ def test_an_anchor_that_confirms_a_pseudo_anchor_moves_no_coordinate():
     assert {net: aligner.entities[net] for net in seeds} == seeds
 
 
+def test_an_anchor_that_contradicts_a_pseudo_anchor_seeds_its_other_node():
+    snaps = small_changes()
+    aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
+    for snap in snaps[:3]:
+        aligner.on_snapshot(snap)
+    real = snaps[3].anchors[("left", "right")]
+    right = dict(aligner.entities["right"])
+    i, key = next((i, key) for i, key in aligner.entities["left"]
+                  if i not in set(real[:, 0].tolist()) and key in right.values())
+    # On this small grid pseudo-anchors seed every node: the contradicting partner is another's pseudo-anchor.
+    other = next(j for j, k in aligner.entities["right"] if k != key and j not in set(real[:, 1].tolist()))
+    contradicting = dataclasses.replace(snaps[3], anchors={("left", "right"): np.vstack([real, [[i, other]]])})
+    update = aligner.on_snapshot(contradicting)
+    assert update.stats["rescored"]["left:right"] in ("plan warm-started: new anchors", "plan solved again: new anchors")
+    assert (other, key) in aligner.entities["right"]  # the same coordinate as its left partner's
+    assert sum(1 for _, k in aligner.entities["left"] if k == key) == 1  # the left node is not seeded twice
+
+
 def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_the_same():
     """A few changed edges since the last plan: warm start. Past ``refine.warm_max_change`` of a network's
     nodes (here: any change at all) the old structure is not trusted and the plan is solved from scratch."""

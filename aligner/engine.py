@@ -233,8 +233,8 @@ class Aligner:
         self.meta_due, self.meta_pool = self.meta_cfg.iterations_per_snapshot, list(self.pool)
         t_meta = time.perf_counter()
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
-        real = anchor_entities(inputs.snapshot, inputs.anchors)
         pseudo, adapt_s = 0, 0.0
+        real_seeds: dict[str, int] = {}
         for round_ in range(1 + self.refine_cfg.pseudo_anchor_rounds):
             if round_:
                 expanded = self._with_pseudo_anchors(inputs)
@@ -246,9 +246,11 @@ class Aligner:
             self.fast = fast.detached()
             adapt_s += time.perf_counter() - started
             self.infer(fast, inputs)
+            if not round_:  # the known anchors' seeds; later rounds add the pseudo-anchors'
+                real_seeds = {net: len(seeds) for net, seeds in self.entities.items()}
             return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
             self.matchers = {pair: self._full_match(*pair) for pair in inputs.anchors}
-        self.pseudo_seeds = {net: len(seeds) - len(real.get(net, [])) for net, seeds in self.entities.items()}
+        self.pseudo_seeds = {net: len(seeds) - real_seeds.get(net, 0) for net, seeds in self.entities.items()}
         self.unsolved = {}
         self.since_adaptation = 0
         return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due,

@@ -112,8 +112,8 @@ class RefineConfig:
     beta: float = 0.3
     rounds: int = 10
     warm_rounds: int = 2  # rounds of a re-solve started from the previous plan (new anchors); 0: solve from scratch
-    warm_max_change: float = 0.25  # ...only while the nodes changed since that plan are under this fraction of
-    # each network; past it the old structure misleads the few warm rounds and the plan is solved from scratch
+    warm_max_change: float = 0.05  # ...only while the edges added or removed since everything was last aligned
+    # afresh are under this fraction of each network's; past it, everything is aligned afresh (no training)
     sinkhorn_iters: int = 5
     marginal_weight: float | None = 0.1  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
     feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior

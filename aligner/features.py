@@ -185,7 +185,7 @@ class NodePPR:
 
 def position_sketch(
     graph: GraphTensors, seeds: list[tuple[int, str]], dim: int, restart: float, steps: int, chunk: int = 1024,
-    cache: NodePPR | None = None,
+    cache: NodePPR | None = None, rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The raw sketch ``(n, dim)``: the sum over anchored entities of the entity's log-scaled personalised
     PageRank vector times its fixed random direction. A sum, so entities can be added to a sketch later.
@@ -194,12 +194,30 @@ def position_sketch(
     (proximity spans orders of magnitude; in log space a node's profile of distances to the anchors, not its
     nearest hub, dominates) before it is projected. Entities are processed ``chunk`` at a time, so memory stays
     at ``n x chunk`` whatever the number of anchors.
+
+    With ``rows``, only those rows ``(len(rows), dim)``; when they are fewer than the entities, by walking from
+    the rows instead (see :func:`_sketch_rows_by_reversal`):
+
+    >>> import numpy as np
+    >>> from snapshots.snapshot import NetworkSnapshot
+    >>> net = NetworkSnapshot("a", tuple("uvwxyz"), np.array([[0, 1, 2, 2], [1, 2, 0, 3]]),
+    ...                       np.array([1, 3, 1, 2], np.float32), np.ones(6, bool))  # y, z: isolated
+    >>> g = GraphTensors.from_snapshot(net)
+    >>> seeds = [(0, "e/0"), (3, "e/0"), (1, "e/1"), (2, "e/2"), (4, "e/4")]  # 4 entities, 3 rows
+    >>> rows = torch.tensor([1, 4, 5])
+    >>> bool(torch.allclose(position_sketch(g, seeds, 8, 0.15, 10, rows=rows),
+    ...                     position_sketch(g, seeds, 8, 0.15, 10)[rows], atol=1e-5))
+    True
     """
-    n = graph.num_nodes
-    position = torch.zeros(n, dim)
     keys = sorted({k for _, k in seeds})
     column = {k: i for i, k in enumerate(keys)}
     cached = cache is not None and cache.covers(seeds, restart, steps)
+    if rows is not None:
+        if not cached and len(rows) < len(keys):
+            return _sketch_rows_by_reversal(graph, seeds, rows, keys, column, dim, restart, steps, chunk)
+        return position_sketch(graph, seeds, dim, restart, steps, chunk, cache)[rows]
+    n = graph.num_nodes
+    position = torch.zeros(n, dim)
     for start in range(0, len(keys), chunk):
         part = keys[start:start + chunk]
         members = [(node, column[key] - start) for node, key in seeds if 0 <= column[key] - start < len(part)]
@@ -223,6 +241,36 @@ def position_sketch(
         ppr = personalized_pagerank(graph, signal, restart, steps)
         position += torch.log1p(n * ppr) @ torch.from_numpy(entity_directions(part, dim))
     return position
+
+
+def _sketch_rows_by_reversal(graph: GraphTensors, seeds: list[tuple[int, str]], rows: torch.Tensor, keys: list[str],
+                             column: dict[str, int], dim: int, restart: float, steps: int,
+                             chunk: int) -> torch.Tensor:
+    """Rows of :func:`position_sketch` from one walk per row instead of one per entity.
+
+    The edges are undirected, so the walk is reversible: with ``M = A D^-1`` and ``A`` symmetric,
+    ``M^k[v, s] d_s = M^k[s, v] d_v`` for every ``k`` (truncated series included), hence
+    ``ppr_s(v) = ppr_v(s) d_v / d_s``. A snapshot that touched a few hundred nodes of a network with thousands
+    of anchored entities (pseudo-anchors included) refreshes their rows for a fraction of the walks. Where a
+    degree is zero the ratio is never needed: an isolated node reaches, and is reached by, nothing but itself.
+    """
+    n = graph.num_nodes
+    degree = torch.zeros(n).index_add_(0, graph.edge_index[0], graph.edge_weight)
+    seed_nodes = torch.tensor([node for node, _ in seeds], dtype=torch.long)
+    seed_cols = torch.tensor([column[key] for _, key in seeds], dtype=torch.long)
+    inv_seed_degree = torch.where(degree[seed_nodes] > 0, 1.0 / degree[seed_nodes].clamp_min(1e-12), 0.0)
+    directions = torch.from_numpy(entity_directions(keys, dim))
+    out = torch.empty(len(rows), dim)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        signal = torch.zeros(n, len(part))
+        signal[part, torch.arange(len(part))] = 1.0
+        back = personalized_pagerank(graph, signal, restart, steps)[seed_nodes]  # (seeds, part): ppr_v(s)
+        forward = back * inv_seed_degree[:, None] * degree[part][None, :]
+        forward = torch.where(seed_nodes[:, None] == part[None, :], back, forward)
+        ppr = torch.zeros(len(keys), len(part)).index_add_(0, seed_cols, forward)
+        out[start:start + len(part)] = torch.log1p(n * ppr).T @ directions
+    return out
 
 
 def position_features(sketch: torch.Tensor, graph: GraphTensors) -> torch.Tensor:

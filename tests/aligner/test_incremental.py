@@ -255,18 +255,55 @@ def test_an_anchor_that_contradicts_a_pseudo_anchor_seeds_its_other_node():
 
 
 def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_the_same():
-    """A few changed edges since the last plan: warm start. Past ``refine.warm_max_change`` of a network's
-    nodes (here: any change at all) the old structure is not trusted and the plan is solved from scratch."""
+    """A few changed edges since everything was aligned: the plan is re-solved warm. Past
+    ``refine.warm_max_change`` of a network's edges (here: any change at all) everything is aligned afresh,
+    and the changes are counted from there."""
     snaps = small_changes()
-    outcomes = []
-    for max_change in (0.25, 0.0):
+    graphs = {net: GraphTensors.from_snapshot(snaps[3].networks[net]) for net in ("left", "right")}
+    outcomes, changed = [], []
+    for max_change in (0.05, 0.0):
         aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0,
                           refine=RefineConfig(warm_max_change=max_change, pseudo_anchor_rounds=0))
         for snap in snaps[:4]:
             update = aligner.on_snapshot(snap)
         outcomes.append(update.stats["rescored"]["left:right"])
-        assert not aligner.unsolved.get(("left", "right"))  # counted afresh from the new plan
-    assert outcomes == ["plan warm-started: new anchors", "plan solved again: new anchors"]
+        changed.append(aligner._edges_changed_since_alignment(graphs))
+    assert outcomes == ["plan warm-started: new anchors", "aligned afresh: edges changed"]
+    assert 0.0 < changed[0] < 0.05 and changed[1] == 0.0
+
+
+def test_the_re_solve_counts_changed_edges_not_touched_nodes():
+    """Half the nodes touched by attribute changes, no edge changed: the plan's structure still fits, so the
+    re-solve that a new anchor asks for starts warm. An eighth of the edges rewired: everything afresh."""
+    side, rng = 12, np.random.default_rng(5)
+    n = side * side
+    grid = [(r * side + c, r * side + c + 1) for r in range(side) for c in range(side - 1)]
+    grid += [(r * side + c, (r + 1) * side + c) for r in range(side - 1) for c in range(side)]
+    outcomes = []
+    for rewired in (0, len(grid) // 8):
+        cutter = SnapshotCutter(SnapshotPolicy(window_seconds=None, every_events=10**9))
+        for net in ("left", "right"):
+            for u, v in grid:
+                cutter.offer(Event(op=ADD_EDGE, time=1.0, net=net, u=str(u), v=str(v)))
+        for i in range(0, n, 4):
+            cutter.offer(Event(op=ADD_ANCHOR, time=1.0, net="left", u=str(i), to="right", v=str(i)))
+        snaps = cutter.flush()
+        for i in range(0, n, 2):
+            for net in ("left", "right"):
+                cutter.offer(Event(op=SET_ATTR, time=2.0, net=net, u=str(i), attrs=(1.0, 0.0)))
+        for k in rng.permutation(len(grid))[:rewired].tolist():
+            u, v = grid[k]
+            cutter.offer(Event(op=REMOVE_EDGE, time=2.0, net="left", u=str(u), v=str(v)))
+            cutter.offer(Event(op=ADD_EDGE, time=2.0, net="left", u=str(u), v=str((v + side + 1) % n)))
+        cutter.offer(Event(op=ADD_ANCHOR, time=2.0, net="left", u="1", to="right", v="1"))
+        snaps += cutter.flush()
+        aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=2), NEVER_ADAPT, top_k=5, seed=0,
+                          refine=RefineConfig(pseudo_anchor_rounds=0))
+        for snap in snaps:
+            update = aligner.on_snapshot(snap)
+        assert len(snaps[-1].networks["left"].changed) >= n // 2
+        outcomes.append(update.stats["rescored"]["left:right"])
+    assert outcomes == ["plan warm-started: new anchors", "aligned afresh: edges changed"]
 
 
 def test_when_the_owed_meta_update_runs_changes_no_alignment(tmp_path):

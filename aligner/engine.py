@@ -22,10 +22,17 @@ Per snapshot (``Aligner.on_snapshot``):
    changed since everything was last aligned, it aligns everything afresh under the same weights instead;
 3. return top-k per alive node, both directions of every aligned pair, as an :class:`AlignmentUpdate`;
    publishing it is someone else's job.
+
+A live service cannot wait a second or more for the heavy steps (adaptation, realignment, new anchors joining
+the coordinates and the plan solved again) without every event behind them waiting too. ``on_snapshot(...,
+defer=True)`` takes the incremental path regardless and notes what was due in :attr:`Aligner.deferred`; the
+caller then runs :meth:`Aligner.refresh` on a :meth:`Aligner.fork` in the background while this aligner keeps
+the alignments fresh, and swaps the refreshed one in once it has caught up (:mod:`aligner.service`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -161,6 +168,9 @@ class Aligner:
         # Meta-update iterations an adaptation asked for and not yet run, with the task pool as it was then.
         self.meta_due = 0
         self.meta_pool: list[SnapshotInputs] = []
+        # Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path
+        # ("adaptation" or "incremental", whose heavy branches then run) and why.
+        self.deferred: tuple[str, str] | None = None
 
     # -- the per-snapshot pipeline -------------------------------------------------------------------------
     def aligned_pairs(self, snapshot: Snapshot) -> list[tuple[str, str]]:
@@ -174,7 +184,10 @@ class Aligner:
             out.append(pair_key(a, b))
         return [p for p in out if p[0] in snapshot.networks and p[1] in snapshot.networks]
 
-    def on_snapshot(self, snapshot: Snapshot) -> AlignmentUpdate | None:
+    def on_snapshot(self, snapshot: Snapshot, defer: bool = False) -> AlignmentUpdate | None:
+        """Align ``snapshot`` (see the module docstring). With ``defer``, work heavier than an incremental step
+        (an adaptation, a realignment, waiting anchors joining) is not done but noted in :attr:`deferred` for
+        :meth:`refresh`; the first snapshot of a pair of networks is aligned in full all the same."""
         started = time.perf_counter()
         pairs = self.aligned_pairs(snapshot)
         anchors = anchors_of(snapshot, pairs)
@@ -188,16 +201,58 @@ class Aligner:
         inputs = SnapshotInputs(snapshot, graphs, {n: self._hidden_for(n, graphs[n].num_nodes) for n in nets}, anchors)
         self.pool.append(inputs)
         reason = self._adaptation_reason(anchors)
-        if reason:
+        if reason and defer and self._can_defer(anchors):
+            self._defer("adaptation", reason)
+            stats = self._incremental_path(inputs, defer=True)
+        elif reason:
             stats = self._adaptation_path(inputs, reason)
         else:
-            stats = self._incremental_path(inputs)
+            stats = self._incremental_path(inputs, defer=defer)
+        if self.deferred is not None:
+            stats["deferred"] = self.deferred[1]
         update = self.rank(snapshot, list(anchors))
         self.snapshots_seen += 1
         update.stats = {**stats, "new_anchors_scored": scored, **self.monitor.metrics(),
                         "anchors": int(sum(len(r) for r in anchors.values())),
                         "total_s": round(time.perf_counter() - started, 3)}
         return update
+
+    def refresh(self) -> AlignmentUpdate:
+        """Do the heavy work :attr:`deferred` on the last snapshot, which ``on_snapshot(..., defer=True)`` already
+        aligned incrementally, and return its alignments afresh. The snapshot's temporal state, anchors and
+        inputs are those its incremental step started from, so the result is what aligning it without ``defer``
+        would have given (up to the tolerance of redoing the incremental step on its own output)."""
+        if self.deferred is None:
+            raise ValueError("nothing was deferred: refresh follows on_snapshot(..., defer=True)")
+        started = time.perf_counter()
+        (path, reason), self.deferred = self.deferred, None
+        inputs = self.pool[-1]
+        self.since_adaptation -= 1  # the snapshot's incremental step counted it already
+        if path == "adaptation":
+            stats = self._adaptation_path(inputs, reason)
+        else:
+            stats = self._incremental_path(inputs)
+        update = self.rank(inputs.snapshot, list(inputs.anchors))
+        update.stats = {**stats, "refreshed": reason, **self.monitor.metrics(),
+                        "anchors": int(sum(len(r) for r in inputs.anchors.values())),
+                        "total_s": round(time.perf_counter() - started, 3)}
+        return update
+
+    def fork(self) -> "Aligner":
+        """An independent copy to refresh in the background while this one goes on. Snapshots in the task pool
+        never change once pooled, so the copy shares them (their lazily filled caches too) instead of copying."""
+        memo: dict[int, object] = {id(entry): entry for entry in (*self.pool, *self.meta_pool)}
+        return copy.deepcopy(self, memo)
+
+    def _can_defer(self, anchors: dict) -> bool:
+        """Whether an incremental step can stand in for the adaptation due: there is one to take for every pair."""
+        return self.fast is not None and self.adapt_cfg.incremental and all(p in self.matchers for p in anchors)
+
+    def _defer(self, path: str, reason: str) -> None:
+        """Note heavy work for :meth:`refresh`; an adaptation, which also aligns everything afresh, wins over
+        the incremental path's heavy branches."""
+        if self.deferred is None or (path == "adaptation" and self.deferred[0] != "adaptation"):
+            self.deferred = (path, reason)
 
     def _adaptation_reason(self, anchors: dict) -> str | None:
         """Why this snapshot must take the adaptation path, or ``None`` for the incremental one."""
@@ -302,8 +357,9 @@ class Aligner:
             return None
         return dataclasses.replace(inputs, anchors=merged, ppr={}, encoded=None), added
 
-    def _incremental_path(self, inputs: SnapshotInputs) -> dict:
-        """Re-encode and re-rank only what the snapshot's changes can reach (see the module docstring)."""
+    def _incremental_path(self, inputs: SnapshotInputs, defer: bool = False) -> dict:
+        """Re-encode and re-rank only what the snapshot's changes can reach (see the module docstring). With
+        ``defer``, anchors due to join and a realignment due are noted in :attr:`deferred` instead."""
         t0 = time.perf_counter()
         fast = self.learner.clone(second_order=False)
         fast.params = self.fast
@@ -325,10 +381,18 @@ class Aligner:
         # Counted without pseudo-anchors: new anchors join as often as they would without them, and each join
         # re-solves the plan, which is what keeps a growing network's new nodes well matched.
         known_count = sum(len(self.entities.get(net, [])) - self.pseudo_seeds.get(net, 0) for net in inputs.graphs)
-        if sum(map(len, waiting.values())) < self.adapt_cfg.anchor_refresh * known_count:
+        joining = sum(map(len, waiting.values()))
+        if not joining or joining < self.adapt_cfg.anchor_refresh * known_count:
             waiting = {}
-        if self._edges_changed_since_alignment(inputs.graphs) >= self.refine_cfg.warm_max_change:
-            return self._realignment(inputs, t0)
+        changed_share = self._edges_changed_since_alignment(inputs.graphs)
+        if changed_share >= self.refine_cfg.warm_max_change:
+            if not defer:
+                return self._realignment(inputs, t0)
+            self._defer("incremental", f"realignment: {changed_share:.1%} of the edges changed")
+            waiting = {}
+        elif waiting and defer:
+            self._defer("incremental", f"{joining} anchors join")
+            waiting = {}
         for net, g in inputs.graphs.items():
             n_old = len(self.node_ids.get(net, ()))
             # Nodes whose edges, attributes or anchors changed, and new ones: their sketch is recomputed.
@@ -671,6 +735,7 @@ class Aligner:
             "pool": [_pool_entry_to_state(entry) for entry in self.pool],
             "meta_pool": [_pool_entry_to_state(entry) for entry in self.meta_pool],
             "meta_due": self.meta_due,
+            "deferred": self.deferred,
             "rng": self.rng.bit_generator.state,
             "meta_rng": self.meta_rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
@@ -701,6 +766,7 @@ class Aligner:
         if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
             self.meta_rng.bit_generator.state = state["meta_rng"]
         self.meta_due = state.get("meta_due", 0)
+        self.deferred = state.get("deferred")
         self.pool.clear()
         self.pool.extend(self._pool_entry(entry) for entry in state["pool"])
         self.meta_pool = [self._pool_entry(entry) for entry in state.get("meta_pool", [])]

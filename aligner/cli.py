@@ -91,7 +91,8 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
         "version": summary.last_version, "versions": summary.versions, "lag": summary.lag,
         "events_per_s": round(summary.events_per_s, 1),
         "ingest_events_per_s": round(summary.ingest_events_per_s, 1), "wall_s": round(summary.wall_s, 2),
-        "align_s": round(summary.align_s, 2), "learn_s": round(summary.learn_s, 2), "ingest_s": round(summary.ingest_s, 2),
+        "align_s": round(summary.align_s, 2), "learn_s": round(summary.learn_s, 2),
+        "refresh_s": round(summary.refresh_s, 2), "ingest_s": round(summary.ingest_s, 2),
         "state_s": round(summary.state_s, 2), "publish_s": round(summary.publish_s, 2),
         "checkpoint_s": round(summary.checkpoint_s, 2), "state_dir": cfg.service.state_dir, "cutter": summary.cutter,
     }

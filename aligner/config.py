@@ -143,6 +143,8 @@ class ServiceConfig:
     threads: int = 0  # torch intra-op threads of the aligner; 0 = all cores but one (the polling thread's)
     coalesce: str = "live"  # align waiting snapshots as one catch-up step: live (Kafka, stdin) | always | never
     max_backlog: int = 4  # snapshots waiting for the aligner before the source pauses (ingest goes on meanwhile)
+    refresh: str = "live"  # heavy steps (adaptation, realignment, anchors joining) on a copy of the aligner in the
+    # background while incremental steps keep publishing: live (Kafka, stdin) | always | never
 
 
 @dataclass
@@ -223,6 +225,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"service.log_format must be text or json, got {cfg.service.log_format!r}")
     if cfg.service.coalesce not in ("live", "always", "never"):
         raise ConfigError(f"service.coalesce must be live, always or never, got {cfg.service.coalesce!r}")
+    if cfg.service.refresh not in ("live", "always", "never"):
+        raise ConfigError(f"service.refresh must be live, always or never, got {cfg.service.refresh!r}")
     if cfg.service.max_backlog < 1:
         raise ConfigError(f"service.max_backlog must be >= 1, got {cfg.service.max_backlog}")
     if not 0.0 < cfg.meta.seed_fraction < 1.0:

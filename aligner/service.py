@@ -23,6 +23,13 @@ Only once it is durable is the source told
 to commit; after a crash the service resumes from it and re-reads the source from its position, so every
 accepted event takes effect exactly once. SIGINT/SIGTERM finish the current batch and alignment first.
 
+On a live source the aligner never holds the stream back for its heavy steps (an adaptation, a realignment,
+anchors joining the coordinates: a second or more each, where an incremental step takes a tenth): it takes the
+incremental step and notes what was due (``Aligner.on_snapshot(..., defer=True)``); a copy of the aligner
+(``Aligner.fork``) does the heavy work in a background thread (``Aligner.refresh``) while incremental steps go
+on publishing; the copy then replaces the aligner and catches up on the snapshots aligned meanwhile in one
+step, whose alignments are published as usual (``service.refresh``: ``live`` by default, ``always``, ``never``).
+
 With Kafka, a worker publishes a pair only while it owns, caught up, every partition that carried the two
 networks' events (see :class:`stream.sources.KafkaSource`): a pair is published by one worker at a time, and
 never from a partial history.
@@ -73,7 +80,17 @@ CHECKPOINT_EVERY_S = 5.0
 STATE_AFTER_S = 0.8 * CHECKPOINT_EVERY_S  # alignments finished this long after a checkpoint serialise the state
 LEARN_QUIET_S = 0.5  # at least this long without a new snapshot before a meta-update iteration starts
 ALIGN_POLL_S = 0.2  # while the aligner works: how often the paused source is polled (and the job checked)
+# While the aligner or a refresh works and the source is not paused: the poll's timeout, so events are ingested
+# and cut as they arrive (the next job starts with them) and a finished job is collected within this long.
+BUSY_POLL_S = 0.02
 LAG_REPORT_EVERY_S = 30.0
+REFRESH_NICENESS = 10  # added to the background refresh thread's niceness
+REFRESH_CATCH_UPS = 3  # at most this many catch-up steps of a refreshed fork in the background
+# The GIL's switch interval while the service runs (Python's default: 5 ms). Incremental steps, ingestion and a
+# background refresh share it; at 5 ms an incremental step's many short torch calls each waited up to that for
+# the GIL whenever the refresh held it. Freshness at 2,000 events/s on 2 cores, p99 over 3 runs each:
+# 0.99-1.05 s at 5 ms, 0.87-0.93 s at 0.5 ms (docs/benchmarks.md).
+GIL_SWITCH_S = 0.0005
 PUBLISH_BACKOFF_S = (0.5, 10.0)  # retry delays while Redis is away: first, then doubling up to the last
 
 
@@ -108,6 +125,7 @@ class RunSummary:
     wall_s: float = 0.0
     align_s: float = 0.0
     learn_s: float = 0.0  # meta-update iterations run while nothing waited to be aligned
+    refresh_s: float = 0.0  # heavy steps done in the background (service.refresh)
     ingest_s: float = 0.0
     state_s: float = 0.0  # serialising the aligner's state after each job, in the aligner thread
     publish_s: float = 0.0  # Redis and the on-disk alignment history
@@ -127,6 +145,16 @@ class RunSummary:
     def ingest_events_per_s(self) -> float:
         """Validation, event logging and graph maintenance alone (``ingest_s``)."""
         return self.records / self.ingest_s if self.ingest_s else 0.0
+
+
+def _lower_priority() -> None:
+    """Run the calling thread at a lower scheduling priority (Linux niceness applies per thread), so that the
+    background refresh takes only the CPU that ingestion and incremental steps leave: they decide freshness.
+    (Measured on 2 cores, collegemsg at 2,000 events/s: see docs/benchmarks.md, Freshness.)"""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFRESH_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the refresh competes evenly
+        pass
 
 
 def aligner_threads(configured: int, cores: int | None = None) -> int:
@@ -214,10 +242,14 @@ class AlignmentService:
                 for snap in self.cutter.flush():
                     self._queue(snap)
                 self._rejected_to_dead_letters(self.cutter, self.dead)
-                while self.backlog or self.job is not None:
-                    if self.job is None:
+                while self.backlog or self.job is not None or self.refresh is not None:
+                    if self.job is None and self.backlog:
                         self._align_next()
-                    self._collect(wait_s=None)
+                    if self.job is not None:
+                        self._collect(wait_s=None if self.refresh is None else ALIGN_POLL_S)
+                    else:
+                        wait([self.refresh])
+                    self._adopt_refreshed()
             elif self.job is not None:
                 self._collect(wait_s=None)
             self._publish_pending(now=True)
@@ -240,6 +272,8 @@ class AlignmentService:
 
         cfg = self.cfg
         torch.set_num_threads(aligner_threads(cfg.service.threads))
+        self.switch_interval = sys.getswitchinterval()  # restored by _close: the process may go on without us
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = store = SnapshotStore(self.state_dir, cfg.store.base_every, cfg.store.retain_snapshots)
         if self.savepoint is not None:
@@ -292,6 +326,18 @@ class AlignmentService:
                                           on_revoke=self._on_revoke)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self.job: Future | None = None
+        self.source_paused = False
+        self.state_through_at = 0.0  # when the aligner's state was last serialised (time.monotonic())
+        # The background refresh: a fork of the aligner doing the heavy work its last step deferred, the
+        # snapshots aligned since the fork (to catch up on), and who may publish the fork's own snapshot.
+        self.refresh_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh",
+                                                   initializer=_lower_priority)
+        self.refresh: Future | None = None
+        self.refreshing: Aligner | None = None
+        self.since_fork: list[Queued] = []
+        self.fork_point: Queued | None = None
+        live = self.source_url == "-" or self.source_url.startswith("kafka://")
+        self.defer_heavy = cfg.service.refresh == "always" or (cfg.service.refresh == "live" and live)
         self.job_covers = 0  # how many queued snapshots the job in flight aligns
         self.last_queued = 0.0  # when the newest snapshot was queued (time.monotonic())
         self.learn_iteration_s = 0.0  # how long the last meta-update iteration took
@@ -319,12 +365,15 @@ class AlignmentService:
 
     def _close(self) -> None:
         """Release whatever :meth:`_open` got to, in reverse order (it may have failed half-way)."""
-        for name, close in (("executor", lambda x: x.shutdown(wait=True)), ("bar", lambda x: x.close()),
+        for name, close in (("executor", lambda x: x.shutdown(wait=True)),
+                            ("refresh_executor", lambda x: x.shutdown(wait=True)), ("bar", lambda x: x.close()),
                             ("source", lambda x: x.close()), ("dead", lambda x: x.close()),
                             ("dlq_producer", lambda x: x.close()), ("redis_server", lambda x: x.stop())):
             thing = getattr(self, name, None)
             if thing is not None:
                 close(thing)
+        if hasattr(self, "switch_interval"):
+            sys.setswitchinterval(self.switch_interval)
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
@@ -334,12 +383,16 @@ class AlignmentService:
         while not self.stop_requested:
             timeout = cfg.poll_timeout_s
             if self.job is not None:
-                self._collect(wait_s=ALIGN_POLL_S)
-                timeout = 0.0
+                # A paused or exhausted source answers a poll at once: wait on the job instead of spinning.
+                nothing_to_poll = self.source_paused or self.source.exhausted
+                self._collect(wait_s=ALIGN_POLL_S if nothing_to_poll else 0.0)
+            if self.job is not None or self.refresh is not None:
+                timeout = BUSY_POLL_S
+            self._adopt_refreshed()
             if self.job is None and self.backlog:
                 self._align_next()
                 timeout = 0.0
-            elif self.job is None and self.aligner.meta_due and self._quiet():
+            elif self.job is None and self.refresh is None and self.aligner.meta_due and self._quiet():
                 self._learn_next()
             records = self.source.poll(cfg.batch_size, timeout)
             if records:
@@ -347,7 +400,9 @@ class AlignmentService:
                 self._throttle()
                 idle_since = time.monotonic()
             elif self.source.exhausted and self.job is None and not self.backlog:
-                break
+                if self.refresh is None:
+                    break
+                wait([self.refresh], timeout=ALIGN_POLL_S)  # all that is left; an exhausted source polls at once
             elif self.until_idle_s is not None and not self._idle():
                 idle_since = time.monotonic()
             elif self.until_idle_s is not None and time.monotonic() - idle_since >= self.until_idle_s:
@@ -453,16 +508,86 @@ class AlignmentService:
     def _align(self, snap: Snapshot) -> JobResult:
         """In the aligner thread: the only code that touches the aligner while a job is in flight."""
         started = time.perf_counter()
-        update = self.aligner.on_snapshot(snap)
+        update = self.aligner.on_snapshot(snap, defer=self.defer_heavy)
         return JobResult(update, self._state_if_due(), self.aligner.model_version(), time.perf_counter() - started)
 
+    # -- background refresh ---------------------------------------------------------------------------------------
+
+    def _start_refresh(self, aligned: Queued) -> None:
+        """The aligner just deferred heavy work on ``aligned`` (and is idle): refresh a fork of it in the
+        background while it goes on with incremental steps."""
+        self.refreshing = self.aligner.fork()
+        self.fork_point, self.since_fork = aligned, []
+        self.refresh_of, self.refresh_stats, self.refresh_seconds, self.catch_ups = aligned.snapshot.id, None, 0.0, 0
+        self.refresh = self.refresh_executor.submit(self._refresh, self.refreshing)
+
+    @staticmethod
+    def _refresh(aligner: Aligner, catch_up: Snapshot | None = None) -> JobResult:
+        """In the refresh thread, the only code that touches the fork while it works: the deferred heavy step,
+        or (``catch_up``) an incremental step on snapshots aligned since."""
+        started = time.perf_counter()
+        update = aligner.refresh() if catch_up is None else aligner.on_snapshot(catch_up, defer=True)
+        return JobResult(update, None, aligner.model_version(), time.perf_counter() - started)
+
+    def _adopt_refreshed(self) -> None:
+        """Once the refresh is done, the fork catches up on the snapshots aligned since it was made: in the
+        background too while that leaves more than one to the aligner (up to ``REFRESH_CATCH_UPS`` rounds), so
+        the incremental path is held back as little as possible. (Chasing every last snapshot in the background
+        kept the refresh thread busy and the incremental steps slower: p99 1.0 s against 0.83-1.08 s.) Then,
+        with no alignment in flight, the fork becomes the aligner. If nothing is left to catch up on, its
+        alignments are published (a refinement of the snapshot last published); else it aligns what is left as
+        one step at the head of the backlog, and that step publishes."""
+        if self.refresh is None or not self.refresh.done():
+            return
+        if len(self.since_fork) > 1 and self.catch_ups < REFRESH_CATCH_UPS:
+            self._account(self.refresh.result())  # a refresh failure stops the service, like an alignment's
+            caught_up, self.since_fork = self.since_fork, []
+            self.fork_point, self.catch_ups = caught_up[-1], self.catch_ups + 1
+            self.refresh = self.refresh_executor.submit(self._refresh, self.refreshing,
+                                                        coalesce([q.snapshot for q in caught_up]))
+            return
+        if self.job is not None:
+            return
+        result: JobResult = self.refresh.result()
+        self._account(result)
+        self.aligner, caught_up, point = self.refreshing, self.since_fork, self.fork_point
+        self.refresh, self.refreshing, self.since_fork, self.fork_point = None, None, [], None
+        log.info("snapshot refreshed", extra={"fields": {
+            **self.refresh_stats, "snapshot": self.refresh_of, "caught_up_to": point.snapshot.id,
+            "refresh_s": round(self.refresh_seconds, 3), "background_catch_ups": self.catch_ups,
+            "left_to_catch_up": len(caught_up)}})
+        # The fork is as of its last step: a checkpoint from here on must not claim later snapshots for it.
+        self.aligned_through = point.snapshot.id
+        self.model_version = result.model_version
+        self.dirty = True
+        if caught_up:
+            last = caught_up[-1]
+            self.backlog.appendleft(Queued(coalesce([q.snapshot for q in caught_up]), last.live_partitions,
+                                           last.cut_at))
+            return
+        owned = self._owned_pairs(result.update, point.live_partitions)
+        if owned is not None:
+            self.pending = owned
+            self._publish_pending(now=True)
+
+    def _account(self, result: JobResult) -> None:
+        """Count a refresh-thread job; the first (the heavy step) is what the ``snapshot refreshed`` line reports."""
+        self.summary.refresh_s += result.seconds
+        self.refresh_seconds += result.seconds
+        if self.refresh_stats is None:
+            self.refresh_stats = result.update.stats
+
     def _state_if_due(self) -> bytes | None:
-        """The aligner's state when the next checkpoint is near or the run ends, else ``None`` (not needed yet)."""
-        due = self.stop_requested or time.monotonic() - self.last_checkpoint >= STATE_AFTER_S
-        return self._serialise_state() if due else None
+        """The aligner's state when the next checkpoint is near and no job has serialised it since the last
+        one, or when the run ends; else ``None`` (not needed yet). Once per checkpoint: at several alignments a
+        second, every job of the last second serialising the state added ~50 ms to each of them."""
+        near = (time.monotonic() - self.last_checkpoint >= STATE_AFTER_S
+                and self.state_through_at < self.last_checkpoint)
+        return self._serialise_state() if self.stop_requested or near else None
 
     def _serialise_state(self) -> bytes:
         started = time.perf_counter()
+        self.state_through_at = time.monotonic()
         state = self.aligner.state_bytes()
         self.summary.state_s += time.perf_counter() - started
         return state
@@ -483,9 +608,13 @@ class AlignmentService:
             self.dirty = True
             return
         first = self.backlog[0]
-        for _ in range(self.job_covers):
-            snap, live_at_cut, _ = self.backlog.popleft()
+        covered = [self.backlog.popleft() for _ in range(self.job_covers)]
+        snap, live_at_cut, _ = covered[-1]
         self.aligned_through = snap.id
+        if self.refresh is not None:
+            self.since_fork += covered
+        elif self.aligner.deferred is not None:
+            self._start_refresh(Queued(snap, live_at_cut, covered[-1].cut_at))
         if state is not None:
             self.aligner_state, self.state_through, self.state_version = state, snap.id, self.model_version
         self.summary.align_s += result.seconds
@@ -509,15 +638,16 @@ class AlignmentService:
 
     def _throttle(self) -> None:
         """Pause the source while ``service.max_backlog`` snapshots wait for the aligner; resume below it."""
-        if len(self.backlog) >= self.cfg.service.max_backlog:
+        self.source_paused = len(self.backlog) >= self.cfg.service.max_backlog
+        if self.source_paused:
             self.source.pause()
         else:
             self.source.resume()
 
     def _idle(self) -> bool:
         """Nothing to align, and every owned partition caught up and at its end (a file: nothing came)."""
-        if self.backlog or (self.job is not None and self.job_covers):  # learning is background work
-            return False
+        if self.backlog or (self.job is not None and self.job_covers) or self.refresh is not None:
+            return False  # learning is background work; a refresh has alignments to publish
         lag_of = getattr(self.source, "lag", None)
         if lag_of is None:
             return True

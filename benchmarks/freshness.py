@@ -137,6 +137,7 @@ def main() -> None:
                   if (second == s).any()]
     summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
     adaptations = err.count('"path": "adaptation"') + err.count("path=adaptation")
+    refreshes = err.count('"snapshot refreshed"') + err.count("snapshot refreshed")
     result = {
         "dataset": Path(args.dataset_dir).name, "rate_requested": args.rate, "rate_achieved": round(achieved, 1),
         "every_events": args.every, "history_events": n_history, "live_events": n_live,
@@ -144,8 +145,9 @@ def main() -> None:
         "latency_s": {f"p{q}": round(float(np.percentile(latency, q)), 3) for q in (50, 95, 99)}
         | {"max": round(float(latency.max()), 3), "mean": round(float(latency.mean()), 3)},
         "worst_per_second": per_second, "versions_seen": len(vis), "adaptations_logged": adaptations,
+        "refreshes_logged": refreshes,
         "service": {k: summary.get(k) for k in ("accepted", "snapshots", "published", "dead_letters", "wall_s",
-                                                     "ingest_s", "align_s", "learn_s", "state_s", "publish_s",
+                                                     "ingest_s", "align_s", "learn_s", "refresh_s", "state_s", "publish_s",
                                                      "checkpoint_s")},
     }
     print(json.dumps(result, indent=1))

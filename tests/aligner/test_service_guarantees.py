@@ -492,3 +492,32 @@ def test_redis_going_away_loses_no_update_and_ingestion_goes_on(tmp_path):
         assert client.versions("left", "right") == [1, 2, 3]
     finally:
         server.stop()
+
+
+def test_heavy_steps_run_beside_the_incremental_ones_and_their_result_reaches_redis(redis_url, tmp_path, caplog):
+    """``service.refresh``: a due adaptation does not hold the stream back; the incremental step publishes, a fork
+    adapts in the background, and the adapted model's alignments are what Redis serves in the end."""
+    from snapshots.history import AlignmentHistory
+
+    lines = dataset_lines(tmp_path, n=60, windows=5, seed=3)
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    cfg = config(tmp_path / "state", redis_url, DYNALIGN_SERVICE_REFRESH="always",
+                 DYNALIGN_ADAPT_EVERY_SNAPSHOTS="2", DYNALIGN_ADAPT_ANCHOR_GROWTH="0")
+    with caplog.at_level(logging.INFO):
+        worker = Worker(cfg, str(source))
+        summary = worker.join(180)
+    ours = [r for r in caplog.records if r.name == "dynalign.service"]
+    aligned = [r.fields for r in ours if r.getMessage() == "snapshot aligned"]
+    refreshed = [r.fields for r in ours if r.getMessage() == "snapshot refreshed"]
+    assert aligned[0]["path"] == "adaptation"  # the first snapshot has nothing to stand in for it
+    # Later adaptations were deferred: the incremental step published, and the fork adapted in the background.
+    assert all(a["path"] == "incremental" for a in aligned[1:])
+    assert any(a.get("deferred", "").startswith("schedule") for a in aligned)
+    assert any(r["path"] == "adaptation" for r in refreshed) and summary.refresh_s > 0
+    entries = AlignmentHistory(tmp_path / "state" / "history").entries("left", "right")
+    assert [e["snapshot"] for e in entries] == sorted(e["snapshot"] for e in entries)
+    assert entries[-1]["snapshot"] == aligned[-1]["snapshot"] == summary.snapshots
+    # What Redis serves last comes from the refreshed aligner: the adapted weights, not the first snapshot's.
+    assert entries[-1]["model_version"] == worker.service.aligner.model_version() != entries[0]["model_version"]
+    assert summary.published == len(entries)

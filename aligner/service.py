@@ -77,7 +77,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dynalign.service")
 
 CHECKPOINT_EVERY_S = 5.0
-STATE_AFTER_S = 0.8 * CHECKPOINT_EVERY_S  # alignments finished this long after a checkpoint serialise the state
+STATE_AFTER_S = 0.8 * CHECKPOINT_EVERY_S  # the first alignment finished this long after a checkpoint serialises
+# the aligner's state for the next one
 LEARN_QUIET_S = 0.5  # at least this long without a new snapshot before a meta-update iteration starts
 ALIGN_POLL_S = 0.2  # while the aligner works: how often the paused source is polled (and the job checked)
 # While the aligner or a refresh works and the source is not paused: the poll's timeout, so events are ingested
@@ -127,7 +128,7 @@ class RunSummary:
     learn_s: float = 0.0  # meta-update iterations run while nothing waited to be aligned
     refresh_s: float = 0.0  # heavy steps done in the background (service.refresh)
     ingest_s: float = 0.0
-    state_s: float = 0.0  # serialising the aligner's state after each job, in the aligner thread
+    state_s: float = 0.0  # serialising the aligner's state for checkpoints (once per checkpoint period)
     publish_s: float = 0.0  # Redis and the on-disk alignment history
     checkpoint_s: float = 0.0
     redis_url: str = ""

@@ -521,3 +521,37 @@ def test_heavy_steps_run_beside_the_incremental_ones_and_their_result_reaches_re
     # What Redis serves last comes from the refreshed aligner: the adapted weights, not the first snapshot's.
     assert entries[-1]["model_version"] == worker.service.aligner.model_version() != entries[0]["model_version"]
     assert summary.published == len(entries)
+
+
+def test_a_source_with_nothing_to_give_is_not_polled_in_a_loop_while_the_aligner_works(redis_url, tmp_path,
+                                                                                       monkeypatch):
+    """While a job runs the loop polls the source briefly, so events are cut as they come; a source that is
+    exhausted (or paused) answers at once, and then the loop must wait on the job instead (a spinning loop held
+    the GIL and made the aligner several times slower)."""
+    import aligner.service as service_module
+
+    lines = dataset_lines(tmp_path, n=40, windows=2, seed=13)
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    polls: list[float] = []
+    real_open = service_module.open_source
+
+    def counting_open(*args, **kwargs):
+        opened = real_open(*args, **kwargs)
+        poll = opened.poll
+
+        def counted(max_records: int, timeout_s: float):
+            polls.append(time.monotonic())
+            return poll(max_records, timeout_s)
+
+        opened.poll = counted
+        return opened
+
+    monkeypatch.setattr(service_module, "open_source", counting_open)
+    # A long first alignment (warm-up), started once the whole file is read.
+    cfg = config(tmp_path / "state", redis_url, DYNALIGN_META_WARMUP_ITERATIONS="150")
+    started = time.monotonic()
+    summary = Worker(cfg, str(source)).join(120)
+    wall = time.monotonic() - started
+    assert summary.accepted == len(lines) and summary.published >= 1 and wall > 1.0
+    assert len(polls) < 20 + 2 * wall / service_module.ALIGN_POLL_S, (len(polls), wall)

@@ -85,7 +85,9 @@ ALIGN_POLL_S = 0.2  # while the aligner works: how often the paused source is po
 # and cut as they arrive (the next job starts with them) and a finished job is collected within this long.
 BUSY_POLL_S = 0.02
 LAG_REPORT_EVERY_S = 30.0
-REFRESH_NICENESS = 10  # added to the background refresh thread's niceness
+# Added to the background refresh thread's niceness: the most there is, so it takes only the CPU left over
+# (p99 freshness, 5 runs each: 0.87-1.12 s at +10, 0.79-1.00 s at +19; docs/benchmarks.md).
+REFRESH_NICENESS = 19
 REFRESH_CATCH_UPS = 3  # at most this many catch-up steps of a refreshed fork in the background
 # The GIL's switch interval while the service runs (Python's default: 5 ms). Incremental steps, ingestion and a
 # background refresh share it; at 5 ms an incremental step's many short torch calls each waited up to that for

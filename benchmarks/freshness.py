@@ -11,7 +11,9 @@ time. Event times are made unique (a millisecond apart within a second) so that 
     .venv/bin/python benchmarks/freshness.py /work/shared/data/collegemsg-views --rate 2000 --json out.json
 
 Adaptation on schedule or anchor growth is off during the measurement (``--adapt-every``), because this
-measures the incremental path; drift may still trigger one, and the result counts them.
+measures the incremental path; drift may still trigger one, and the result counts them. Heavy steps
+(realignments, anchors joining, adaptations) run in the background, stdin being a live source
+(``service.refresh``); ``DYNALIGN_SERVICE_REFRESH=never`` in the environment measures them in line.
 """
 
 from __future__ import annotations

@@ -518,7 +518,7 @@ def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation
             raise click.BadParameter(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}",
                                      param_hint="--variants")
         result = bench_stream(dataset_dir, cfg, seeds=seeds, windows=windows, full_steps=full_steps,
-                              variants=chosen, echo=echo)
+                              variants=chosen, validation=validation, echo=echo)
         click.echo(format_stream_table(result))
         if plot_out:
             plot_stream(result, plot_out)

@@ -15,7 +15,8 @@ code as the service. On the same snapshots, in one process per seed, it runs:
   every snapshot with the same ``adapt.steps`` fast-adaptation steps and matched in full.
 
 After each window every variant is scored (Hits@1/10, MRR) on the test anchors whose two nodes are alive, and
-its compute time for that window is recorded. Nothing is chosen on test anchors.
+its compute time for that window is recorded. Nothing is chosen on test anchors: with ``validation`` a seeded
+quarter of the train anchors is never revealed and is scored instead (the static benchmark's split).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aligner.bench import FULL_STEPS, in_own_process, mean_std
+from aligner.bench import FULL_STEPS, in_own_process, mean_std, validation_split
 from aligner.config import Config
 
 VARIANTS = ("dynalign", "retrain", "frozen", "init:meta", "init:pretrained", "init:random")
@@ -52,7 +53,7 @@ def stream_snapshots(ds, train: np.ndarray, windows: int, seed: int) -> list:
 
 
 def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full_steps: int,
-                    variants: tuple[str, ...]) -> dict:
+                    variants: tuple[str, ...], validation: bool = False) -> dict:
     import torch
 
     from aligner.engine import Aligner
@@ -61,6 +62,8 @@ def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full
     started = time.perf_counter()
     ds = load_dataset(dataset_dir)
     train, test = split_anchors(ds, None, seed)
+    if validation:
+        train, test = validation_split(train, seed)
     snapshots = stream_snapshots(ds, train, windows, seed)
     test_ids = [(str(s), str(t)) for s, t in test.tolist()]
 
@@ -118,16 +121,19 @@ def _score(aligner, snapshot, ds, test_ids: list[tuple[str, str]]) -> dict:
 
 
 def bench_stream(dataset_dir: str | Path, cfg: Config, seeds: int = 3, windows: int = 10,
-                 full_steps: int = FULL_STEPS, variants: tuple[str, ...] = VARIANTS, echo=print) -> dict:
+                 full_steps: int = FULL_STEPS, variants: tuple[str, ...] = VARIANTS, validation: bool = False,
+                 echo=print) -> dict:
     per_seed = []
     for seed in range(seeds):
-        result = in_own_process(run_stream_seed, str(dataset_dir), seed, windows, cfg, full_steps, variants)
+        result = in_own_process(run_stream_seed, str(dataset_dir), seed, windows, cfg, full_steps, variants,
+                                validation)
         per_seed.append(result)
         last = result["windows"][-1]
         echo(f"seed {seed}: " + " | ".join(f"{v} H@1 {last[v]['hits@1']:.3f}" for v in variants if v in last)
              + f" | {result['wall_s']:.0f} s, {result['peak_rss_mb']:.0f} MB")
     return {"dataset": Path(dataset_dir).name, "protocol": "stream", "windows": windows, "seeds": seeds,
             "full_steps": full_steps, "variants": list(variants), "per_seed": per_seed,
+            "scored_on": "validation (held-out train anchors)" if validation else "test anchors",
             "summary": summarize(per_seed, variants)}
 
 
@@ -161,8 +167,8 @@ def summarize(per_seed: list[dict], variants: tuple[str, ...]) -> dict:
 
 def format_stream_table(result: dict) -> str:
     s = result["summary"]
-    lines = [f"{result['dataset']} (stream, {result['windows']} windows, {result['seeds']} seeds, test anchors alive "
-             f"at each window; means over windows after the first)",
+    lines = [f"{result['dataset']} (stream, {result['windows']} windows, {result['seeds']} seeds, "
+             f"{result.get('scored_on', 'test anchors')} alive at each window; means over windows after the first)",
              f"{'variant':<18}{'Hits@1':>9}{'Hits@10':>9}{'MRR':>9}{'s/window':>10}"]
     for v in result["variants"]:
         if v in s:

@@ -114,6 +114,7 @@ class RefineConfig:
     warm_rounds: int = 2  # rounds of a re-solve started from the previous plan (new anchors); 0: solve from scratch
     warm_max_change: float = 0.05  # ...only while the edges added or removed since everything was last aligned
     # afresh are under this fraction of each network's; past it, everything is aligned afresh (no training)
+    warm_realignment: bool = False  # a realignment's first plan starts from the last plan (warm_rounds rounds)
     sinkhorn_iters: int = 5
     marginal_weight: float | None = 0.1  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
     feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior

@@ -295,11 +295,12 @@ class Aligner:
                 "pseudo_anchors": pseudo, "meta_s": round(t_meta - t0, 3), "adapt_s": round(adapt_s, 3),
                 "align_s": round(time.perf_counter() - t_meta - adapt_s, 3)}
 
-    def _align_rounds(self, inputs: SnapshotInputs, steps: int | None) -> tuple[int, float]:
+    def _align_rounds(self, inputs: SnapshotInputs, steps: int | None, warm_first: bool = False) -> tuple[int, float]:
         """Align everything afresh: embed every network from its known anchors and solve each pair's plan; then,
         for each of ``refine.pseudo_anchor_rounds``, add the plans' confident pairs as pseudo-anchors and do it
         again. Each round first fast-adapts the initialisation to its anchors with ``steps`` steps; ``None``
-        keeps the current weights. Returns the pseudo-anchors of the last round and the seconds spent adapting."""
+        keeps the current weights. ``warm_first`` starts the first round's plan from the last one too (later
+        rounds always do). Returns the pseudo-anchors of the last round and the seconds spent adapting."""
         pseudo, adapt_s = 0, 0.0
         real_seeds: dict[str, int] = {}
         if steps is None:
@@ -322,7 +323,7 @@ class Aligner:
             return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
             # A later round solves on the same graphs with sharper weights or seeds: from the plan just solved,
             # ``refine.warm_rounds`` rounds land where ``refine.rounds`` from nothing would.
-            self.matchers = {pair: self._full_match(*pair, self._warm_start(pair) if round_ else None)
+            self.matchers = {pair: self._full_match(*pair, self._warm_start(pair) if round_ or warm_first else None)
                              for pair in inputs.anchors}
         self.pseudo_seeds = {net: len(seeds) - real_seeds.get(net, 0) for net, seeds in self.entities.items()}
         self.aligned_edges = {net: _edge_keys(g.edge_index) for net, g in inputs.graphs.items()}
@@ -467,7 +468,7 @@ class Aligner:
         and the last adaptation's pseudo-anchors were chosen on the graph as it was then: douban, streamed in
         seeded order (10% of its edges per window), with either left in place, ended 0.09-0.12 Hits@1 below a
         full re-match with the same weights."""
-        pseudo, _ = self._align_rounds(inputs, None)
+        pseudo, _ = self._align_rounds(inputs, None, warm_first=self.refine_cfg.warm_realignment)
         self.since_adaptation += 1
         sizes = {net: g.num_nodes for net, g in inputs.graphs.items()}
         return {"path": "incremental", "reencoded": sizes, "reranked": sizes, "pseudo_anchors": pseudo,

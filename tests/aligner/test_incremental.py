@@ -322,3 +322,20 @@ def test_when_the_owed_meta_update_runs_changes_no_alignment(tmp_path):
             assert np.array_equal(x.candidates, y.candidates) and np.array_equal(x.scores, y.scores)
     assert max(owed) == 3 and eager.meta_due == 0 and lazy.meta_due == 3
     assert eager.meta_iterations == lazy.meta_iterations + 3
+
+
+def test_a_warm_realignment_lands_near_a_cold_one_for_fewer_rounds():
+    """``refine.warm_realignment``: the realignment's first plan starts from the last one (``warm_rounds``
+    rounds instead of ``rounds``) and ranks nearly as a cold solve does."""
+    snaps = small_changes()
+    tops = []
+    for warm in (False, True):
+        aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0,
+                          refine=RefineConfig(warm_max_change=0.0, warm_realignment=warm))
+        for snap in snaps[:3]:
+            update = aligner.on_snapshot(snap)
+        assert update.stats["rescored"]["left:right"] == "aligned afresh: edges changed"
+        tops.append(update.pairs[0])
+    agreement = (tops[0].candidates[:, 0] == tops[1].candidates[:, 0]).mean()
+    assert 0.9 <= agreement, agreement
+    assert not np.array_equal(tops[0].scores, tops[1].scores)  # a different solve, not the same one twice

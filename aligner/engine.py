@@ -49,7 +49,7 @@ from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.drift import QualityMonitor
 from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
                               position_sketch, rwr_positions)
-from aligner.incremental import DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
+from aligner.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
 from aligner.matching import ranking_metrics
 from aligner.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
@@ -570,14 +570,19 @@ class Aligner:
         ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks.
         From ``warm`` (an earlier plan's context) ``refine.warm_rounds`` rounds replace ``refine.rounds``."""
         cfg = self.refine_cfg
-        plan = None
+        plan = similarity = None
         if cfg.enabled and self.embeddings[a].shape[0] * self.embeddings[b].shape[0] <= cfg.max_cells:
             with torch.no_grad():
-                plan = solve_plan(self.similarity(a, b), self.adjacency[a], self.adjacency[b], cfg.tau,
+                similarity = self.similarity(a, b)
+                plan = solve_plan(similarity, self.adjacency[a], self.adjacency[b], cfg.tau,
                                   cfg.beta, cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,
                                   self.alive[a], self.alive[b], cfg.marginal_weight, warm)
+        # Ranking reuses the similarity only when it ranks from one dense matrix; past that it goes by row chunks,
+        # and a similarity kept alive meanwhile would only raise the peak.
+        reused, similarity = (similarity if similarity is not None and similarity.numel() <= DENSE_CELLS
+                              else None), None
         return PairMatcher(self._view(a), self._view(b), plan, cfg.tau if plan is not None else 1.0,
-                           cfg.beta if plan is not None else 0.0, cfg.feature_weight, self.k)
+                           cfg.beta if plan is not None else 0.0, cfg.feature_weight, self.k, similarity=reused)
 
     def _warm_start(self, pair: tuple[str, str]) -> WarmStart | None:
         """The pair's last plan as the start of its next solve (``None``: solve from scratch)."""

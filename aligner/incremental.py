@@ -42,7 +42,8 @@ from aligner.refine import TransportPlan, WarmStart
 
 STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
 ROW_CHUNK = 1024
-DENSE_CELLS = 1 << 22  # score matrices up to this many pairs (16 MB) rank both directions from one matrix
+DENSE_CELLS = 1 << 24  # score matrices up to this many pairs (64 MB) rank both directions from one matrix (a
+# transport plan of that size already holds several such buffers)
 CANCELLATION = 1e-4  # below this share of surviving mass the partition update is not trusted: the old scores
 # are float32, so at |score| ~ 50 each exp(old - lse) carries ~3e-6 relative error, and 1 - their sum cancels
 
@@ -110,7 +111,10 @@ class PairMatcher:
     context; :meth:`update` applies new views incrementally (see the module docstring)."""
 
     def __init__(self, va: NetworkView, vb: NetworkView, plan: TransportPlan | None, tau: float, beta: float,
-                 feature_weight: float, k: int, structure: sp.csr_matrix | None = None):
+                 feature_weight: float, k: int, structure: sp.csr_matrix | None = None,
+                 similarity: torch.Tensor | None = None):
+        """``similarity``: the dense :func:`similarity_block` of every pair of ``va`` x ``vb`` where the caller
+        has it (it solved the plan from it), so ranking does not compute it again; it is consumed."""
         self.va, self.vb = va, vb
         self.tau, self.beta, self.feature_weight, self.k = tau, beta, feature_weight, k
         self.structure = structure if structure is not None else sparse_structure(plan)
@@ -119,12 +123,13 @@ class PairMatcher:
         else:
             self.u, self.v = torch.zeros(va.n), torch.zeros(vb.n)
         self._extend_potentials()
-        self.ranked = self._rank_all()
+        self.ranked = self._rank_all(similarity)
 
     # -- scores ----------------------------------------------------------------------------------------------
-    def base(self, rows_a: torch.Tensor, cols_b: torch.Tensor) -> torch.Tensor:
-        """``(sim + beta * structure bonus) / tau`` for a block, dead columns and rows at -inf."""
-        s = similarity_block(self.va, self.vb, rows_a, cols_b, self.feature_weight)
+    def base(self, rows_a: torch.Tensor, cols_b: torch.Tensor, similarity: torch.Tensor | None = None) -> torch.Tensor:
+        """``(sim + beta * structure bonus) / tau`` for a block, dead columns and rows at -inf; ``similarity``:
+        the block's ``sim``, already computed (it is consumed)."""
+        s = similarity_block(self.va, self.vb, rows_a, cols_b, self.feature_weight) if similarity is None else similarity
         if self.structure is not None and self.beta:
             n_a0, n_b0 = self.structure.shape
             left = (self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure).toarray()  # (rows, n_b0)
@@ -245,12 +250,13 @@ class PairMatcher:
         return {"rescored_rows": int(len(fresh)), "patched_rows": int(len(clean)) if len(cols) else 0,
                 "uncertified_rows": uncertified}
 
-    def _rank_all(self) -> dict[str, RankedRows]:
+    def _rank_all(self, similarity: torch.Tensor | None = None) -> dict[str, RankedRows]:
         """Every row of both directions: from one score matrix when it fits in ``DENSE_CELLS`` (the two
-        directions share every pair's base score), else in row chunks per direction."""
+        directions share every pair's base score, and a given ``similarity`` spares computing it), else in row
+        chunks per direction."""
         if not 0 < self.va.n * self.vb.n <= DENSE_CELLS:
             return {d: self._full_rows(d, torch.arange(self._src(d).n)) for d in ("ab", "ba")}
-        base = self.base(torch.arange(self.va.n), torch.arange(self.vb.n))
+        base = self.base(torch.arange(self.va.n), torch.arange(self.vb.n), similarity)
         return {"ab": _ranked(base + self.v[None, :], self._k(self.vb)),
                 "ba": _ranked(base.T + self.u[None, :], self._k(self.va))}
 

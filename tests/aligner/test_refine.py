@@ -56,3 +56,29 @@ def test_warm_start_grows_with_the_networks():
     assert start.structure.shape == (64, 62) and start.structure[60:].nnz == 0
     assert torch.equal(start.u[:60], plan.u) and torch.allclose(start.u[60:], plan.u.mean().expand(4))
     assert torch.allclose(start.v[60:], plan.v.mean().expand(2))
+
+
+def test_ranking_from_the_solved_similarity_equals_ranking_from_scratch():
+    """The engine hands the matcher the similarity it solved the plan from; ranking with it must be the ranking
+    the matcher computes on its own (dense path and row-chunk path alike)."""
+    from aligner.incremental import NetworkView, PairMatcher, similarity_block
+
+    _, a, b = noisy_copy(80)
+    gen = torch.Generator().manual_seed(0)
+    alive = torch.ones(80, dtype=torch.bool)
+    alive[[3, 17]] = False
+    va, vb = (NetworkView(torch.nn.functional.normalize(torch.rand(80, 6, generator=gen), dim=1),
+                          torch.nn.functional.normalize(torch.rand(80, 5, generator=gen), dim=1),
+                          torch.nn.functional.normalize(torch.rand(80, 3, generator=gen), dim=1), adj, alive)
+              for adj in (a, b))
+    sim = similarity_block(va, vb, slice(None), slice(None), 1.0)
+    plan = solve_plan(sim, a, b, rounds=3, alive_src=alive, alive_dst=alive, marginal_weight=0.1)
+    given = PairMatcher(va, vb, plan, 0.05, 0.3, 1.0, 5, similarity=sim.clone())
+    computed = PairMatcher(va, vb, plan, 0.05, 0.3, 1.0, 5)
+    chunked = computed.rescored()
+    chunked.ranked = {d: chunked._full_rows(d, torch.arange(80)) for d in ("ab", "ba")}
+    for other in (computed, chunked):
+        for d in ("ab", "ba"):
+            assert torch.equal(given.ranked[d].idx[alive], other.ranked[d].idx[alive])
+            torch.testing.assert_close(given.ranked[d].raw[alive], other.ranked[d].raw[alive], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(given.ranked[d].lse[alive], other.ranked[d].lse[alive], rtol=1e-6, atol=1e-5)

@@ -577,12 +577,10 @@ class Aligner:
                 plan = solve_plan(similarity, self.adjacency[a], self.adjacency[b], cfg.tau,
                                   cfg.beta, cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,
                                   self.alive[a], self.alive[b], cfg.marginal_weight, warm)
-        # Ranking reuses the similarity only when it ranks from one dense matrix; past that it goes by row chunks,
-        # and a similarity kept alive meanwhile would only raise the peak.
-        reused, similarity = (similarity if similarity is not None and similarity.numel() <= DENSE_CELLS
-                              else None), None
+            if similarity.numel() > DENSE_CELLS:  # ranked by row chunks, which compute their own: let it go
+                similarity = None
         return PairMatcher(self._view(a), self._view(b), plan, cfg.tau if plan is not None else 1.0,
-                           cfg.beta if plan is not None else 0.0, cfg.feature_weight, self.k, similarity=reused)
+                           cfg.beta if plan is not None else 0.0, cfg.feature_weight, self.k, similarity=similarity)
 
     def _warm_start(self, pair: tuple[str, str]) -> WarmStart | None:
         """The pair's last plan as the start of its next solve (``None``: solve from scratch)."""

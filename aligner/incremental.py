@@ -129,7 +129,8 @@ class PairMatcher:
     def base(self, rows_a: torch.Tensor, cols_b: torch.Tensor, similarity: torch.Tensor | None = None) -> torch.Tensor:
         """``(sim + beta * structure bonus) / tau`` for a block, dead columns and rows at -inf; ``similarity``:
         the block's ``sim``, already computed (it is consumed)."""
-        s = similarity_block(self.va, self.vb, rows_a, cols_b, self.feature_weight) if similarity is None else similarity
+        s = similarity if similarity is not None else similarity_block(self.va, self.vb, rows_a, cols_b,
+                                                                        self.feature_weight)
         if self.structure is not None and self.beta:
             n_a0, n_b0 = self.structure.shape
             left = (self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure).toarray()  # (rows, n_b0)

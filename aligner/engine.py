@@ -212,10 +212,7 @@ class Aligner:
             stats["deferred"] = self.deferred[1]
         update = self.rank(snapshot, list(anchors))
         self.snapshots_seen += 1
-        update.stats = {**stats, "new_anchors_scored": scored, **self.monitor.metrics(),
-                        "anchors": int(sum(len(r) for r in anchors.values())),
-                        "total_s": round(time.perf_counter() - started, 3)}
-        return update
+        return self._with_stats(update, {**stats, "new_anchors_scored": scored}, anchors, started)
 
     def refresh(self) -> AlignmentUpdate:
         """Do the heavy work :attr:`deferred` on the last snapshot, which ``on_snapshot(..., defer=True)`` already
@@ -233,8 +230,11 @@ class Aligner:
         else:
             stats = self._incremental_path(inputs)
         update = self.rank(inputs.snapshot, list(inputs.anchors))
-        update.stats = {**stats, "refreshed": reason, **self.monitor.metrics(),
-                        "anchors": int(sum(len(r) for r in inputs.anchors.values())),
+        return self._with_stats(update, {**stats, "refreshed": reason}, inputs.anchors, started)
+
+    def _with_stats(self, update: AlignmentUpdate, stats: dict, anchors: dict, started: float) -> AlignmentUpdate:
+        """``update`` with the step's stats, the online quality metrics, the anchor count and the step's time."""
+        update.stats = {**stats, **self.monitor.metrics(), "anchors": int(sum(len(r) for r in anchors.values())),
                         "total_s": round(time.perf_counter() - started, 3)}
         return update
 

@@ -339,6 +339,8 @@ class AlignmentService:
         self.refreshing: Aligner | None = None
         self.since_fork: list[Queued] = []
         self.fork_point: Queued | None = None
+        # What the ``snapshot refreshed`` log line reports of the refresh in flight (set by _start_refresh).
+        self.refresh_of, self.refresh_stats, self.refresh_seconds, self.catch_ups = None, None, 0.0, 0
         live = self.source_url == "-" or self.source_url.startswith("kafka://")
         self.defer_heavy = cfg.service.refresh == "always" or (cfg.service.refresh == "live" and live)
         self.job_covers = 0  # how many queued snapshots the job in flight aligns

@@ -426,13 +426,13 @@ def feed(ctx, file, to, rate, loop, count, key, batch) -> None:
         bar = tqdm(unit="ev", desc="events", file=sys.stderr, total=count, smoothing=0.1)
     try:
         summary = produce(file, to, settings=kafka_settings(cfg), rate=rate, loop=loop, key=key, batch=batch,
-                          limit=count, progress=bar.update if bar else None, stop=stop)
+                          limit=count, progress=None if bar is None else bar.update, stop=stop)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if bar:
+        if bar is not None:  # a tqdm bar without a total has no truth value
             bar.close()
     click.echo(f"{summary.events} events ({summary.malformed} malformed) in {summary.messages} messages to {to} "
                f"in {summary.seconds:.1f} s ({summary.events_per_s:.0f} events/s)", err=True)

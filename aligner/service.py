@@ -465,7 +465,7 @@ class AlignmentService:
         self.dirty = True
         summary.records += len(records)
         summary.ingest_s += time.perf_counter() - started
-        if self.bar:
+        if self.bar is not None:  # a tqdm bar without a total has no truth value
             self.bar.update(len(records))
         for snap in snapshots:
             self._queue(snap)

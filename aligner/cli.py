@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from aligner.config import ConfigError, Config, load_config, masked
+from aligner.logs import iso_time
 
 log = logging.getLogger("dynalign")
 
@@ -206,11 +207,13 @@ def snapshots_list(state_dir, as_json) -> None:
     if as_json:
         click.echo(json.dumps({"snapshots": entries, "bytes": sizes}))
         return
-    click.echo(f"{'id':>6} {'kind':<5} {'start':>14} {'end':>14} {'events':>8} {'edges':>9} {'bytes':>10}  model")
+    click.echo(f"{'id':>6} {'kind':<5} {'start (UTC)':<20} {'end (UTC)':<20} {'events':>8} {'edges':>9} "
+               f"{'bytes':>10}  model")
     for e in entries:
         edges = sum(n["edges"] for n in e["networks"].values())
-        click.echo(f"{e['id']:>6} {e.get('kind', 'base'):<5} {e['start_time']:>14.0f} {e['end_time']:>14.0f} "
-                   f"{e['events']:>8} {edges:>9} {e['bytes']:>10}  {e.get('model_version') or '-'}")
+        click.echo(f"{e['id']:>6} {e.get('kind', 'base'):<5} {iso_time(e['start_time']):<20} "
+                   f"{iso_time(e['end_time']):<20} {e['events']:>8} {edges:>9} {e['bytes']:>10}  "
+                   f"{e.get('model_version') or '-'}")
     click.echo(f"{len(entries)} snapshots; bytes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
 
 
@@ -238,7 +241,7 @@ def snapshots_show(snapshot_id, state_dir, as_json) -> None:
         click.echo(json.dumps({**entry, "versions": versions}))
         return
     click.echo(f"snapshot {snapshot_id} ({entry.get('kind', 'base')}, {entry['bytes']} bytes, sha256 "
-               f"{entry['sha256'][:12]}…): event time [{entry['start_time']:.0f}, {entry['end_time']:.0f}), "
+               f"{entry['sha256'][:12]}…): event time [{iso_time(entry['start_time'])}, {iso_time(entry['end_time'])}), "
                f"{entry['events']} events applied, event-log lines {entry.get('log')}, model "
                f"{entry.get('model_version') or '-'}")
     for name, net in snapshot.networks.items():

@@ -94,6 +94,10 @@ REFRESH_CATCH_UPS = 3  # at most this many catch-up steps of a refreshed fork in
 # the GIL whenever the refresh held it. Freshness at 2,000 events/s on 2 cores, p99 over 3 runs each:
 # 0.99-1.05 s at 5 ms, 0.87-0.93 s at 0.5 ms (docs/benchmarks.md).
 GIL_SWITCH_S = 0.0005
+# What a text log line of an aligned snapshot shows at INFO (the rest of the step's stats only at DEBUG and in
+# JSON logs): which path and why, how good the published alignments are on the anchors that arrived, how long.
+ALIGNED_HEADLINE = ("path", "reason", "deferred", "anchors", "pseudo_anchors", "prequential_hits@1",
+                    "prequential_mrr", "drifts")
 PUBLISH_BACKOFF_S = (0.5, 10.0)  # retry delays while Redis is away: first, then doubling up to the last
 
 
@@ -623,14 +627,16 @@ class AlignmentService:
         if state is not None:
             self.aligner_state, self.state_through, self.state_version = state, snap.id, self.model_version
         self.summary.align_s += result.seconds
-        fields = {"snapshot": snap.id, "events": snap.events,
-                  **{f"nodes:{n}": int(s.alive.sum()) for n, s in snap.networks.items()},
-                  "snapshots": self.job_covers, "queued_s": round(self.job_started - first.cut_at, 3),
-                  "job_s": round(result.seconds, 3)}
+        fields = {"snapshot": snap.id, "events": snap.events, "job_s": round(result.seconds, 3)}
+        detail = {**{f"nodes:{n}": int(s.alive.sum()) for n, s in snap.networks.items()},
+                  "snapshots": self.job_covers, "queued_s": round(self.job_started - first.cut_at, 3)}
         if update is None:
-            log.info("snapshot cut", extra={"fields": fields})
+            log.info("snapshot cut", extra={"fields": fields, "detail": detail})
         else:
-            log.info("snapshot aligned", extra={"fields": {**fields, **update.stats}})
+            stats = update.stats
+            log.info("snapshot aligned", extra={
+                "fields": {**fields, **{k: stats[k] for k in ALIGNED_HEADLINE if k in stats}},
+                "detail": {**detail, **{k: v for k, v in stats.items() if k not in ALIGNED_HEADLINE}}})
             owned = self._owned_pairs(update, live_at_cut)
             if live_at_cut is not None:
                 self._skipped([t for t in update.pairs if not self._within(t, live_at_cut)],

@@ -15,3 +15,8 @@ OURS = ("stream", "snapshots", "aligner", "dynalign")
 def our_messages(records: Iterable[logging.LogRecord]) -> list[str]:
     """The formatted messages of the records that dynalign's packages logged, in order."""
     return [r.getMessage() for r in list(records) if r.name.split(".")[0] in OURS]
+
+
+def record_fields(record: logging.LogRecord) -> dict:
+    """Every field a record carries: the headline ``fields`` and the ``detail`` that text logs show only at DEBUG."""
+    return {**getattr(record, "fields", {}), **getattr(record, "detail", {})}

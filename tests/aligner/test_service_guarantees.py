@@ -35,7 +35,7 @@ from stream.events import InvalidEvent, parse_event
 from stream.producer import feed
 from stream.sources import KafkaSettings
 from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, read_topic, start_tansu
-from tests.logs import our_messages
+from tests.logs import our_messages, record_fields
 from tests.synthetic import write_pair_dataset
 
 # Small model, one torch thread (two OpenMP threads on a shared 2-core machine can slow a run a hundredfold),
@@ -321,7 +321,7 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_neve
     assert summary.accepted == len(good) + 2 and summary.dead_letters == len(bad) + 1
     assert summary.published >= 1
     align_s = [r for r in caplog.records if r.name == "dynalign.service" and r.getMessage() == "snapshot aligned"]
-    slowest = max(r.fields["meta_s"] for r in align_s)
+    slowest = max(record_fields(r)["meta_s"] for r in align_s)
     assert slowest > 1.0, f"the warm-up ({slowest:.2f} s) must outlast max_poll_interval_ms for this test to mean anything"
     ours = [r.getMessage() for r in caplog.records if r.name == "stream.sources"]
     assert sum(": assigned partitions" in m for m in ours) == 1  # never left the group
@@ -508,8 +508,8 @@ def test_heavy_steps_run_beside_the_incremental_ones_and_their_result_reaches_re
         worker = Worker(cfg, str(source))
         summary = worker.join(180)
     ours = [r for r in caplog.records if r.name == "dynalign.service"]
-    aligned = [r.fields for r in ours if r.getMessage() == "snapshot aligned"]
-    refreshed = [r.fields for r in ours if r.getMessage() == "snapshot refreshed"]
+    aligned = [record_fields(r) for r in ours if r.getMessage() == "snapshot aligned"]
+    refreshed = [record_fields(r) for r in ours if r.getMessage() == "snapshot refreshed"]
     assert aligned[0]["path"] == "adaptation"  # the first snapshot has nothing to stand in for it
     # Later adaptations were deferred: the incremental step published, and the fork adapted in the background.
     assert all(a["path"] == "incremental" for a in aligned[1:])

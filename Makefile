@@ -10,14 +10,18 @@ STAMP := $(VENV)/.dynalign-installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml deploy/build-wheels.sh
+	@echo "dynalign set-up 1/4: virtual environment in $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	@$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	@# torch first and pinned: the CPU wheel on this machine; anything looser pulls CUDA builds.
-	$(BIN)/python -m pip install -q torch==2.13.0 numpy
-	$(BIN)/python -m pip install -q cython
-	WHEELS=$$(bash deploy/build-wheels.sh $(BIN)/python $(WHEEL_CACHE) | tail -n 1) && \
+	@echo "dynalign set-up 2/4: torch 2.13.0 (CPU) and numpy (under a minute)"
+	@$(BIN)/python -m pip install -q torch==2.13.0 numpy cython
+	@echo "dynalign set-up 3/4: torch-scatter and torch-sparse from the wheel cache $(WHEEL_CACHE) (compiled there the first time: about 15 min on 2 cores)"
+	@WHEELS=$$(bash deploy/build-wheels.sh $(BIN)/python $(WHEEL_CACHE) | tail -n 1) && \
+	  echo "dynalign set-up 4/4: dynalign and its dependencies (about a minute the first time)" && \
 	  $(BIN)/python -m pip install -q --find-links "$$WHEELS" -e '.[dev]'
 	@touch $@
+	@echo "dynalign set-up: done. Put dynalign on your PATH with: source $(VENV)/bin/activate"
 
 demo: setup
 	$(BIN)/dynalign demo

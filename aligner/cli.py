@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from aligner.config import ConfigError, Config, load_config, masked
+from aligner.config import ConfigError, Config, load_config, mask_url, masked
 from aligner.logs import iso_time
 
 log = logging.getLogger("dynalign")
@@ -27,6 +27,7 @@ def _config(ctx: click.Context, **overrides) -> Config:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="dynalign", prog_name="dynalign", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DYNALIGN_CONFIG",
               help="TOML configuration file (env: DYNALIGN_CONFIG).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log line format.")
@@ -108,11 +109,12 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
 
 
 @cli.command()
-@click.argument("node")
-@click.option("--net", required=True, help="Network of NODE.")
+@click.argument("nodes", metavar="NODE...", nargs=-1, required=True)
+@click.option("--net", required=True, help="Network of the NODEs.")
 @click.option("--to", "to", required=True, help="Network to find candidates in.")
-@click.option("--k", type=int, default=10, show_default=True)
-@click.option("--version", type=int, default=None, help="A retained version instead of the current one.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Candidates per node.")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="A retained version instead of the current one.")
 @click.option("--at", "at", default=None,
               help="As published at this event time (unix seconds or ISO-8601), from the state dir's history.")
 @click.option("--snapshot", "snapshot_id", type=int, default=None,
@@ -121,39 +123,86 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
               help="Read the embedded Redis of this state dir (started for the query if it is not running), or its "
                    "history with --at/--snapshot.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per NODE, one per line.")
 @click.pass_context
-def query(ctx, node, net, to, k, version, at, snapshot_id, redis_url, state_dir, as_json) -> None:
-    """Top-k candidates in network TO for NODE of network NET, with scores: from Redis, or with --at/--snapshot
-    from the alignment history on disk (versions Redis no longer holds included)."""
+def query(ctx, nodes, net, to, k, version, at, snapshot_id, redis_url, state_dir, as_json) -> None:
+    """Top-k candidates in network TO for each NODE of network NET, with scores: from Redis, or with
+    --at/--snapshot from the alignment history on disk (versions Redis no longer holds included).
+
+    A NODE without candidates is reported as such; the exit status is 1 only when none of the NODEs has any."""
+    import redis
+
     from aligner.redis_alignments import AlignmentClient
 
     cfg = _config(ctx, **{"publish.redis_url": redis_url, "service.state_dir": state_dir})
     if at is not None or snapshot_id is not None:
-        _query_history(cfg, node, net, to, k, at, snapshot_id, as_json)
+        _query_history(cfg, nodes, net, to, k, at, snapshot_id, as_json)
         return
     with _redis_url(cfg) as url:
-        client = AlignmentClient.from_url(url, cfg.publish.namespace)
-        v = version if version is not None else client.current_version(net, to)
-        cands = client.top(node, net, to, k=k, version=v)
-        meta = client.meta(net, to, v) if v is not None else {}
+        try:
+            client = AlignmentClient.from_url(url, cfg.publish.namespace)
+            got = client.read(nodes, net, to, version)
+            if got is None:
+                raise click.ClickException(_not_in_redis(client, net, to, version))
+        except (redis.RedisError, ValueError) as e:  # ValueError: a URL redis-py cannot parse
+            raise click.ClickException(f"cannot read alignments from Redis at {mask_url(url)}: {e}") from None
+    about = {"version": got.version, "snapshot": int(got.meta["snapshot"]), "end_time": float(got.meta["end_time"]),
+             "published_at": float(got.meta.get("published_at", 0.0))}
+    found = {node: [(c.node, c.score) for c in cands[:k]] for node, cands in got.candidates.items()}
+    _show_candidates(nodes, net, to, found, about, as_json)
+
+
+def _not_in_redis(client, net: str, to: str, version: int | None) -> str:
+    """Why Redis has no ``version`` (None: no current one) of ``net -> to``, and what exists instead."""
+    pairs = client.pairs()
+    if net == to or tuple(sorted((net, to))) not in pairs:
+        return f"no alignments of {net} -> {to}; " + (
+            "aligned pairs: " + ", ".join(f"{a} -> {b}, {b} -> {a}" for a, b in pairs) if pairs
+            else f"nothing is published in namespace {client.ns!r} yet")
+    current = client.current_version(net, to)
+    if version is None or current is None:
+        return f"no alignments published for {net} -> {to} yet"
+    retained = client.versions(net, to)
+    kept = ", ".join(map(str, retained))
+    if retained and version < retained[0]:
+        return (f"version {version} of {net} -> {to} was retired; Redis retains versions {kept} (current {current}); "
+                "--at TIME or --snapshot ID with --state DIR read older ones from the history on disk")
+    if version > current:
+        return f"version {version} of {net} -> {to} does not exist yet; the current version is {current}"
+    return f"version {version} of {net} -> {to} is not in Redis; it retains versions {kept}"
+
+
+def _show_candidates(nodes: tuple[str, ...], net: str, to: str, found: dict[str, list[tuple[str, float]]],
+                     about: dict, as_json: bool, origin: str = "") -> None:
+    """Print each node's candidates (``about``: version, snapshot, end_time, ... of the version they come from);
+    a ClickException when no node has any."""
     if as_json:
-        click.echo(json.dumps({"node": node, "net": net, "to": to, "version": v, "snapshot": meta.get("snapshot"),
-                               "candidates": [{"node": c.node, "score": c.score} for c in cands]}))
-        return
-    if v is None:
-        raise click.ClickException(f"no alignments published for {net} -> {to} yet")
-    if not cands:
-        raise click.ClickException(f"node {node!r} of {net} has no candidates in {to} (version {v})")
-    click.echo(f"{net}:{node} -> {to}  (version {v}, snapshot {meta.get('snapshot')})")
-    for rank, c in enumerate(cands, 1):
-        click.echo(f"  {rank:>3}. {c.node:<24} {c.score:.4f}")
+        for node in nodes:
+            click.echo(json.dumps({"node": node, "net": net, "to": to, **about,
+                                   "candidates": [{"node": c, "score": score} for c, score in found.get(node, [])]}))
+    elif found:
+        published = f", published {iso_time(about['published_at'])}" if about.get("published_at") else ""
+        click.echo(f"version {about['version']} of {net} -> {to}: snapshot {about['snapshot']}, "
+                   f"event time {iso_time(about['end_time'])}{published}{origin}")
+        for node in nodes:
+            if node not in found:
+                click.echo(f"{net}:{node} -> {to}: no candidates")
+                continue
+            click.echo(f"{net}:{node} -> {to}")
+            for rank, (c, score) in enumerate(found[node], 1):
+                click.echo(f"  {rank:>3}. {c:<24} {score:.4f}")
+    if not found:
+        shown = ", ".join(map(repr, nodes[:5])) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+        which = f"node {shown} of {net} has no" if len(nodes) == 1 else f"none of the nodes {shown} of {net} has"
+        raise click.ClickException(f"{which} candidates in {to} (version {about['version']}, snapshot "
+                                   f"{about['snapshot']}{origin}): not alive then, or not a node of {net}")
 
 
-def _query_history(cfg: Config, node: str, net: str, to: str, k: int, at: str | None, snapshot_id: int | None,
-                   as_json: bool) -> None:
+def _query_history(cfg: Config, nodes: tuple[str, ...], net: str, to: str, k: int, at: str | None,
+                   snapshot_id: int | None, as_json: bool) -> None:
     from aligner.replay import parse_time
     from snapshots.history import AlignmentHistory
+    from snapshots.store import StoreCorruption
 
     history = AlignmentHistory(_existing_state(cfg.service.state_dir) / "history")
     try:
@@ -162,22 +211,24 @@ def _query_history(cfg: Config, node: str, net: str, to: str, k: int, at: str | 
         raise click.BadParameter(str(e), param_hint="--at") from None
     entry = history.as_of(net, to, snapshot=snapshot_id, at=when)
     if entry is None:
-        raise click.ClickException(f"no alignments of {net} and {to} recorded as of "
-                                   f"{'snapshot ' + str(snapshot_id) if snapshot_id is not None else 'time ' + at}")
-    cands = history.load(entry).candidates(node, net, to, k)
-    if as_json:
-        click.echo(json.dumps({"node": node, "net": net, "to": to, "version": entry["version"],
-                               "snapshot": entry["snapshot"], "end_time": entry["end_time"],
-                               "model_version": entry["model_version"],
-                               "candidates": [{"node": c, "score": s} for c, s in cands]}))
-        return
-    if not cands:
-        raise click.ClickException(f"node {node!r} of {net} had no candidates in {to} (version {entry['version']}, "
-                                   f"snapshot {entry['snapshot']})")
-    click.echo(f"{net}:{node} -> {to}  (version {entry['version']}, snapshot {entry['snapshot']}, "
-               f"event time {entry['end_time']:g}, from history)")
-    for rank, (c, score) in enumerate(cands, 1):
-        click.echo(f"  {rank:>3}. {c:<24} {score:.4f}")
+        recorded = history.pairs()
+        if net == to or tuple(sorted((net, to))) not in recorded:
+            raise click.ClickException(f"no alignments of {net} -> {to} in the history; " + (
+                "recorded pairs: " + ", ".join(f"{a} -> {b}, {b} -> {a}" for a, b in recorded) if recorded
+                else "nothing is recorded yet"))
+        first = history.entries(net, to)[0]
+        raise click.ClickException(
+            f"no alignments of {net} -> {to} recorded as of "
+            f"{'snapshot ' + str(snapshot_id) if when is None else 'event time ' + iso_time(when)}; the first is "
+            f"version {first['version']}, snapshot {first['snapshot']}, event time {iso_time(first['end_time'])}")
+    try:
+        record = history.load(entry)
+    except StoreCorruption as e:
+        raise click.ClickException(str(e)) from None
+    found = {node: cands for node in nodes if (cands := record.candidates(node, net, to, k))}
+    about = {key: entry[key] for key in ("version", "snapshot", "end_time", "published_at", "model_version")
+             if key in entry}
+    _show_candidates(nodes, net, to, found, about, as_json, origin=", from the history on disk")
 
 
 def _existing_state(state_dir: str) -> Path:

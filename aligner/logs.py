@@ -15,25 +15,26 @@ import logging
 import math
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 MAX_VALUE_CHARS = 120  # a longer field value (a list of ids, an error text) is cut to this, with "…"
 
 
-def iso_time(seconds: float, *, precision: str = "seconds") -> str:
-    """Unix seconds as ISO-8601 in UTC, the form every time a person reads is shown in.
+def iso_time(seconds: float, *, precision: Literal["auto", "seconds", "milliseconds"] = "auto") -> str:
+    """Unix seconds as ISO-8601 in UTC, the form every time a person reads is shown in; ``auto``: to the second
+    unless the time has a fraction.
 
-    >>> iso_time(0.0)
-    '1970-01-01T00:00:00Z'
-    >>> iso_time(1.5, precision="milliseconds")
-    '1970-01-01T00:00:01.500Z'
+    >>> iso_time(1700000000), iso_time(1700000000.25), iso_time(1.7, precision="seconds")
+    ('2023-11-14T22:13:20Z', '2023-11-14T22:13:20.250Z', '1970-01-01T00:00:01Z')
     """
     if not math.isfinite(seconds):
         return str(seconds)
+    if precision == "auto":
+        precision = "seconds" if float(seconds).is_integer() else "milliseconds"
     whole = int(math.floor(seconds))
     text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
     if precision == "milliseconds":
-        text += f".{int(round((seconds - whole) * 1000)) % 1000:03d}"
+        text += f".{min(999, int(round((seconds - whole) * 1000))):03d}"
     return text + "Z"
 
 
@@ -99,7 +100,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         detail = getattr(record, "detail", {}) if logging.getLogger(record.name).isEnabledFor(logging.DEBUG) else {}
-        line = logfmt({"ts": iso_time(record.created), "level": record.levelname.lower(),
+        line = logfmt({"ts": iso_time(record.created, precision="seconds"), "level": record.levelname.lower(),
                        "msg": record.getMessage(), **getattr(record, "fields", {}), **detail})
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import orjson
 import redis
+from redis.exceptions import AuthenticationError, AuthorizationError
 
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.snapshot import pair_key
@@ -55,6 +57,12 @@ BATCH_FIELDS = 2000
 CHANGED_INLINE = 1000  # changed node ids listed in the stream entry itself; more go to a SET
 PENDING_TTL_S = 3600  # a version whose flip never came (publisher died) expires after this
 STREAM_MAXLEN = 10_000
+# A follower's socket read outlasts its XREAD BLOCK by this much, so an idle wait ends with Redis's empty reply and
+# only a connection that really stopped answering times out (redis-py 8's default read timeout equals the 5 s block).
+FOLLOW_READ_GRACE_S = 5.0
+FOLLOW_BACKOFF_S = (0.1, 5.0)  # reconnect delays of a follower: first, then doubling up to the last
+
+log = logging.getLogger(__name__)
 
 
 def pair_tag(net_a: str, net_b: str) -> str:
@@ -84,6 +92,16 @@ class Announcement:
     end_time: float
     published_at: float
     changed: dict[str, list[str] | None]
+
+
+@dataclass(frozen=True)
+class VersionRead:
+    """Candidates of some nodes as one version holds them, read in one transaction with that version's meta
+    (``snapshot``, ``end_time``, ``published_at``, ...). ``candidates`` holds only the nodes that have some."""
+
+    version: int
+    meta: dict[str, str]
+    candidates: dict[str, list[Candidate]]
 
 
 @dataclass
@@ -259,35 +277,37 @@ class AlignmentClient:
 
     def top(self, node: str, net: str, to: str, k: int | None = None, version: int | None = None) -> list[Candidate]:
         """Best candidates in ``to`` for ``node`` of ``net`` (empty if the node is not aligned)."""
-        raw = None
-        for _ in range(3):  # the pointed-to version can be retired between the two reads; then re-read the pointer
-            v = self.current_version(net, to) if version is None else version
-            if v is None:
-                return []
-            prefix = f"{self.ns}:{pair_tag(net, to)}:v:{v}"
-            pipe = self.r.pipeline(transaction=False)
-            pipe.exists(f"{prefix}:meta")
-            pipe.hget(f"{prefix}:top:{net}", str(node))
-            exists, raw = pipe.execute()
-            if exists or version is not None:
-                break
-        if not raw:
-            return []
-        cands = [Candidate(str(c), float(s)) for c, s in json.loads(raw)]
+        got = self.read([node], net, to, version)
+        cands = got.candidates.get(str(node), []) if got else []
         return cands[:k] if k else cands
 
     def top_many(self, nodes: list[str], net: str, to: str, version: int | None = None) -> dict[str, list[Candidate]]:
-        v = self.current_version(net, to) if version is None else version
-        if v is None:
-            return {}
-        key = f"{self.ns}:{pair_tag(net, to)}:v:{v}:top:{net}"
-        out = {}
-        for start in range(0, len(nodes), BATCH_FIELDS):
-            chunk = [str(n) for n in nodes[start:start + BATCH_FIELDS]]
-            for node, raw in zip(chunk, self.r.hmget(key, chunk)):
-                if raw:
-                    out[node] = [Candidate(str(c), float(s)) for c, s in json.loads(raw)]
-        return out
+        got = self.read(nodes, net, to, version)
+        return got.candidates if got else {}
+
+    def read(self, nodes: Sequence[str], net: str, to: str, version: int | None = None) -> VersionRead | None:
+        """The candidates of ``nodes`` (of ``net``, in ``to``) in the current version, or in ``version``; None
+        when the pair has no current version or ``version`` is not retained (:meth:`versions` says which are)."""
+        nodes = [str(n) for n in nodes]
+        prefix = f"{self.ns}:{pair_tag(net, to)}"
+        for _ in range(3):  # the pointed-to version can be retired between the two reads; then re-read the pointer
+            v = self.current_version(net, to) if version is None else version
+            if v is None:
+                return None
+            # One MULTI/EXEC: the meta and the fields come from one version, never from one being retired.
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hgetall(f"{prefix}:v:{v}:meta")
+            for start in range(0, len(nodes), BATCH_FIELDS):
+                pipe.hmget(f"{prefix}:v:{v}:top:{net}", nodes[start:start + BATCH_FIELDS])
+            meta, *chunks = pipe.execute()
+            if meta:
+                values = [raw for chunk in chunks for raw in chunk]
+                candidates = {node: [Candidate(str(c), float(s)) for c, s in json.loads(raw)]
+                              for node, raw in zip(nodes, values) if raw}
+                return VersionRead(v, {_text(k): _text(x) for k, x in meta.items()}, candidates)
+            if version is not None:
+                return None
+        return None
 
     def announcements(self, net: str, to: str, after: str = "0", count: int | None = None) -> list[Announcement]:
         """Versions announced after stream id ``after`` ("0": every entry the stream still holds), oldest first."""
@@ -295,21 +315,67 @@ class AlignmentClient:
                                 max="+", count=count)
         return [self._announcement(entry_id, entry) for entry_id, entry in entries]
 
-    def follow(self, net: str, to: str, after: str = "$", block_s: float = 5.0) -> Iterator[Announcement]:
-        """Announcements of new versions as they come (``after="0"`` replays what the stream holds first).
+    def follow(self, net: str, to: str, after: str = "$", block_s: float = 5.0,
+               timeout_s: float | None = None) -> Iterator[Announcement]:
+        """Announcements of new versions as they come (``after="0"`` replays what the stream holds first, a
+        stream id resumes after that entry), for as long as the caller iterates; stop by leaving the loop.
 
-        Blocks on ``XREAD``; stop by leaving the loop. Each wait lasts at most ``block_s``, so a dropped
-        connection surfaces as an error instead of a silent hang.
+        ``timeout_s``: the iteration ends once no new version came for that long (default: wait for ever).
+        A dropped connection (Redis restarted, the connection killed) is reopened with backoff and the stream
+        read again after the last entry delivered, so no version is missed or repeated; with ``timeout_s`` the
+        last connection error is raised if Redis stays away past it. Redis unreachable when following starts, or
+        refusing the credentials, raises at once. Each ``XREAD`` blocks at most ``block_s``, and the socket
+        waits a little longer than that, so a connection that stopped answering is noticed within seconds.
         """
         key = f"{self.ns}:{pair_tag(net, to)}:versions"
-        last = after
-        while True:
-            for _, entries in self.r.xread({key: last}, block=int(block_s * 1000), count=100) or []:
-                for entry_id, entry in entries:
-                    last = _text(entry_id)
-                    yield self._announcement(entry_id, entry)
+        reader = self._follow_client(block_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay, last = FOLLOW_BACKOFF_S[0], after
+        try:
+            reader.ping()  # unreachable or refused from the start: a mistake to report, not an outage to wait out
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                try:
+                    if last == "$":  # a concrete id, so that a reconnection resumes exactly here
+                        newest = reader.xrevrange(key, count=1)
+                        last = _text(newest[0][0]) if newest else "0-0"
+                    wait_ms = max(1, int(1000 * (block_s if left is None else min(block_s, left))))
+                    replies = reader.xread({key: last}, block=wait_ms, count=100) or []
+                    entries = [(_text(i), self._announcement(i, e, reader)) for _, batch in replies for i, e in batch]
+                except (AuthenticationError, AuthorizationError):  # ConnectionErrors that no retry mends
+                    raise
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    if deadline is not None and time.monotonic() + delay >= deadline:
+                        raise
+                    log.log(logging.WARNING if delay == FOLLOW_BACKOFF_S[0] else logging.DEBUG,
+                            "lost the connection following %s: %s; reconnecting in %.1f s", key, e, delay)
+                    time.sleep(delay)
+                    delay = min(2 * delay, FOLLOW_BACKOFF_S[1])
+                    continue
+                if delay != FOLLOW_BACKOFF_S[0]:
+                    log.info("following %s again after %s", key, last)
+                delay = FOLLOW_BACKOFF_S[0]
+                for entry_id, announcement in entries:
+                    last = entry_id
+                    yield announcement
+                if entries and timeout_s is not None:
+                    deadline = time.monotonic() + timeout_s
+        finally:
+            reader.connection_pool.disconnect()
 
-    def _announcement(self, entry_id: Any, entry: dict) -> Announcement:
+    def _follow_client(self, block_s: float) -> redis.Redis:
+        """A connection of its own for :meth:`follow`, with every option of this client's (address, credentials,
+        TLS, the URL's options), except a read timeout too short for its blocking reads."""
+        pool = self.r.connection_pool
+        options = dict(pool.connection_kwargs)
+        timeout = options.get("socket_timeout")
+        if timeout is not None:  # None: the user asked for no read timeout at all
+            options["socket_timeout"] = max(float(timeout), block_s + FOLLOW_READ_GRACE_S)
+        return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **options))
+
+    def _announcement(self, entry_id: Any, entry: dict, r: redis.Redis | None = None) -> Announcement:
         entry = {_text(k): _text(v) for k, v in entry.items()}
         changed: dict[str, list[str] | None] = {}
         for name, value in entry.items():
@@ -317,7 +383,7 @@ class AlignmentClient:
             if kind == "changed_nodes":
                 changed[src] = json.loads(value)
             elif kind == "changed_key":
-                members = [_text(m) for m in self.r.smembers(value)]
+                members = [_text(m) for m in (r or self.r).smembers(value)]
                 changed[src] = sorted(members) if members or entry.get(f"changed:{src}") == "0" else None
         return Announcement(_text(entry_id), int(entry["version"]), int(entry["snapshot"]), float(entry["end_time"]),
                             float(entry.get("published_at", 0.0)), changed)

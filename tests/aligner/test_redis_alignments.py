@@ -1,11 +1,14 @@
 """Publishing and reading alignments against a real redis-server: atomic versions, retention, the versions stream
-with the changed nodes, replays, racing publishers, AUTH and TLS."""
+with the changed nodes, replays, racing publishers, AUTH and TLS, and followers that outlive idle minutes, killed
+connections and server restarts."""
 
 import itertools
 import json
+import queue
 import shutil
 import ssl
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 import redis
 
 from aligner import AlignmentClient
-from aligner.embedded_redis import free_port, redis_server_binary
+from aligner.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
 from aligner.redis_alignments import CHANGED_INLINE, PENDING_TTL_S, RedisPublisher
 from aligner.update import AlignmentUpdate, PairTopK
 from tests.brokers import TcpProxy
@@ -200,7 +203,112 @@ def test_auth_and_tls_urls(password_server, tmp_path):
     try:
         url = f"rediss://:s3cret@127.0.0.1:{relay.port}/0?ssl_ca_certs={cert}"
         assert AlignmentClient.from_url(url).top("a0", "netA", "netB")[0].node == "b0"
+        # A follower's own connection keeps the URL's TLS and credentials.
+        follower = AlignmentClient.from_url(url).follow("netA", "netB", after="0", timeout_s=2)
+        assert [a.version for a in follower] == [1]
         with pytest.raises(redis.ConnectionError):  # an unverifiable certificate is refused
             AlignmentClient.from_url(f"rediss://:s3cret@127.0.0.1:{relay.port}/0").pairs()
     finally:
         relay.close()
+
+
+class Follower:
+    """``client.follow(...)`` in a thread, as an application runs it: announcements into a queue until version
+    ``until``, and whatever it raised kept for the test to see."""
+
+    def __init__(self, client: AlignmentClient, until: int, **options):
+        self.got: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(client, until, options), daemon=True)
+        self.thread.start()
+
+    def _run(self, client: AlignmentClient, until: int, options: dict) -> None:
+        try:
+            for announcement in client.follow("netA", "netB", **options):
+                self.got.put(announcement)
+                if announcement.version >= until:
+                    return
+        except BaseException as e:  # noqa: BLE001 - the test asserts there was none
+            self.error = e
+
+    def versions(self, n: int, timeout_s: float = 10.0) -> list[int]:
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n:
+            assert self.error is None, f"the follower died: {self.error!r}"
+            try:
+                out.append(self.got.get(timeout=max(0.01, min(0.2, deadline - time.monotonic()))).version)
+            except queue.Empty:
+                assert time.monotonic() < deadline, f"only {out} within {timeout_s} s"
+        return out
+
+
+def test_follow_waits_longer_than_a_read_timeout_for_the_next_version(redis_url):
+    """As the README shows it: no new version for 8 s (past redis-py's 5 s default read timeout, which equals
+    the 5 s XREAD BLOCK), then one: the follower is still there and gets it."""
+    pub = RedisPublisher(redis.Redis.from_url(redis_url))
+    pub.publish(make_update(1))
+    follower = Follower(AlignmentClient.from_url(redis_url), until=2)
+    time.sleep(8)
+    assert follower.error is None and follower.thread.is_alive()
+    pub.publish(make_update(2, shift=1))
+    assert follower.versions(1) == [2]
+    follower.thread.join(5)
+    assert follower.got.empty() and follower.error is None
+
+
+def test_follow_ends_after_its_timeout_and_keeps_the_urls_options(redis_url):
+    RedisPublisher(redis.Redis.from_url(redis_url)).publish(make_update(1))
+    client = AlignmentClient.from_url(f"{redis_url}?socket_timeout=0.5&health_check_interval=7")
+    options = client.r.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["health_check_interval"]) == (0.5, 7)  # the URL's own options
+    started = time.monotonic()
+    # Blocking reads of 1 s on a 0.5 s read timeout: the follower's own connection waits longer than it blocks.
+    assert [a.version for a in client.follow("netA", "netB", after="0", block_s=1, timeout_s=2.5)] == [1]
+    assert 2.5 <= time.monotonic() - started < 5
+    assert client.top("a0", "netA", "netB")  # the client's other reads keep the URL's timeout and work
+
+
+def test_follow_reconnects_after_its_connection_is_killed_and_misses_nothing(redis_url, caplog):
+    pub = RedisPublisher(redis.Redis.from_url(redis_url))
+    pub.publish(make_update(1))
+    follower = Follower(AlignmentClient.from_url(redis_url), until=3, after="0", block_s=2)
+    assert follower.versions(1) == [1]
+    time.sleep(0.3)  # blocked in XREAD again
+    killed = redis.Redis.from_url(redis_url).client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    pub.publish(make_update(2, shift=1))  # while the follower is reconnecting
+    pub.publish(make_update(3, shift=2))
+    assert follower.versions(2) == [2, 3]  # nothing missed, version 1 not repeated
+    follower.thread.join(5)
+    assert follower.got.empty() and follower.error is None
+    assert "lost the connection" in caplog.text
+
+
+def test_follow_resumes_after_a_redis_restart_on_the_same_port(tmp_path, caplog):
+    port = free_port()
+    server = EmbeddedRedis(tmp_path, port=port).start()
+    try:
+        pub = RedisPublisher(redis.Redis.from_url(server.url))
+        pub.publish(make_update(1))
+        follower = Follower(AlignmentClient.from_url(server.url), until=2)  # from now on: version 1 is not new
+        time.sleep(0.5)
+        server.stop()  # SIGTERM: the server saves its data and exits
+        time.sleep(1.5)  # the follower keeps trying a closed port meanwhile
+        server = EmbeddedRedis(tmp_path, port=port).start()
+        pub.publish(make_update(2, shift=1))  # most likely before the follower's next attempt
+        assert follower.versions(1, timeout_s=15) == [2]
+        follower.thread.join(5)
+        assert follower.got.empty() and follower.error is None
+        assert "lost the connection" in caplog.text
+    finally:
+        server.stop()
+
+
+def test_follow_raises_at_once_when_redis_is_not_there_or_refuses_it(password_server):
+    with pytest.raises(redis.ConnectionError):
+        next(AlignmentClient.from_url(f"redis://127.0.0.1:{free_port()}/0").follow("netA", "netB"))
+    started = time.monotonic()
+    with pytest.raises(redis.AuthenticationError):
+        next(AlignmentClient.from_url(f"redis://:wrong@127.0.0.1:{password_server}/0").follow("netA", "netB"))
+    assert time.monotonic() - started < 2  # not retried as if the connection had dropped

@@ -50,6 +50,7 @@ import orjson
 import redis
 from redis.exceptions import AuthenticationError, AuthorizationError
 
+from aligner.logs import iso_time
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.snapshot import pair_key
 
@@ -151,13 +152,15 @@ class RedisPublisher:
         version = int(self.r.incr(f"{base}:seq"))
         prefix = f"{base}:v:{version}"
         keys = [f"{prefix}:meta"]
+        published_at = time.time()
+        # Unix seconds for programs, ISO-8601 UTC beside them for the person reading HGETALL or XRANGE.
+        times = {"end_time": update.end_time, "end_time_iso": iso_time(update.end_time),
+                 "published_at": published_at, "published_at_iso": iso_time(published_at, precision="seconds")}
         meta: dict[str, Any] = {
-            "snapshot": update.snapshot_id, "end_time": update.end_time, "published_at": time.time(),
-            "worker": self.worker, "digest": digest,
+            "snapshot": update.snapshot_id, **times, "worker": self.worker, "digest": digest,
             "k": int(topks[0].candidates.shape[1]) if len(topks[0].candidates) else 0,
         }
-        entry: dict[str, Any] = {"version": version, "snapshot": update.snapshot_id, "end_time": update.end_time,
-                                 "worker": self.worker}
+        entry: dict[str, Any] = {"version": version, "snapshot": update.snapshot_id, **times, "worker": self.worker}
         pipe = self.r.pipeline(transaction=False)
         for d in directions:
             key = f"{prefix}:top:{d.src}"
@@ -179,7 +182,6 @@ class RedisPublisher:
         for key in keys:
             pipe.expire(key, PENDING_TTL_S)
         pipe.execute()
-        entry["published_at"] = meta["published_at"]
         if self._flip(base, version, keys, entry):
             self.r.sadd(f"{self.ns}:pairs", tag.strip("{}"))  # another slot: not part of the transaction
             self._remember(tag, directions)

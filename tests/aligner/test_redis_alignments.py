@@ -52,6 +52,10 @@ def test_publish_then_query_both_directions(redis_url):
     assert client.top("b2", "netB", "netA") == []  # not alive in that version: no candidates
     meta = client.meta("netA", "netB")
     assert (meta["snapshot"], meta["end_time"], meta["worker"], meta["nodes:netA"]) == ("7", "7000.0", "w1", "3")
+    assert meta["end_time_iso"] == "1970-01-01T01:56:40Z"  # what a person reading HGETALL sees beside the seconds
+    assert meta["published_at_iso"].startswith(time.strftime("%Y-%m-%dT", time.gmtime()))
+    (_, entry), = r.xrange("dynalign:{netA|netB}:versions")
+    assert entry[b"end_time_iso"] == b"1970-01-01T01:56:40Z"
     # The layout is readable with plain commands (what the README promises redis-cli users).
     assert r.get("dynalign:{netA|netB}:current") == b"1"
     assert json.loads(r.hget("dynalign:{netA|netB}:v:1:top:netA", "a0"))[0] == ["b0", 0.9]

@@ -58,8 +58,8 @@ def _read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
         return np.empty((0, columns[0]), dtype=np.int64)
     ncol = len(data.lstrip().split(b"\n", 1)[0].split())
     if ncol not in columns:
-        raise ValueError(f"{path}: {what} need {' or '.join(map(str, columns))} whitespace-separated columns, the "
-                         f"first line has {ncol}; {FORMAT_HINT}")
+        raise ValueError(f"{path}: {what} need {' or '.join(map(str, columns))} columns (whitespace-separated), "
+                         f"the first line has {ncol}; {FORMAT_HINT}")
     if len(tokens) % ncol or len(tokens) // ncol != sum(1 for line in data.splitlines() if line.strip()):
         raise ValueError(f"{path}: {what}: every line must have {ncol} columns")
     try:
@@ -145,7 +145,7 @@ def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tup
     """
     if train_ratio is None:
         if dataset.train is None or dataset.test is None:
-            raise ValueError(f"dataset {dataset.name} has no train.tsv/test.tsv: give a train ratio (--train-ratio "
+            raise ValueError(f"dataset {dataset.name} has no train.tsv/test.tsv; give a train ratio (--train-ratio "
                              "0.2 draws a seeded 20% of anchors.tsv for training)")
         return dataset.train, dataset.test
     if not 0.0 <= train_ratio <= 1.0:
@@ -187,8 +187,7 @@ def dataset_events(
         raise ValueError(f"windows must be >= 1, got {windows}")
     if train is None:
         if ds.train is None:
-            raise ValueError(f"dataset {ds.name} has no train.tsv: give a train ratio (--train-ratio 0.2 draws a "
-                             "seeded 20% of anchors.tsv for training), or pass train= (see split_anchors)")
+            raise ValueError(f"dataset {ds.name} has no train.tsv; pass train= (see split_anchors)")
         train = ds.train
     rng = np.random.default_rng(seed)
     nets = (ds.source_net, ds.target_net)

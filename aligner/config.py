@@ -195,8 +195,8 @@ def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
     """A warning for every ``DYNALIGN_*`` variable no setting reads (a misspelt one silently changes nothing),
     with the closest known name when there is one.
 
-    >>> unknown_env({"DYNALIGN_SNAPSHOT_WINDOW_SECONDS": "60", "DYNALIGN_ADAPT_STEPS": "3", "HOME": "/"})
-    ['unknown environment variable DYNALIGN_SNAPSHOT_WINDOW_SECONDS ignored; did you mean DYNALIGN_SNAPSHOTS_WINDOW_SECONDS?']
+    >>> unknown_env({"DYNALIGN_ADAPT_STEP": "3", "DYNALIGN_ADAPT_STEPS": "3", "HOME": "/"})
+    ['unknown environment variable DYNALIGN_ADAPT_STEP ignored; did you mean DYNALIGN_ADAPT_STEPS?']
     """
     env = os.environ if env is None else env
     known = set(env_names()) | OTHER_ENV
@@ -204,7 +204,7 @@ def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         out.append(f"unknown environment variable {name} ignored"
-                   + (f"; did you mean {close[0]}?" if close else f" (see `dynalign config show` for the settings)"))
+                   + (f"; did you mean {close[0]}?" if close else " (see `dynalign config show` for the settings)"))
     return out
 
 
@@ -295,8 +295,9 @@ def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
         raise ConfigError(f"service.pairs{source('service.pairs')}: {e}; e.g. --pairs twitter:facebook") from None
     url = cfg.publish.redis_url
     if url and (urlsplit(url).scheme not in REDIS_SCHEMES or "://" not in url):
+        example = mask_url("redis://" + url.split("://")[-1])
         raise ConfigError(f"publish.redis_url{source('publish.redis_url')} {mask_url(url)!r} is not a Redis URL: "
-                          f"expected redis://HOST:PORT/DB (or rediss://, unix://), e.g. {mask_url('redis://' + url.split('://')[-1])}")
+                          f"expected redis://HOST:PORT/DB (or rediss://, unix://), e.g. {example}")
     if cfg.meta.algorithm not in ("maml", "fomaml", "reptile", "metasgd", "multitask"):
         raise ConfigError("meta.algorithm must be maml, fomaml, reptile, metasgd or multitask, "
                           f"got {cfg.meta.algorithm!r}")

@@ -1,7 +1,9 @@
 """The ``dynalign`` command line: every user-facing entry point, thin over the library.
 
 Each command loads the effective configuration (TOML file, ``DYNALIGN_*`` environment, flags) the same way,
-so ``dynalign config show`` prints exactly what ``dynalign run`` will use.
+so ``dynalign config show`` prints exactly what ``dynalign run`` will use. A user's mistake (a bad setting, an
+unreachable Redis or Kafka, a missing file, a malformed URL or dataset) ends in one line on stderr and a non-zero
+exit, in one place (:class:`_Cli`) rather than in every command; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,27 +15,77 @@ from pathlib import Path
 
 import click
 
-from aligner.config import ConfigError, Config, load_config, mask_url, masked
+from aligner.config import (DEFAULT, ConfigError, Config, load_config_with_origins, mask_url, masked, to_toml,
+                            unknown_env)
 from aligner.logs import iso_time
 
 log = logging.getLogger("dynalign")
+ERROR_PREFIX = "dynalign: error: "
 
 
 def _config(ctx: click.Context, **overrides) -> Config:
-    try:
-        return load_config(ctx.obj.get("config"), overrides=overrides)
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+    """The effective configuration; where each value came from is left in ``ctx.obj["origins"]``."""
+    cfg, ctx.find_root().obj["origins"] = load_config_with_origins(ctx.find_root().obj.get("config"),
+                                                                   overrides=overrides)
+    return cfg
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def _user_error(e: Exception) -> str | None:
+    """The one line to show for an exception that a user's mistake or environment explains, else ``None`` (a bug:
+    its traceback is shown). Library errors get a hint of what to do."""
+    import redis
+
+    from stream.sources import SourceUnavailable
+
+    kafka_errors = sys.modules.get("kafka.errors")  # only loaded, and so only raised, once Kafka is used
+    if isinstance(e, redis.AuthenticationError):
+        return f"Redis refused the credentials ({e}): give them in the URL, redis://:PASSWORD@HOST:PORT/0"
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        return f"cannot reach Redis ({e}): start it, or pass the --redis URL of a running one"
+    if isinstance(e, SourceUnavailable) or (kafka_errors and isinstance(e, kafka_errors.NoBrokersAvailable)):
+        return f"{e or 'no Kafka broker available'}: start the broker, or fix HOST:PORT in the kafka:// URL"
+    if isinstance(e, OSError) and e.filename is not None:  # raised by the OS: the message lacks the why
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, (ValueError, OSError)):  # the project's own checks and parsers (ConfigError included)
+        return str(e).strip() or type(e).__name__
+    return None
+
+
+class _Cli(click.Group):
+    """The root group: the one place where expected failures of any command become one line on stderr."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.UsageError as e:  # a command's own usage mistake: one line too, with where to read more
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _fail(ctx, f"{e.format_message()} (see: {where} --help)", e.exit_code)
+        except click.ClickException as e:
+            _fail(ctx, e.format_message(), e.exit_code)
+        except Exception as e:
+            message = _user_error(e)
+            if message is None or ctx.params.get("debug"):
+                raise
+            _fail(ctx, message, 2 if isinstance(e, ConfigError) else 1)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    click.echo(ERROR_PREFIX + " ".join(line.strip() for line in message.splitlines() if line.strip()), err=True)
+    ctx.exit(code)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="dynalign", prog_name="dynalign", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DYNALIGN_CONFIG",
               help="TOML configuration file (env: DYNALIGN_CONFIG).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log line format.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one-line message.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log_level: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log_level: str | None,
+        debug: bool) -> None:
     """dynalign: streaming alignment of dynamic networks (events in, alignments out to Redis)."""
     from aligner.logs import setup_logging
     from aligner.runtime import release_freed_tensors
@@ -42,12 +94,11 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log
 
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
-    try:
-        cfg = load_config(config_path, overrides={"service.log_format": log_format, "service.log_level": log_level})
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
     ctx.obj["log_overrides"] = {"service.log_format": log_format, "service.log_level": log_level}
+    cfg = _config(ctx, **ctx.obj["log_overrides"])
     setup_logging(cfg.service.log_format, cfg.service.log_level)
+    for warning in unknown_env():
+        log.warning(warning)
 
 
 @cli.command()
@@ -80,13 +131,9 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
         "snapshots.every_events": every_events, "snapshots.lateness_seconds": lateness_seconds,
         "service.pairs": pairs, "service.seed": seed, **ctx.obj["log_overrides"],
     })
-    try:
-        summary = AlignmentService(cfg, source, progress=not as_json, until_idle_s=until_idle_s,
-                                   savepoint=Path(savepoint) if savepoint else None).run()
-    except ValueError as e:
-        if savepoint is None:
-            raise
-        raise click.ClickException(str(e)) from None
+    explicit = {key for key, origin in ctx.obj["origins"].items() if origin != DEFAULT}
+    summary = AlignmentService(cfg, source, progress=not as_json, until_idle_s=until_idle_s,
+                               savepoint=Path(savepoint) if savepoint else None, explicit=explicit).run()
     out = {
         "records": summary.records, "accepted": summary.accepted, "restored": summary.restored,
         "dead_letters": summary.dead_letters, "snapshots": summary.snapshots, "published": summary.published,
@@ -97,14 +144,23 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
         "refresh_s": round(summary.refresh_s, 2), "ingest_s": round(summary.ingest_s, 2),
         "state_s": round(summary.state_s, 2), "publish_s": round(summary.publish_s, 2),
         "checkpoint_s": round(summary.checkpoint_s, 2), "state_dir": cfg.service.state_dir, "cutter": summary.cutter,
+        "redis_error": summary.redis_error,
     }
     if as_json:
         click.echo(json.dumps(out))
-        return
-    click.echo(f"{summary.records} records, {summary.accepted} accepted, {summary.dead_letters} dead letters "
-               f"({Path(cfg.service.state_dir) / 'deadletter.jsonl'}), {summary.snapshots} snapshots, "
-               f"{summary.published} versions published, {out['events_per_s']} events/s")
-    if not cfg.publish.redis_url:
+    else:
+        click.echo(f"{summary.records} records, {summary.accepted} accepted, {summary.dead_letters} dead letters "
+                   f"({Path(cfg.service.state_dir) / 'deadletter.jsonl'}), {summary.snapshots} snapshots, "
+                   f"{summary.published} versions published, {out['events_per_s']} events/s")
+    if summary.records and summary.dead_letters == summary.records:
+        log.warning(f"every record was a dead letter: is {source} a file of JSON events? The reasons are in "
+                    f"{Path(cfg.service.state_dir) / 'deadletter.jsonl'}")
+    if summary.redis_error:  # the run did its work but nobody can read it: a script must not take that for success
+        raise click.ClickException(
+            f"the newest alignments were not published: Redis at {mask_url(summary.redis_url or '?')} is unreachable "
+            f"({summary.redis_error}); they are kept in the checkpoint: start Redis (or pass the right --redis URL) "
+            f"and run again with --state {cfg.service.state_dir} to publish them")
+    if not cfg.publish.redis_url and not as_json:
         click.echo(f"query it: dynalign query NODE --net NET --to NET --state {cfg.service.state_dir}")
 
 
@@ -145,7 +201,8 @@ def query(ctx, nodes, net, to, k, version, at, snapshot_id, redis_url, state_dir
             if got is None:
                 raise click.ClickException(_not_in_redis(client, net, to, version))
         except (redis.RedisError, ValueError) as e:  # ValueError: a URL redis-py cannot parse
-            raise click.ClickException(f"cannot read alignments from Redis at {mask_url(url)}: {e}") from None
+            hint = "" if isinstance(e, ValueError) else ": start it, or pass the --redis URL of a running one"
+            raise click.ClickException(f"cannot reach Redis at {mask_url(url)} ({e}){hint}") from None
     about = {"version": got.version, "snapshot": int(got.meta["snapshot"]), "end_time": float(got.meta["end_time"]),
              "published_at": float(got.meta.get("published_at", 0.0))}
     found = {node: [(c.node, c.score) for c in cands[:k]] for node, cands in got.candidates.items()}
@@ -607,22 +664,19 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def config_show(ctx, as_json) -> None:
-    """Print the effective configuration (file, environment, defaults), secrets masked."""
-    cfg = _config(ctx.find_root(), **ctx.find_root().obj["log_overrides"])
-    data = masked(cfg)
+    """Print the effective configuration as TOML, each value with where it came from (a file, the environment,
+    a flag or the default), secrets masked. --json: the values alone."""
+    cfg = _config(ctx, **ctx.find_root().obj["log_overrides"])
     if as_json:
-        click.echo(json.dumps(data, indent=1))
+        click.echo(json.dumps(masked(cfg), indent=1))
         return
-    for section, values in data.items():
-        click.echo(f"[{section}]")
-        for key, value in values.items():
-            click.echo(f"{key} = {json.dumps(value)}")
-        click.echo()
+    click.echo(to_toml(cfg, ctx.find_root().obj["origins"]), nl=False)
 
 
 class _redis_url:
-    """Context manager yielding a Redis URL: the configured one, or the state dir's embedded server (started just
-    for this command when no service is running, and stopped after)."""
+    """Context manager yielding a Redis URL: the configured one, else the one the state dir's run published to
+    (its recorded run settings), or the state dir's embedded server (started just for this command when no
+    service is running, and stopped after)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -632,6 +686,11 @@ class _redis_url:
         if self.cfg.publish.redis_url:
             return self.cfg.publish.redis_url
         from aligner.embedded_redis import EmbeddedRedis
+        from aligner.run_settings import read_run_settings
+
+        recorded = read_run_settings(Path(self.cfg.service.state_dir))
+        if recorded and recorded["settings"].get("publish.redis_url"):
+            return recorded["settings"]["publish.redis_url"]
 
         directory = Path(self.cfg.service.state_dir) / "redis"
         if not directory.exists():

@@ -14,6 +14,9 @@ Every setting lives in one typed dataclass section, so the TOML keys, the enviro
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import math
 import os
 import re
 import tomllib
@@ -22,9 +25,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "DYNALIGN_"
 CONFIG_ENV = "DYNALIGN_CONFIG"
+# DYNALIGN_* variables that are not settings but are read elsewhere (the test suite's external Kafka), so that
+# the warning on unknown ones does not cry wolf.
+OTHER_ENV = frozenset({"DYNALIGN_TEST_KAFKA"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT = "default"  # the origin of a value nobody set (file, environment and flag origins name their source)
 
 
 @dataclass
@@ -181,14 +191,42 @@ def env_names() -> list[str]:
     return names
 
 
+def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for every ``DYNALIGN_*`` variable no setting reads (a misspelt one silently changes nothing),
+    with the closest known name when there is one.
+
+    >>> unknown_env({"DYNALIGN_ADAPT_STEP": "3", "DYNALIGN_ADAPT_STEPS": "3", "HOME": "/"})
+    ['unknown environment variable DYNALIGN_ADAPT_STEP ignored; did you mean DYNALIGN_ADAPT_STEPS?']
+    """
+    env = os.environ if env is None else env
+    known = set(env_names()) | OTHER_ENV
+    out = []
+    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        out.append(f"unknown environment variable {name} ignored"
+                   + (f"; did you mean {close[0]}?" if close else " (see `dynalign config show` for the settings)"))
+    return out
+
+
 def load_config(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the effective configuration. ``overrides`` maps ``"section.key"`` to values (CLI flags; None = unset)."""
+    return load_config_with_origins(path, env, overrides)[0]
+
+
+def load_config_with_origins(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """:func:`load_config`, and where each ``"section.key"`` came from: ``"default"``, ``"file PATH"``,
+    ``"environment NAME"`` or ``"flag"`` (the last one to set it)."""
     env = os.environ if env is None else env
     cfg = Config()
+    origins = {f"{section}.{f.name}": DEFAULT for section, cls in sections().items() for f in dataclasses.fields(cls)}
     path = path or env.get(CONFIG_ENV)
     if path:
         path = Path(path)
@@ -203,20 +241,63 @@ def load_config(
                 raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(sections())})")
             for key, value in values.items():
                 _set(cfg, section, key, value, f"{path} [{section}] {key}")
+                origins[f"{section}.{key}"] = f"file {path}"
     for section, cls in sections().items():
         for f in dataclasses.fields(cls):
             name = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
             if name in env:
                 _set(cfg, section, f.name, env[name], f"environment variable {name}")
+                origins[f"{section}.{f.name}"] = f"environment {name}"
     for dotted, value in (overrides or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
             _set(cfg, section, key, value, f"option for {dotted}")
-    validate(cfg)
-    return cfg
+            origins[dotted] = "flag"
+    validate(cfg, origins)
+    return cfg, origins
 
 
-def validate(cfg: Config) -> None:
+def parse_pairs(spec: str) -> list[tuple[str, str]] | None:
+    """The network pairs of ``service.pairs``, each sorted; ``None`` for ``"auto"``.
+
+    >>> parse_pairs("tw:fb, fb:ig"), parse_pairs("auto")
+    ([('fb', 'tw'), ('fb', 'ig')], None)
+    >>> parse_pairs("twfb")
+    Traceback (most recent call last):
+    ...
+    ValueError: pairs: expected 'auto' or 'net_a:net_b[,net_c:net_d]', got 'twfb'
+    """
+    if spec.strip() == "auto":
+        return None
+    out = []
+    for item in spec.split(","):
+        a, _, b = (part.strip() for part in item.strip().partition(":"))
+        if not _NET_NAME.match(a) or not _NET_NAME.match(b) or a == b:
+            raise ValueError(f"pairs: expected 'auto' or 'net_a:net_b[,net_c:net_d]', got {item.strip()!r}")
+        out.append((min(a, b), max(a, b)))
+    return out
+
+
+_NET_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # stream.events' rule for network names
+
+
+def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
+    def source(key: str) -> str:  # where a bad value came from, for the message
+        origin = (origins or {}).get(key, DEFAULT)
+        return "" if origin == DEFAULT else f" (from {'the command line' if origin == 'flag' else origin})"
+
+    if cfg.service.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"service.log_level{source('service.log_level')} must be one of "
+                          f"{', '.join(LOG_LEVELS)}, got {cfg.service.log_level!r}")
+    try:
+        parse_pairs(cfg.service.pairs)
+    except ValueError as e:
+        raise ConfigError(f"service.pairs{source('service.pairs')}: {e}; e.g. --pairs twitter:facebook") from None
+    url = cfg.publish.redis_url
+    if url and (urlsplit(url).scheme not in REDIS_SCHEMES or "://" not in url):
+        example = mask_url("redis://" + url.split("://")[-1])
+        raise ConfigError(f"publish.redis_url{source('publish.redis_url')} {mask_url(url)!r} is not a Redis URL: "
+                          f"expected redis://HOST:PORT/DB (or rediss://, unix://), e.g. {example}")
     if cfg.meta.algorithm not in ("maml", "fomaml", "reptile", "metasgd", "multitask"):
         raise ConfigError("meta.algorithm must be maml, fomaml, reptile, metasgd or multitask, "
                           f"got {cfg.meta.algorithm!r}")
@@ -255,6 +336,44 @@ def masked(cfg: Config) -> dict[str, dict[str, Any]]:
         if out[section][key]:
             out[section][key] = mask_url(out[section][key])
     return out
+
+
+def to_toml(cfg: Config, origins: Mapping[str, str] | None = None) -> str:
+    """The configuration, secrets masked, as a TOML file, each value followed by where it came from.
+
+    TOML has no null: an unset value whose default is unset too is a comment; one that was unset explicitly is
+    ``"none"``, which every setting reads as unset (so the output reads back as the same configuration).
+
+    >>> print(to_toml(load_config(env={"DYNALIGN_SNAPSHOTS_WINDOW_SECONDS": "none",
+    ...     "DYNALIGN_SNAPSHOTS_EVERY_EVENTS": "10"})).split("\\n\\n")[1])
+    [snapshots]
+    window_seconds = "none"
+    every_events = 10
+    lateness_seconds = 0.0
+    dedup_capacity = 1000000
+    # edge_ttl_seconds: unset
+    """
+    defaults = as_dict(Config())
+    lines = []
+    for section, values in masked(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            origin = (origins or {}).get(f"{section}.{key}")
+            note = f"  # {origin}" if origin else ""
+            if value is None and defaults[section][key] is None:
+                lines.append(f"# {key}: unset{note.replace('  #', ',', 1)}")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}{note}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '"none"'
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return json.dumps(value)  # JSON's booleans, numbers and escaped strings are TOML's too
 
 
 def mask_url(url: str) -> str:

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
+from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
 from aligner.drift import QualityMonitor
 from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
                               position_sketch, rwr_positions)
@@ -176,13 +176,8 @@ class Aligner:
     def aligned_pairs(self, snapshot: Snapshot) -> list[tuple[str, str]]:
         if self.pairs_spec == "auto":
             return sorted(p for p, rows in snapshot.anchors.items() if len(rows))
-        out = []
-        for item in self.pairs_spec.split(","):
-            a, _, b = item.strip().partition(":")
-            if not a or not b or a == b:
-                raise ValueError(f"pairs: expected 'net_a:net_b[,net_c:net_d]', got {item!r}")
-            out.append(pair_key(a, b))
-        return [p for p in out if p[0] in snapshot.networks and p[1] in snapshot.networks]
+        return [p for p in parse_pairs(self.pairs_spec) or ()
+                if p[0] in snapshot.networks and p[1] in snapshot.networks]
 
     def on_snapshot(self, snapshot: Snapshot, defer: bool = False) -> AlignmentUpdate | None:
         """Align ``snapshot`` (see the module docstring). With ``defer``, work heavier than an incremental step

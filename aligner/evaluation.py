@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aligner.config import load_config
 from aligner.engine import Aligner
+from snapshots.snapshot import pair_key
 from snapshots.store import SnapshotStore
 
 
@@ -29,6 +30,9 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 
 def load_aligner(state_dir: Path) -> Aligner:
     """The aligner as of the state dir's last checkpoint."""
+    if not (state_dir / "snapshots").is_dir():  # checked first: opening a store would create the dir
+        raise FileNotFoundError(f"{state_dir} is not the state dir of a dynalign run (no snapshots/ in it): pass "
+                                "the --state DIR that `dynalign run` used")
     checkpoint = SnapshotStore(state_dir).read_checkpoint()
     if not checkpoint or not checkpoint.get("aligner"):
         raise FileNotFoundError(f"{state_dir} has no checkpoint with an aligner yet: run the service first")
@@ -48,4 +52,25 @@ def load_aligner_and_snapshot(state_dir: Path):
 
 
 def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str) -> dict:
-    return load_aligner(state_dir).evaluate(net, to, read_pairs(anchors_file))
+    """Metrics of the state dir's latest alignments on the true pairs of ``anchors_file`` (node of ``net``, node
+    of ``to``); ``ValueError`` when the networks were not aligned or no pair names their nodes (there would be
+    no metric to report, only ``nan`` over 0 pairs)."""
+    aligner = load_aligner(state_dir)
+    pairs = read_pairs(anchors_file)
+    if pair_key(net, to) not in aligner.matchers:
+        aligned = ", ".join(f"{a} and {b}" for a, b in sorted(aligner.matchers)) or "none yet"
+        raise ValueError(f"{state_dir} has no alignment of {net!r} with {to!r} (pairs aligned: {aligned}): pass "
+                         "the networks of an aligned pair as --net and --to")
+
+    def known(a: str, b: str) -> int:
+        ids_a, ids_b = set(aligner.node_ids[a]), set(aligner.node_ids[b])
+        return sum(1 for u, v in pairs if u in ids_a and v in ids_b)
+
+    direct, swapped = known(net, to), known(to, net)
+    if swapped > direct:  # node ids may exist in both networks; the orientation that names more pairs is right
+        raise ValueError(f"{anchors_file}: {swapped} of its {len(pairs)} pairs are nodes of {to} then {net}, only "
+                         f"{direct} of {net} then {to}: --net and --to look swapped; pass --net {to} --to {net}")
+    if not direct:
+        raise ValueError(f"{anchors_file}: none of its {len(pairs)} pairs names a node of {net} (first column) and "
+                         f"one of {to} (second column) that the aligner has seen: are these the right networks?")
+    return aligner.evaluate(net, to, pairs)

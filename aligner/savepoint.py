@@ -10,7 +10,9 @@ yet; plus the snapshots cut but not aligned yet, which a new state dir would oth
 checkpoint's file format (magic, sha256, no pickles) and is written atomically.
 
 ``dynalign run --from-savepoint FILE --state NEW_DIR`` seeds a state dir that has no checkpoint with it; the
-run then resumes exactly as a restart of the original worker would.
+run then resumes exactly as a restart of the original worker would. The savepoint carries the original's run
+settings (:mod:`aligner.run_settings`), so the resume needs none of its flags; the file, the new dir and the
+settings are all checked (:func:`open_savepoint`) before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aligner.run_settings import read_run_settings, started
 from snapshots.store import (SnapshotStore, encode_checkpoint, read_checkpoint_file, snapshot_from_bytes,
                              snapshot_to_bytes, write_durably)
 
@@ -41,7 +44,8 @@ def write_savepoint(state_dir: Path, path: Path) -> dict[str, Any]:
         "model_version": checkpoint.get("model_version"), "position": checkpoint.get("position"),
         "events_log_size": checkpoint["events_log_size"], "unaligned_snapshots": len(backlog),
     }
-    write_durably(path, encode_checkpoint({**summary, "checkpoint": checkpoint, "snapshots": backlog}))
+    write_durably(path, encode_checkpoint({**summary, "checkpoint": checkpoint, "snapshots": backlog,
+                                           "run": read_run_settings(state_dir)}))
     return {**summary, "bytes": path.stat().st_size, "aligner_bytes": len(checkpoint.get("aligner") or b"")}
 
 
@@ -53,11 +57,21 @@ def read_savepoint(path: Path) -> dict[str, Any]:
     return content
 
 
-def seed_state_dir(savepoint: Path, store: SnapshotStore) -> dict[str, Any]:
-    """Make the (checkpoint-less) state dir of ``store`` resume from ``savepoint``; returns the savepoint."""
+def open_savepoint(savepoint: Path, state_dir: Path) -> dict[str, Any]:
+    """The savepoint's content, once it is known that it can seed ``state_dir``: ``ValueError`` if the file is not
+    an intact savepoint or the dir already has a checkpoint. Writes nothing."""
+    content = read_savepoint(savepoint)
+    if started(state_dir):
+        raise ValueError(f"{state_dir} already has a checkpoint: resume from a savepoint into a new state dir")
+    return content
+
+
+def seed_state_dir(savepoint: Path | dict[str, Any], store: SnapshotStore) -> dict[str, Any]:
+    """Make the (checkpoint-less) state dir of ``store`` resume from ``savepoint`` (a file, or the content
+    :func:`open_savepoint` read from one); returns the savepoint's content."""
     if store.read_checkpoint() is not None:
         raise ValueError(f"{store.root} already has a checkpoint: resume from a savepoint into a new state dir")
-    content = read_savepoint(savepoint)
+    content = savepoint if isinstance(savepoint, dict) else read_savepoint(savepoint)
     checkpoint = dict(content["checkpoint"])
     store.recover()  # an empty or checkpoint-less dir: drops whatever a run without a checkpoint left
     store.forget_after(None)

@@ -50,18 +50,20 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Collection, Iterator, NamedTuple
 
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aligner.config import Config
+from aligner.config import Config, parse_pairs
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
 from aligner.redis_alignments import RedisPublisher
 from aligner.replay import record_update
-from aligner.savepoint import seed_state_dir
+from aligner.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
+                                  write_run_settings)
+from aligner.savepoint import open_savepoint, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.history import AlignmentHistory
@@ -69,7 +71,7 @@ from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import Event, InvalidEvent, parse_event
-from stream.sources import KafkaSettings, Record, Source, open_source, parse_kafka_url
+from stream.sources import KafkaSettings, Record, Source, check_source_url, open_source, parse_kafka_url
 
 if TYPE_CHECKING:
     from aligner.engine import Aligner
@@ -138,6 +140,7 @@ class RunSummary:
     publish_s: float = 0.0  # Redis and the on-disk alignment history
     checkpoint_s: float = 0.0
     redis_url: str = ""
+    redis_error: str | None = None  # why the newest alignments are still unpublished, if Redis was unreachable
     last_version: int | None = None
     versions: dict[str, int] = field(default_factory=dict)  # newest version per pair "A|B"
     lag: dict[int, int] = field(default_factory=dict)  # records behind per partition (Kafka)
@@ -215,11 +218,16 @@ def kafka_settings(cfg: Config) -> KafkaSettings:
 
 class AlignmentService:
     """``until_idle_s``: stop once nothing happened for that long: no record came, nothing is left to align, and
-    every owned Kafka partition is caught up (backfills, benchmarks, tests); a file source ends at its end anyway."""
+    every owned Kafka partition is caught up (backfills, benchmarks, tests); a file source ends at its end anyway.
+
+    ``explicit``: the ``"section.key"`` settings the user gave (flags, environment, file); a resume takes the state
+    dir's recorded settings for the others (:mod:`aligner.run_settings`). ``None``: every setting counts as given.
+    """
 
     def __init__(self, cfg: Config, source_url: str, progress: bool = False, until_idle_s: float | None = None,
-                 savepoint: Path | None = None):
+                 savepoint: Path | None = None, explicit: Collection[str] | None = None):
         self.cfg = cfg
+        self.explicit = explicit
         self.savepoint = savepoint
         self.source_url = source_url
         self.progress = progress
@@ -269,12 +277,35 @@ class AlignmentService:
         summary.dead_letters = self.dead.count
         summary.wall_s = time.perf_counter() - started
         summary.cutter = dict(self.cutter.stats)
+        if self.pending is None:
+            summary.redis_error = None
+        self._warn_about_the_run()
         return summary
+
+    def _warn_about_the_run(self) -> None:
+        """What a run that ended normally may still have got wrong because of the way it was started."""
+        if self.pairs_named:
+            seen = set(self.cutter.graph.networks)
+            never = sorted({n for pair in self.pairs_named for n in pair} - seen)
+            if never:
+                log.warning(f"service.pairs {self.cfg.service.pairs!r} names network(s) {', '.join(never)} that no "
+                            f"event mentioned (networks seen: {', '.join(sorted(seen)) or 'none'}): their pairs were "
+                            "not aligned; fix --pairs, or leave it out to align every pair with anchors")
+        if self.resumed_file and self.summary.records == 0:
+            log.warning(f"no new records: state dir {self.state_dir} had already read {self.source_url} up to line "
+                        f"{self.position_at_start.get('line')}; to process it again, pass a new --state DIR")
 
     # -- start and stop ----------------------------------------------------------------------------------------
 
     def _open(self) -> None:
         """Recover the state dir and connect everything; the attributes set here are the run's state."""
+        # Before anything is written or loaded: the savepoint is intact and may seed this dir, and a resume
+        # takes the state dir's (or savepoint's) recorded settings or refuses a real change of them.
+        check_source_url(self.source_url)
+        seed = open_savepoint(self.savepoint, self.state_dir) if self.savepoint is not None else None
+        recorded = seed.get("run") if seed is not None else read_run_settings(self.state_dir)
+        if recorded and (seed is not None or started(self.state_dir)):
+            self.cfg = resume_config(self.cfg, recorded, self.explicit, self.state_dir, self.source_url)
         import torch  # loaded when a run starts, not by commands that share this module
 
         cfg = self.cfg
@@ -284,7 +315,7 @@ class AlignmentService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = store = SnapshotStore(self.state_dir, cfg.store.base_every, cfg.store.retain_snapshots)
         if self.savepoint is not None:
-            seeded = seed_state_dir(self.savepoint, store)
+            seeded = seed_state_dir(seed, store)
             log.info(f"state dir seeded from savepoint {self.savepoint} (snapshot {seeded['snapshot_id']}, "
                      f"model {seeded['model_version']})")
         checkpoint = store.recover() or {}
@@ -307,6 +338,13 @@ class AlignmentService:
         # ``aligned_through``; a checkpoint records the pair, and a restart aligns what lies between again.
         self.state_through: int | None = self.aligned_through
         self.position: dict | None = checkpoint.get("position")
+        if self.position and recorded and is_other_file(recorded.get("source"), self.source_url):
+            log.warning(f"{self.source_url} is not the file state dir {self.state_dir} was reading "
+                        f"({recorded['source'].get('url')}): reading it from its first line")
+            self.position = None
+        self.position_at_start = self.position or {}
+        self.resumed_file = bool(self.position) and "line" in self.position
+        self.pairs_named = parse_pairs(cfg.service.pairs)
         self.net_partitions: dict[str, set[int]] = {
             net: set(parts) for net, parts in (checkpoint.get("net_partitions") or {}).items()}
         if checkpoint.get("pending_update"):
@@ -331,6 +369,7 @@ class AlignmentService:
         self.dead = self._dead_letter_sink(checkpoint.get("deadletter_size"))
         self.source: Source = open_source(self.source_url, position=self.position, kafka=kafka_settings(cfg),
                                           on_revoke=self._on_revoke)
+        write_run_settings(self.state_dir, run_record(cfg, self.source_url))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self.job: Future | None = None
         self.source_paused = False
@@ -702,6 +741,7 @@ class AlignmentService:
             try:
                 versions = self.publisher.publish(update)
             except redis.RedisError as e:
+                self.summary.redis_error = f"{type(e).__name__}: {e}"
                 if self.redis_down_since is None:
                     self.redis_down_since = time.monotonic()
                     log.warning(f"Redis unavailable ({e}); keeping snapshot {update.snapshot_id}'s alignments (the "
@@ -714,6 +754,7 @@ class AlignmentService:
                          f"{update.snapshot_id}")
                 self.redis_down_since = None
             self.publish_delay = PUBLISH_BACKOFF_S[0]
+            self.summary.redis_error = None
             # on disk too, so every published version can be read back after Redis retired it
             record_update(self.history, update, versions, self.model_version)
             self.summary.published += 1

@@ -20,6 +20,9 @@ from stream.events import ADD_ANCHOR, ADD_EDGE, SET_ATTR, Event
 
 PROTOCOLS = ("stream", "static")
 _SIDES = ("source", "target")
+FORMAT_HINT = ("a dataset folder holds source.edges.tsv and target.edges.tsv (lines 'u v' or 'u v time', integer "
+               "node ids), anchors.tsv ('source_node target_node'), optional train.tsv/test.tsv, "
+               "{source,target}.attr.npy and meta.json (../shared/data/README.md)")
 
 
 @dataclass
@@ -55,13 +58,14 @@ def _read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
         return np.empty((0, columns[0]), dtype=np.int64)
     ncol = len(data.lstrip().split(b"\n", 1)[0].split())
     if ncol not in columns:
-        raise ValueError(f"{path}: {what} need {' or '.join(map(str, columns))} columns, the first line has {ncol}")
+        raise ValueError(f"{path}: {what} need {' or '.join(map(str, columns))} columns (whitespace-separated), "
+                         f"the first line has {ncol}; {FORMAT_HINT}")
     if len(tokens) % ncol or len(tokens) // ncol != sum(1 for line in data.splitlines() if line.strip()):
         raise ValueError(f"{path}: {what}: every line must have {ncol} columns")
     try:
         table = np.array(tokens, dtype=np.int64).reshape(-1, ncol)
     except ValueError as e:
-        raise ValueError(f"{path}: {what} must be integers ({e})") from None
+        raise ValueError(f"{path}: {what} must be integers ({e}); {FORMAT_HINT}") from None
     return table
 
 
@@ -71,12 +75,17 @@ def load_dataset(path: Path | str) -> Dataset:
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     meta_path = root / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except ValueError as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} must hold a JSON object, not {type(meta).__name__}")
 
     def required(name: str) -> Path:
         p = root / name
         if not p.exists():
-            raise FileNotFoundError(f"dataset {root}: required file {name} is missing")
+            raise FileNotFoundError(f"dataset {root}: required file {name} is missing; {FORMAT_HINT}")
         return p
 
     edges, times, attrs, sizes = {}, {}, {}, {}
@@ -85,7 +94,10 @@ def load_dataset(path: Path | str) -> Dataset:
         edges[side] = np.ascontiguousarray(table[:, :2])
         times[side] = table[:, 2].astype(np.float64) if table.shape[1] == 3 else None
         attr_path = root / f"{side}.attr.npy"
-        attrs[side] = np.load(attr_path) if attr_path.exists() else None
+        try:
+            attrs[side] = np.load(attr_path) if attr_path.exists() else None
+        except (ValueError, OSError, EOFError) as e:  # pickled, torn or not .npy at all
+            raise ValueError(f"{attr_path} is not a numeric .npy matrix ({e}); {FORMAT_HINT}") from None
         if attrs[side] is not None and attrs[side].ndim != 2:
             raise ValueError(f"{attr_path}: attributes must be a matrix (row i = node i), not {attrs[side].shape}")
     if (times["source"] is None) != (times["target"] is None):
@@ -133,7 +145,8 @@ def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tup
     """
     if train_ratio is None:
         if dataset.train is None or dataset.test is None:
-            raise ValueError(f"dataset {dataset.name} has no train.tsv/test.tsv; give a train ratio")
+            raise ValueError(f"dataset {dataset.name} has no train.tsv/test.tsv; give a train ratio (--train-ratio "
+                             "0.2 draws a seeded 20% of anchors.tsv for training)")
         return dataset.train, dataset.test
     if not 0.0 <= train_ratio <= 1.0:
         raise ValueError(f"train ratio must be within [0, 1], got {train_ratio}")

@@ -18,11 +18,14 @@ True
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import functools
 import gc
+import gzip
 import io
 import logging
+import lzma
 import os
 import select
 import socket
@@ -118,10 +121,39 @@ class SourceUnavailable(RuntimeError):
 # --------------------------------------------------------------------------------------------------- files
 
 _CHUNK = 1 << 16
+# Compressed event files are read through their decompressor, recognised by their first bytes (whatever the
+# name): otherwise every line of a .gz is dead-lettered as not UTF-8 and the run "succeeds" with nothing.
+_COMPRESSED = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open), (b"\xfd7zXZ\x00", "xz", lzma.open))
+_DECOMPRESSORS = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
+
+
+def open_events_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading bytes, decompressed if it is gzip, bzip2 or xz; ``FileNotFoundError`` or
+    ``ValueError`` with a message that says what to pass instead."""
+    hint = "a source is a JSONL file (may be gzip, bzip2 or xz), '-' for stdin, or kafka://HOST:PORT/TOPIC"
+    try:
+        stream = open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"event source {path} does not exist ({hint})") from None
+    except IsADirectoryError:
+        raise ValueError(f"event source {path} is a directory ({hint})") from None
+    if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        return stream  # a named pipe: peeking would take bytes that select-driven reads then miss
+    head = stream.peek(8)[:8]
+    for magic, kind, opener in _COMPRESSED:
+        if head.startswith(magic):
+            stream.close()
+            log.info("%s is %s-compressed: reading it decompressed", path, kind)
+            return opener(path, "rb")
+    if head.startswith(b"PK\x03\x04"):
+        stream.close()
+        raise ValueError(f"event source {path} is a zip archive: unzip it, or gzip the JSONL file instead")
+    return stream
 
 
 class FileSource:
-    """JSON lines from a file, ``-`` (stdin) or any binary stream (tests inject ``io.BytesIO``).
+    """JSON lines from a file (gzip, bzip2 or xz ones decompressed), ``-`` (stdin) or any binary stream (tests
+    inject ``io.BytesIO``).
 
     Position ``{"offset": bytes consumed, "line": lines consumed}``. A regular file or seekable stream
     resumes by seeking there; stdin cannot seek, so a position is ignored for it (a re-run feeds it afresh).
@@ -145,7 +177,7 @@ class FileSource:
             self.name = name or "<stdin>"
             position = None
         elif isinstance(path, (str, Path)):
-            self._stream = open(path, "rb")
+            self._stream = open_events_file(Path(path))
             self._owned = True
             self.name = name or str(path)
         else:
@@ -168,7 +200,8 @@ class FileSource:
             if self._fd is None and self._stream.seekable():
                 self._offset, self._line = offset, line
                 self._stream.seek(offset)
-                if self._owned and os.fstat(self._stream.fileno()).st_size < offset:
+                compressed = isinstance(self._stream, _DECOMPRESSORS)  # its size is not the stream's
+                if self._owned and not compressed and os.fstat(self._stream.fileno()).st_size < offset:
                     log.warning("%s is shorter than the resume offset %d: truncated or replaced?", self.name, offset)
             else:
                 log.info("%s cannot seek; ignoring the resume position %s", self.name, position)
@@ -751,3 +784,12 @@ def open_source(url: str, *, position: dict | None = None, kafka: KafkaSettings 
     elif "://" in url:
         raise ValueError(f"unsupported source {url!r}: expected a file path, '-' or kafka://host:port/topic")
     return FileSource(url, position=position)
+
+
+def check_source_url(url: str) -> None:
+    """Raise what :func:`open_source` would for a malformed URL or a file that cannot be read, without
+    connecting to anything: a run checks its source before it starts anything else."""
+    if url.startswith("kafka://"):
+        parse_kafka_url(url)
+    elif url != "-":
+        open_source(url).close()  # a file: opening it is cheap, and says what is wrong

@@ -544,6 +544,23 @@ def demo(ctx, state_dir, windows) -> None:
     run_demo(cfg, windows=windows, echo=click.echo)
 
 
+@cli.command()
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True,
+              help="State dir of a dynalign run.")
+@click.option("--redis", "redis_url", default=None,
+              help="The Redis the service publishes to; default: the state dir's embedded server.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, state_dir, redis_url, as_json) -> None:
+    """A worker's state: pairs and their current versions, newest snapshot and event-time range, checkpoint, lag,
+    online quality, dead letters, Redis and Kafka health (read-only; starts nothing)."""
+    from aligner.status import format_status, state_status
+
+    cfg = _config(ctx, **{"publish.redis_url": redis_url, **ctx.obj["log_overrides"]})
+    report = state_status(_existing_state(state_dir), cfg)
+    click.echo(json.dumps(report) if as_json else format_status(report))
+
+
 @cli.group("config")
 def config_group() -> None:
     """Inspect the configuration."""

@@ -832,7 +832,7 @@ class AlignmentService:
         s = self.summary
         live = self.source.live_partitions()
         metrics = {
-            "at": time.time(), "records": s.records, "accepted": s.accepted, "restored": s.restored,
+            "at": time.time(), "source": self.source_url, "records": s.records, "accepted": s.accepted, "restored": s.restored,
             "dead_letters": self.dead.count, "snapshots": s.snapshots, "published": s.published,
             "versions": s.versions, "aligned_through": self.aligned_through, "to_align": len(self.backlog),
             "lag": {str(p): n for p, n in sorted(s.lag.items())},

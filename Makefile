@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml deploy/build-wheels.sh
 	$(BIN)/python -m pip install -q torch==2.13.0 numpy
 	$(BIN)/python -m pip install -q cython
 	WHEELS=$$(bash deploy/build-wheels.sh $(BIN)/python $(WHEEL_CACHE) | tail -n 1) && \
-	  $(BIN)/python -m pip install -q --find-links "$$WHEELS" -e '.[dev]'
+	  $(BIN)/python -m pip install -q --find-links "$$WHEELS" -e '.[service,dev]'
 	@touch $@
 
 demo: setup

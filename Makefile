@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml deploy/build-wheels.sh
 	@echo "dynalign set-up 3/4: torch-scatter and torch-sparse from the wheel cache $(WHEEL_CACHE) (compiled there the first time: about 15 min on 2 cores)"
 	@WHEELS=$$(bash deploy/build-wheels.sh $(BIN)/python $(WHEEL_CACHE) | tail -n 1) && \
 	  echo "dynalign set-up 4/4: dynalign and its dependencies (about a minute the first time)" && \
-	  $(BIN)/python -m pip install -q --find-links "$$WHEELS" -e '.[dev]'
+	  $(BIN)/python -m pip install -q --find-links "$$WHEELS" -e '.[service,dev]'
 	@touch $@
 	@echo "dynalign set-up: done. Put dynalign on your PATH with: source $(VENV)/bin/activate"
 

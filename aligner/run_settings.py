@@ -64,6 +64,12 @@ def read_run_settings(state_dir: Path) -> dict[str, Any] | None:
     return record
 
 
+def recorded_redis_url(state_dir: Path) -> str | None:
+    """The external Redis a state dir's runs publish to (``None``: its embedded server, or no record)."""
+    recorded = read_run_settings(state_dir)
+    return (recorded["settings"].get("publish.redis_url") or None) if recorded else None
+
+
 def write_run_settings(state_dir: Path, record: dict[str, Any]) -> None:
     """Atomically; the file is private to its owner (mkstemp's mode): the Redis URL may hold a password."""
     write_durably(state_dir / RUN_FILE, (json.dumps(record, indent=1) + "\n").encode())

@@ -59,6 +59,7 @@ from redis.retry import Retry
 
 from aligner.config import Config, parse_pairs
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
+from aligner.metrics import ServiceMetrics, Step
 from aligner.redis_alignments import RedisPublisher
 from aligner.replay import record_update
 from aligner.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
@@ -236,6 +237,7 @@ class AlignmentService:
         self.stop_requested = False
         self.summary = RunSummary()  # live counts; complete when run() returns
         self.pending: AlignmentUpdate | None = None  # the newest update Redis has not accepted yet
+        self.metrics = ServiceMetrics(self)  # recorded always, served over HTTP when service.metrics_port is set
 
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stop_requested:
@@ -396,6 +398,9 @@ class AlignmentService:
         self.next_publish = 0.0
         self.publish_delay = PUBLISH_BACKOFF_S[0]
         self.warned_pairs: set[tuple[str, str]] = set()  # (pair, reason) already logged
+        if cfg.service.metrics_port is not None:
+            port = self.metrics.serve(cfg.service.metrics_host, cfg.service.metrics_port)
+            log.info(f"metrics at http://{cfg.service.metrics_host}:{port}/metrics, health at /healthz")
 
     def _dead_letter_sink(self, truncate_to: int | None) -> DeadLetterSink:
         """The local file, plus the configured topic when the events come from Kafka."""
@@ -413,7 +418,7 @@ class AlignmentService:
 
     def _close(self) -> None:
         """Release whatever :meth:`_open` got to, in reverse order (it may have failed half-way)."""
-        for name, close in (("executor", lambda x: x.shutdown(wait=True)),
+        for name, close in (("metrics", lambda x: x.close()), ("executor", lambda x: x.shutdown(wait=True)),
                             ("refresh_executor", lambda x: x.shutdown(wait=True)), ("bar", lambda x: x.close()),
                             ("source", lambda x: x.close()), ("dead", lambda x: x.close()),
                             ("dlq_producer", lambda x: x.close()), ("redis_server", lambda x: x.stop())):
@@ -474,6 +479,7 @@ class AlignmentService:
         accepted_lines: list[str] = []
         counts = [0, 0]  # accepted, restored
         restoring_only = True
+        offered_before = cutter.offered
 
         def validated() -> Iterator[Event]:
             nonlocal restoring_only
@@ -508,13 +514,16 @@ class AlignmentService:
         self.dirty = True
         summary.records += len(records)
         summary.ingest_s += time.perf_counter() - started
+        self.metrics.batch(cutter.offered, offered_before, started)
         if self.bar is not None:  # a tqdm bar without a total has no truth value
             self.bar.update(len(records))
         for snap in snapshots:
             self._queue(snap)
 
     def _queue(self, snap: Snapshot) -> None:
+        started = time.perf_counter()
         self.store.save_snapshot(snap, model_version=self.model_version)
+        self.metrics.snapshot_cut(snap, time.perf_counter() - started)
         self.summary.snapshots += 1
         self.last_snapshot = snap.id
         self.last_queued = time.monotonic()
@@ -621,6 +630,7 @@ class AlignmentService:
     def _account(self, result: JobResult) -> None:
         """Count a refresh-thread job; the first (the heavy step) is what the ``snapshot refreshed`` line reports."""
         self.summary.refresh_s += result.seconds
+        self.metrics.step(result.seconds, result.update, Step.REFRESH)
         self.refresh_seconds += result.seconds
         if self.refresh_stats is None:
             self.refresh_stats = result.update.stats
@@ -652,6 +662,7 @@ class AlignmentService:
                 self.aligner_state, self.state_through, self.state_version = (state, self.aligned_through,
                                                                                 self.model_version)
             self.summary.learn_s += result.seconds
+            self.metrics.step(result.seconds, None, Step.META_UPDATE)
             self.learn_iteration_s = result.seconds
             self.dirty = True
             return
@@ -666,6 +677,7 @@ class AlignmentService:
         if state is not None:
             self.aligner_state, self.state_through, self.state_version = state, snap.id, self.model_version
         self.summary.align_s += result.seconds
+        self.metrics.step(result.seconds, update, queued_s=self.job_started - first.cut_at)
         fields = {"snapshot": snap.id, "events": snap.events, "job_s": round(result.seconds, 3)}
         detail = {**{f"nodes:{n}": int(s.alive.sum()) for n, s in snap.networks.items()},
                   "snapshots": self.job_covers, "queued_s": round(self.job_started - first.cut_at, 3)}
@@ -761,6 +773,7 @@ class AlignmentService:
             self.summary.versions.update(versions)
             self.summary.last_version = max(self.summary.versions.values())
             self.summary.publish_s += time.perf_counter() - started
+            self.metrics.published(update, time.perf_counter() - started)
         self.pending = dataclasses.replace(self.pending, pairs=waiting) if waiting else None
         self.dirty = True  # the checkpoint must record what is left to publish
 
@@ -866,13 +879,14 @@ class AlignmentService:
         s = self.summary
         live = self.source.live_partitions()
         metrics = {
-            "at": time.time(), "records": s.records, "accepted": s.accepted, "restored": s.restored,
+            "at": time.time(), "source": self.source_url, "records": s.records, "accepted": s.accepted, "restored": s.restored,
             "dead_letters": self.dead.count, "snapshots": s.snapshots, "published": s.published,
             "versions": s.versions, "aligned_through": self.aligned_through, "to_align": len(self.backlog),
             "lag": {str(p): n for p, n in sorted(s.lag.items())},
             "assigned": sorted(getattr(self.source, "assigned", set())), "live": None if live is None else sorted(live),
             "kafka_reachable": getattr(self.source, "reachable", None),
             "redis_pending": self.pending is not None,
+            "quality": self.metrics.quality,  # prequential, per pair, as of the last alignment
             "redis_down_s": (None if self.redis_down_since is None
                              else round(time.monotonic() - self.redis_down_since, 1)),
         }

@@ -66,6 +66,23 @@ def test_compose_services_and_worker_command():
     assert worker["environment"]["DYNALIGN_PUBLISH_REDIS_URL"].startswith("redis://redis:")
 
 
+def worker_healthcheck(port: int | None = None) -> list[str]:
+    """The compose worker's healthcheck command (after ``CMD``), pointed at ``port`` instead of its own."""
+    worker = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["dynalign"]
+    kind, *command = worker["healthcheck"]["test"]
+    assert kind == "CMD", "exec form: the image has no shell tools to rely on"
+    configured = worker["environment"]["DYNALIGN_SERVICE_METRICS_PORT"]
+    assert f"http://127.0.0.1:{configured}/healthz" in command[-1], "the healthcheck must ask the worker's endpoint"
+    return [c.replace(f":{configured}/", f":{port}/") for c in command] if port is not None else command
+
+
+def test_compose_worker_healthcheck_uses_the_health_endpoint():
+    command = worker_healthcheck()
+    assert command[:2] == ["python", "-c"]  # the image is python:*-slim: no curl
+    compile(command[2], "healthcheck", "exec")
+    # Run for real against a live service in tests/aligner/test_metrics.py (healthy: 0, degraded: 1).
+
+
 def test_deploy_readme_commands_exist():
     blocks = re.findall(r"```(?:sh|bash)?\n(.*?)```", (DEPLOY / "README.md").read_text(), re.S)
     lines = [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("dynalign ")]

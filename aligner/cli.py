@@ -37,12 +37,15 @@ def _user_error(e: Exception) -> str | None:
 
     from stream.sources import SourceUnavailable
 
-    kafka_errors = sys.modules.get("kafka.errors")  # only loaded, and so only raised, once Kafka is used
+    # Only loaded, and so only raised, once Kafka is used; kafka-python 3 has no NoBrokersAvailable any more.
+    kafka_errors = sys.modules.get("kafka.errors")
+    unreachable_kafka = tuple(getattr(kafka_errors, name) for name in ("NoBrokersAvailable", "KafkaConnectionError")
+                              if hasattr(kafka_errors, name))
     if isinstance(e, redis.AuthenticationError):
         return f"Redis refused the credentials ({e}): give them in the URL, redis://:PASSWORD@HOST:PORT/0"
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
         return f"cannot reach Redis ({e}): start it, or pass the --redis URL of a running one"
-    if isinstance(e, SourceUnavailable) or (kafka_errors and isinstance(e, kafka_errors.NoBrokersAvailable)):
+    if isinstance(e, (SourceUnavailable, *unreachable_kafka)):
         return f"{e or 'no Kafka broker available'}: start the broker, or fix HOST:PORT in the kafka:// URL"
     if isinstance(e, OSError) and e.filename is not None:  # raised by the OS: the message lacks the why
         return f"{e.filename}: {e.strerror or e}"

@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import operator
 import os
 import signal
 import socket
@@ -442,10 +443,10 @@ class AlignmentService:
         counts = [0, 0]  # accepted, restored
         restoring_only = True
 
-        def validated(lane: Iterable[Record]) -> Iterator[Event]:
+        def validated(run: Iterable[Record]) -> Iterator[Event]:
             nonlocal restoring_only
             add_line = accepted_lines.append
-            for value, _, origin, _, partition, restoring in lane:
+            for value, _, origin, _, partition, restoring in run:
                 restoring_only &= restoring
                 try:
                     event = parse_event(value)
@@ -466,8 +467,8 @@ class AlignmentService:
         # One lane per partition (a file is one), so that a partition read ahead of another does not make the
         # other's events late; a Kafka batch comes in partition order, so each partition is one run.
         snapshots = []
-        for partition, lane in itertools.groupby(records, key=_partition_of):
-            snapshots += cutter.offer_all(validated(lane), partition)
+        for partition, run in itertools.groupby(records, key=operator.attrgetter("partition")):
+            snapshots += cutter.offer_all(validated(run), partition)
         summary.accepted += counts[0]
         summary.restored += counts[1]
         self.store.append_events(accepted_lines)
@@ -501,8 +502,7 @@ class AlignmentService:
             self.cutter.drain_rejected()
         for snap in snapshots:
             self._queue(snap)
-        if snapshots:
-            self._warn_late()
+        self._warn_late()
 
     def _warn_late(self) -> None:
         """Say once per run that events came too late for their window (the summary counts them all)."""
@@ -927,10 +927,6 @@ def update_from_state(state: dict[str, Any]) -> AlignmentUpdate:
     return AlignmentUpdate(int(state["snapshot_id"]), float(state["end_time"]),
                            {net: tuple(ids) for net, ids in state["node_ids"].items()},
                            [PairTopK(**pair) for pair in state["pairs"]])
-
-
-def _partition_of(record: Record) -> int | None:
-    return record.partition
 
 
 def _progress(enabled: bool):

@@ -115,7 +115,8 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log
 @click.option("--pairs", default=None, help="Network pairs to align: 'auto' or 'a:b,a:c'.")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--until-idle", "until_idle_s", type=float, default=None,
-              help="Stop after this many seconds with nothing to do (Kafka: every owned partition caught up).")
+              help="Stop after this many seconds with nothing to do (Kafka: every owned partition caught up); "
+                   "like the end of a file, this ends the input: the open window is cut, aligned and published.")
 @click.option("--from-savepoint", "savepoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Resume from a savepoint (dynalign savepoint) into a state dir that has no checkpoint yet.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
@@ -140,7 +141,7 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
     out = {
         "records": summary.records, "accepted": summary.accepted, "restored": summary.restored,
         "dead_letters": summary.dead_letters, "snapshots": summary.snapshots, "published": summary.published,
-        "version": summary.last_version, "versions": summary.versions, "lag": summary.lag,
+        "late": summary.late, "version": summary.last_version, "versions": summary.versions, "lag": summary.lag,
         "events_per_s": round(summary.events_per_s, 1),
         "ingest_events_per_s": round(summary.ingest_events_per_s, 1), "wall_s": round(summary.wall_s, 2),
         "align_s": round(summary.align_s, 2), "learn_s": round(summary.learn_s, 2),
@@ -154,7 +155,7 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
     else:
         click.echo(f"{summary.records} records, {summary.accepted} accepted, {summary.dead_letters} dead letters "
                    f"({Path(cfg.service.state_dir) / 'deadletter.jsonl'}), {summary.snapshots} snapshots, "
-                   f"{summary.published} versions published, {out['events_per_s']} events/s")
+                   f"{summary.published} versions published, {summary.late} late events, {out['events_per_s']} events/s")
     if summary.records and summary.dead_letters == summary.records:
         log.warning(f"every record was a dead letter: is {source} a file of JSON events? The reasons are in "
                     f"{Path(cfg.service.state_dir) / 'deadletter.jsonl'}")

@@ -38,8 +38,10 @@ never from a partial history.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
+import operator
 import os
 import signal
 import socket
@@ -50,7 +52,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import redis
@@ -145,6 +147,7 @@ class RunSummary:
     last_version: int | None = None
     versions: dict[str, int] = field(default_factory=dict)  # newest version per pair "A|B"
     lag: dict[int, int] = field(default_factory=dict)  # records behind per partition (Kafka)
+    late: int = 0  # events applied to the open window because theirs was already cut (beyond lateness)
     cutter: dict = field(default_factory=dict)
 
     @property
@@ -255,10 +258,11 @@ class AlignmentService:
         try:
             self._open()
             self._loop()
-            if not self.stop_requested and self.source.exhausted:
+            if not self.stop_requested and (self.source.exhausted or self.input_ended):
                 for snap in self.cutter.flush():
                     self._queue(snap)
                 self._rejected_to_dead_letters(self.cutter, self.dead)
+                self._warn_late()
                 while self.backlog or self.job is not None or self.refresh is not None:
                     if self.job is None and self.backlog:
                         self._align_next()
@@ -279,6 +283,7 @@ class AlignmentService:
         summary.dead_letters = self.dead.count
         summary.wall_s = time.perf_counter() - started
         summary.cutter = dict(self.cutter.stats)
+        summary.late = self.cutter.stats["late"] - self.late_before
         if self.pending is None:
             summary.redis_error = None
         self._warn_about_the_run()
@@ -328,6 +333,9 @@ class AlignmentService:
                                 dedup_capacity=cfg.snapshots.dedup_capacity,
                                 edge_ttl_seconds=cfg.snapshots.edge_ttl_seconds)
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
+        self.late_before = self.cutter.stats["late"]  # the run's own late events are counted and warned about
+        self.warned_late = False
+        self.input_ended = False  # --until-idle stopped the run: the end of input, as a file's end is
         self.aligner = build_aligner(cfg)
         self.aligner_state: bytes | None = checkpoint.get("aligner")
         if self.aligner_state:
@@ -450,6 +458,8 @@ class AlignmentService:
             records = self.source.poll(cfg.batch_size, timeout)
             if records:
                 self._ingest(records)
+            self._track_lanes()
+            if records:
                 self._throttle()
                 idle_since = time.monotonic()
             elif self.source.exhausted and self.job is None and not self.backlog:
@@ -459,7 +469,8 @@ class AlignmentService:
             elif self.until_idle_s is not None and not self._idle():
                 idle_since = time.monotonic()
             elif self.until_idle_s is not None and time.monotonic() - idle_since >= self.until_idle_s:
-                log.info(f"idle for {self.until_idle_s:g} s: stopping")
+                log.info(f"idle for {self.until_idle_s:g} s: stopping; the open window is cut as at the end of input")
+                self.input_ended = True
                 break
             self._publish_pending()
             if self.dirty and time.monotonic() - self.last_checkpoint > CHECKPOINT_EVERY_S:
@@ -481,10 +492,10 @@ class AlignmentService:
         restoring_only = True
         offered_before = cutter.offered
 
-        def validated() -> Iterator[Event]:
+        def validated(run: Iterable[Record]) -> Iterator[Event]:
             nonlocal restoring_only
             add_line = accepted_lines.append
-            for value, _, origin, _, partition, restoring in records:
+            for value, _, origin, _, partition, restoring in run:
                 restoring_only &= restoring
                 try:
                     event = parse_event(value)
@@ -502,7 +513,11 @@ class AlignmentService:
                         parts.add(partition)
                 yield event
 
-        snapshots = cutter.offer_all(validated())
+        # One lane per partition (a file is one), so that a partition read ahead of another does not make the
+        # other's events late; a Kafka batch comes in partition order, so each partition is one run.
+        snapshots = []
+        for partition, run in itertools.groupby(records, key=operator.attrgetter("partition")):
+            snapshots += cutter.offer_all(validated(run), partition)
         summary.accepted += counts[0]
         summary.restored += counts[1]
         self.store.append_events(accepted_lines)
@@ -519,6 +534,35 @@ class AlignmentService:
             self.bar.update(len(records))
         for snap in snapshots:
             self._queue(snap)
+        self._warn_late()
+
+    def _track_lanes(self) -> None:
+        """Tell the cutter which partitions this worker reads and which are caught up (lag 0 at their end), so
+        the event-time watermark waits for the ones behind and not for the idle ones (see ``set_lanes``)."""
+        lag_of = getattr(self.source, "lag", None)
+        if lag_of is None:
+            return  # a file or stdin: one lane, the cutter's default
+        assigned = self.source.assigned
+        if not assigned:
+            return  # not in the group yet, or between assignments: forgetting every lane would release everything
+        snapshots = self.cutter.set_lanes(assigned, {p for p, n in lag_of().items() if n == 0})
+        if self.source.live_partitions():
+            self._rejected_to_dead_letters(self.cutter, self.dead)
+        else:  # only restoring partitions: their earlier owner dead-lettered these
+            self.cutter.drain_rejected()
+        for snap in snapshots:
+            self._queue(snap)
+        self._warn_late()
+
+    def _warn_late(self) -> None:
+        """Say once per run that events came too late for their window (the summary counts them all)."""
+        late = self.cutter.stats["late"] - self.late_before
+        if late and not self.warned_late:
+            self.warned_late = True
+            log.warning(f"{late} event(s) arrived after their event-time window was cut and went into the open "
+                        f"window instead (lateness {self.cfg.snapshots.lateness_seconds:g} s); if the source "
+                        "delivers events out of order by more than that, raise --lateness (snapshots."
+                        "lateness_seconds); the run summary counts them (late)")
 
     def _queue(self, snap: Snapshot) -> None:
         started = time.perf_counter()

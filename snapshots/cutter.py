@@ -5,6 +5,10 @@ disagree, so the cutter drops repeated event ids, holds events back for a bounde
 event-time order, and only then folds them into the :class:`TemporalGraphState`, cutting a snapshot whenever an
 event-time window closes and/or every N applied events.
 
+A Kafka topic is read partition by partition, one far ahead of another; taking the newest event time over all
+of them as "now" would make every event of the lagging partition late. So event time advances by a watermark
+per *lane* (a partition; a file is one lane), as Flink and Kafka Streams do: see :meth:`SnapshotCutter.set_lanes`.
+
 >>> from stream.events import Event
 >>> cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0))
 >>> cutter.offer(Event("add_edge", 3.0, "a", "x", "y", id="e1"))
@@ -26,11 +30,14 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from snapshots.graph import StateConflict, TemporalGraphState
 from snapshots.snapshot import Snapshot
 from stream.events import Event
+
+# Where events come from, each in its own order: a Kafka partition, or None for the one lane of a file or stdin.
+Lane = Optional[int]
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,10 @@ class SnapshotCutter:
     """Feeds events into a :class:`TemporalGraphState` in event-time order and cuts snapshots.
 
     - An event whose ``id`` was seen among the last ``dedup_capacity`` ids is dropped (``stats["duplicates"]``).
-    - Events wait in a min-heap keyed by ``(time, arrival order)`` until the watermark (newest event time seen
-      minus ``lateness_seconds``) reaches them; so an event at most ``lateness_seconds`` behind the newest is
-      applied in its place (``stats["reordered"]`` when it arrived after a newer one), and ties keep arrival order.
+    - Events wait in a min-heap keyed by ``(time, arrival order)`` until the watermark reaches them: the newest
+      event time seen, minus ``lateness_seconds``, in the lane furthest behind (:meth:`set_lanes`; one lane unless
+      told otherwise). So an event at most ``lateness_seconds`` behind the newest of its lane is applied in its
+      place (``stats["reordered"]`` when it arrived after a newer one of its lane), and ties keep arrival order.
     - Before applying an event at or past the open window's end, the open window is cut if any event was applied
       in it since the last cut; windows in which nothing was applied produce no snapshot, so snapshot ids stay
       consecutive but windows may be skipped. A window cut spans the window bounds.
@@ -101,7 +109,10 @@ class SnapshotCutter:
         self._seen_order: deque[str] = deque()
         self._buffer: list[tuple[float, int, Event]] = []
         self._arrivals = 0
-        self._newest = -math.inf
+        self._newest = -math.inf  # over every lane: the watermark once every lane is idle
+        # Newest event time per lane that holds the watermark back; -inf: assigned, nothing delivered yet.
+        self._lanes: dict[Lane, float] = {}
+        self._idle: set[Lane] = set()  # lanes caught up with their source: they hold nothing back
         self._window: int | None = None  # index k of the open window [k*W, (k+1)*W)
         # (k+1)*W: an event before it cannot open a newer window, so _apply skips the window arithmetic for it
         self._window_end = -math.inf if policy.window_seconds is not None else math.inf
@@ -122,23 +133,64 @@ class SnapshotCutter:
         """Events accepted but not yet applied (waiting for the watermark)."""
         return len(self._buffer)
 
-    def offer(self, event: Event) -> list[Snapshot]:
-        """Accept one event; returns the snapshots it completed (usually none). O(log buffered) per event."""
-        out: list[Snapshot] = []
-        self._offer(event, out)
-        return out
+    def offer(self, event: Event, lane: Lane = None) -> list[Snapshot]:
+        """Accept one event from ``lane``; returns the snapshots it completed (usually none). O(log buffered)."""
+        return self.offer_all((event,), lane)
 
-    def offer_all(self, events: Iterable[Event]) -> list[Snapshot]:
-        """:meth:`offer` each event in turn; returns the snapshots they completed, in order (one call per batch
-        rather than per event: ingestion offers tens of thousands of events a second)."""
+    def offer_all(self, events: Iterable[Event], lane: Lane = None) -> list[Snapshot]:
+        """:meth:`offer` each event of ``lane`` in turn; returns the snapshots they completed, in order (one call
+        per batch rather than per event: ingestion offers tens of thousands of events a second)."""
         out: list[Snapshot] = []
+        lanes = self._lanes
+        self._idle.discard(lane)  # delivering: it holds the watermark again
+        newest = lanes.setdefault(lane, -math.inf)
+        # The other lanes do not move during this call, so their part of the watermark is computed once.
+        if len(lanes) == 1:  # the usual single lane (a file), without the scan: offer() runs once per event
+            others = math.inf
+        else:
+            others = min((n for other, n in lanes.items() if other != lane and other not in self._idle),
+                         default=math.inf)
         offer = self._offer
-        for event in events:
-            offer(event, out)
+        try:
+            for event in events:
+                newest = offer(event, out, newest, others)
+        finally:
+            lanes[lane] = newest
         return out
 
-    def _offer(self, event: Event, out: list[Snapshot]) -> None:
-        """Offer ``event``, appending the snapshots it completes to ``out``."""
+    def set_lanes(self, lanes: Iterable[Lane], idle: Iterable[Lane] = ()) -> list[Snapshot]:
+        """What the source reports after a poll: the lanes it reads now, and those of them caught up (nothing
+        more to read right now). Returns the snapshots the moved watermark completed.
+
+        The watermark is the minimum, over the lanes that are not idle, of the newest event time seen in the lane,
+        minus ``lateness_seconds``: a lane far behind the others makes the leading lanes' events wait rather
+        than its own events late. A lane given here that has delivered nothing yet holds the watermark back; an
+        idle one does not (Flink's idle sources), until it delivers again; a lane left out is forgotten (a
+        revoked partition). With every lane idle the watermark is the newest event time over all of them.
+        Lanes that deliver without being given here count too, so callers with one lane never call this.
+
+        What bounds the buffer: the leading lanes' events newer than the newest of the lane furthest behind (plus
+        lateness); at worst the leading partitions' whole backlog while one that has not caught up delivers nothing.
+        """
+        keep = set(lanes)
+        for lane in [lane for lane in self._lanes if lane not in keep]:
+            del self._lanes[lane]
+        for lane in keep:
+            self._lanes.setdefault(lane, -math.inf)
+        self._idle = set(idle) & keep
+        out: list[Snapshot] = []
+        self._release(self.watermark, out)
+        return out
+
+    @property
+    def watermark(self) -> float:
+        """Events at or before this time are applied (see :meth:`set_lanes`)."""
+        active = [newest for lane, newest in self._lanes.items() if lane not in self._idle]
+        return (min(active) if active else self._newest) - self.policy.lateness_seconds
+
+    def _offer(self, event: Event, out: list[Snapshot], newest: float, others: float) -> float:
+        """Offer ``event`` of a lane whose newest event time is ``newest`` (the other lanes': ``others``),
+        appending the snapshots it completes to ``out``; returns the lane's newest event time after it."""
         self.offered += 1
         self._offering = event
         try:
@@ -146,24 +198,27 @@ class SnapshotCutter:
             if event_id is not None:
                 if event_id in self._seen_ids:
                     self.stats["duplicates"] += 1
-                    return
+                    return newest
                 self._remember(event_id)
             stats = self.stats
             stats["accepted"] += 1
             time = event.time
             lateness = self.policy.lateness_seconds
-            if time >= self._newest:
-                self._newest = time
-            elif time >= self._newest - lateness:
+            if time >= newest:
+                newest = time
+                if time > self._newest:
+                    self._newest = time
+            elif time >= newest - lateness:
                 stats["reordered"] += 1
-            watermark = self._newest - lateness
+            watermark = (newest if newest < others else others) - lateness
             if not self._buffer and time <= watermark:
                 # in-order fast path: nothing waits ahead of it, so skip the heap
                 self._apply(event, out)
-                return
+                return newest
             heapq.heappush(self._buffer, (time, self._arrivals, event))
             self._arrivals += 1
             self._release(watermark, out)
+            return newest
         finally:
             self._offering = None
 
@@ -193,6 +248,7 @@ class SnapshotCutter:
             "buffer": [[time, arrival, _event_record(event)] for time, arrival, event in self._buffer],
             "arrivals": self._arrivals,
             "newest": self._newest,
+            "lanes": [[lane, newest, lane in self._idle] for lane, newest in self._lanes.items()],
             "window": self._window,
             "sealed_before": self._sealed_before,
             "last_applied": self._last_applied,
@@ -226,6 +282,14 @@ class SnapshotCutter:
                           for time, arrival, record in state["buffer"]]
         cutter._arrivals = int(state["arrivals"])
         cutter._newest = float(state["newest"])
+        if "lanes" in state:
+            for lane, newest, idle in state["lanes"]:
+                lane = None if lane is None else int(lane)
+                cutter._lanes[lane] = float(newest)
+                if idle:
+                    cutter._idle.add(lane)
+        elif cutter._newest > -math.inf:  # written before lanes: everything came in one lane
+            cutter._lanes[None] = cutter._newest
         cutter._window = None if state["window"] is None else int(state["window"])
         if cutter._window is not None:
             cutter._window_end = cutter._window_bounds(cutter._window)[1]

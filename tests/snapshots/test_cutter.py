@@ -184,6 +184,113 @@ def test_resuming_under_a_changed_policy():
         SnapshotCutter.from_state(state, SnapshotPolicy(window_seconds=60.0))
 
 
+def two_networks(count: int = 60, step: float = 1.0) -> tuple[list[Event], list[Event]]:
+    """Network "a" at even and "b" at odd times (distinct, so merged they have one time order), as a topic keyed
+    by network carries them in two partitions."""
+    a = [Event("add_edge", 2 * i * step, "a", str(i), str(i + 1), id=f"a{i}") for i in range(count)]
+    b = [Event("add_edge", (2 * i + 1) * step, "b", str(i), str(i + 1), id=f"b{i}") for i in range(count)]
+    return a, b
+
+
+def assert_same_snapshots(got, want):
+    assert len(got) == len(want)
+    for snapshot, expected in zip(got, want):
+        assert_snapshots_equal(snapshot, expected)
+
+
+def test_a_lane_read_far_ahead_makes_no_event_late():
+    policy = SnapshotPolicy(window_seconds=10.0)
+    a, b = two_networks()
+    merged = sorted(a + b, key=lambda e: e.time)
+    expected = run(SnapshotCutter(policy), merged)
+    assert len(expected) == 12
+    # One global "newest": every event of the lagging partition is late, and the windows come out wrong.
+    global_clock = SnapshotCutter(policy)
+    wrong = run(global_clock, a + b)
+    assert "b" in expected[0].networks and "b" not in wrong[0].networks
+    assert global_clock.stats["late"] == len(b) - 5  # all but b's last window
+    # Per lane: lane 0 read to its end before lane 1 starts; lane 0's events wait for lane 1.
+    cutter = SnapshotCutter(policy)
+    assert cutter.set_lanes([0, 1]) == []
+    assert cutter.offer_all(iter(a), 0) == [] and cutter.buffered == len(a)
+    got = cutter.offer_all(iter(b[:30]), 1)
+    assert cutter.watermark == b[29].time and [s.end_time for s in got] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    got += cutter.offer_all(iter(b[30:]), 1) + cutter.flush()
+    assert_same_snapshots(got, expected)
+    assert cutter.stats["late"] == cutter.stats["out_of_order"] == 0
+
+
+def test_lateness_counts_within_a_lane():
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0, lateness_seconds=3.0))
+    cutter.set_lanes([0, 1])
+    cutter.offer_all([edge("a", "b", 20), edge("a", "c", 18)], 0)  # 2 s behind its lane's newest: reordered
+    cutter.offer_all([edge("x", "y", 5)], 1)  # 15 s behind lane 0, but lane 1's first: not reordered
+    assert cutter.stats["reordered"] == 1 and cutter.watermark == 5.0 - 3.0
+
+
+def test_an_idle_lane_does_not_hold_the_watermark_until_it_delivers_again():
+    policy = SnapshotPolicy(window_seconds=10.0)
+    cutter = SnapshotCutter(policy)
+    cutter.set_lanes([0, 1, 2])
+    assert cutter.offer_all([edge("a", str(t), t) for t in (1, 12, 25, 31)], 0) == []  # lanes 1, 2: nothing yet
+    assert cutter.set_lanes([0, 1, 2], idle=[2]) == []  # lane 1 still holds it back
+    cut = cutter.set_lanes([0, 1, 2], idle=[1, 2])  # nothing to read in either: lane 0 alone sets the pace
+    assert [s.end_time for s in cut] == [10.0, 20.0, 30.0] and cutter.watermark == 31.0
+    # Lane 1 delivers again: it holds the watermark (at 33) while lane 0 moves on; lane 2 stays idle.
+    assert cutter.offer_all([edge("b", "x", 33)], 1) == []
+    assert cutter.offer_all([edge("a", "y", 45)], 0) == [] and cutter.watermark == 33.0
+    assert [s.end_time for s in cutter.offer_all([edge("b", "z", 46)], 1)] == [40.0]
+    # An idle lane that delivers something older than what was cut: late, applied to the open window.
+    cutter.set_lanes([0, 1, 2], idle=[1, 2])
+    cutter.offer_all([edge("c", "old", 7)], 2)
+    assert cutter.stats["late"] == 1
+    # A revoked lane is forgotten: it holds nothing back any more.
+    cutter.offer_all([edge("a", "w", 58)], 0)
+    assert cutter.watermark == 7.0
+    assert [s.end_time for s in cutter.set_lanes([0, 1])] == []  # lane 1 (idle no more) at 46 holds
+    assert [s.end_time for s in cutter.set_lanes([0])] == [50.0] and cutter.watermark == 58.0
+
+
+def test_without_lanes_a_file_is_one_lane():
+    policy = SnapshotPolicy(window_seconds=50.0, every_events=70, lateness_seconds=10.0, dedup_capacity=500)
+    events = messy_stream(5, 800)
+    plain, one_lane = SnapshotCutter(policy), SnapshotCutter(policy)
+    expected = run(plain, events)
+    got = [s for e in events for s in one_lane.offer(e, None)]
+    assert_same_snapshots(got + one_lane.flush(), expected)
+    assert one_lane.stats == plain.stats and one_lane.stats["late"] > 0
+
+
+def test_lanes_survive_a_checkpoint_and_old_checkpoints_load():
+    policy = SnapshotPolicy(window_seconds=10.0, lateness_seconds=1.0)
+    a, b = two_networks()
+
+    def feed(cutter, lane_a, lane_b):
+        return cutter.offer_all(iter(lane_a), 0) + cutter.offer_all(iter(lane_b), 1)
+
+    straight = SnapshotCutter(policy)
+    straight.set_lanes([0, 1], idle=[])
+    expected = feed(straight, a[:40], b[:10]) + feed(straight, a[40:], b[10:]) + straight.flush()
+    first = SnapshotCutter(policy)
+    first.set_lanes([0, 1], idle=[])
+    before = feed(first, a[:40], b[:10])
+    first.set_lanes([0, 1], idle=[0])  # lane 0 caught up for now
+    state = first.to_state()
+    resumed = SnapshotCutter.from_state(state)
+    assert resumed.watermark == first.watermark == b[9].time - 1.0 and resumed.buffered == first.buffered > 0
+    assert resumed.to_state()["lanes"] == state["lanes"] == [[0, a[39].time, True], [1, b[9].time, False]]
+    assert_same_snapshots(before + feed(resumed, a[40:], b[10:]) + resumed.flush(), expected)
+    assert resumed.stats["late"] == 0
+    # A checkpoint written before lanes existed: its events came in one lane, whose clock carries on.
+    old = SnapshotCutter(policy)
+    run_before = [s for e in a[:25] for s in old.offer(e)]
+    legacy = old.to_state()
+    del legacy["lanes"]
+    loaded = SnapshotCutter.from_state(legacy)
+    assert loaded.watermark == old.watermark == a[24].time - 1.0
+    assert_same_snapshots(run_before + run(loaded, a[25:]), run(SnapshotCutter(policy), a))
+
+
 def test_throughput(capsys):
     rng = random.Random(0)
     count = 100_000

@@ -321,7 +321,7 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_neve
     assert summary.accepted == len(good) + 2 and summary.dead_letters == len(bad) + 1
     assert summary.published >= 1
     align_s = [r for r in caplog.records if r.name == "dynalign.service" and r.getMessage() == "snapshot aligned"]
-    slowest = max(record_fields(r)["meta_s"] for r in align_s)
+    slowest = max(record_fields(r).get("meta_s", 0.0) for r in align_s)  # incremental steps have none
     assert slowest > 1.0, f"the warm-up ({slowest:.2f} s) must outlast max_poll_interval_ms for this test to mean anything"
     ours = [r.getMessage() for r in caplog.records if r.name == "stream.sources"]
     assert sum(": assigned partitions" in m for m in ours) == 1  # never left the group

@@ -372,9 +372,15 @@ class AlignmentClient:
         TLS, the URL's options), except a read timeout too short for its blocking reads."""
         pool = self.r.connection_pool
         options = dict(pool.connection_kwargs)
-        timeout = options.get("socket_timeout")
-        if timeout is not None:  # None: the user asked for no read timeout at all
-            options["socket_timeout"] = max(float(timeout), block_s + FOLLOW_READ_GRACE_S)
+        # redis-py 8 keeps the read timeout the client was made with under "orig_socket_timeout" and applies its
+        # 5 s default when "socket_timeout" is absent, so absent does not mean "none": every quiet XREAD then
+        # timed out and reconnected. Always set it, longer than a blocking read lasts (a read timeout that never
+        # fires would hide a connection that stopped answering).
+        given = [float(options[k]) for k in ("socket_timeout", "orig_socket_timeout") if options.get(k) is not None]
+        timeout = max([*given, block_s + FOLLOW_READ_GRACE_S])
+        options["socket_timeout"] = timeout
+        if "orig_socket_timeout" in options:
+            options["orig_socket_timeout"] = timeout
         return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **options))
 
     def _announcement(self, entry_id: Any, entry: dict, r: redis.Redis | None = None) -> Announcement:

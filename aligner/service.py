@@ -653,10 +653,13 @@ class AlignmentService:
         self._account(result)
         self.aligner, caught_up, point = self.refreshing, self.since_fork, self.fork_point
         self.refresh, self.refreshing, self.since_fork, self.fork_point = None, None, [], None
-        log.info("snapshot refreshed", extra={"fields": {
-            **self.refresh_stats, "snapshot": self.refresh_of, "caught_up_to": point.snapshot.id,
-            "refresh_s": round(self.refresh_seconds, 3), "background_catch_ups": self.catch_ups,
-            "left_to_catch_up": len(caught_up)}})
+        stats = self.refresh_stats
+        log.info("snapshot refreshed", extra={
+            "fields": {"snapshot": self.refresh_of, "caught_up_to": point.snapshot.id,
+                       "refresh_s": round(self.refresh_seconds, 3),
+                       **{k: stats[k] for k in ALIGNED_HEADLINE if k in stats}},
+            "detail": {**{k: v for k, v in stats.items() if k not in ALIGNED_HEADLINE},
+                       "background_catch_ups": self.catch_ups, "left_to_catch_up": len(caught_up)}})
         # The fork is as of its last step: a checkpoint from here on must not claim later snapshots for it.
         self.aligned_through = point.snapshot.id
         self.model_version = result.model_version

@@ -4,6 +4,7 @@ connections and server restarts."""
 
 import itertools
 import json
+import logging
 import queue
 import shutil
 import ssl
@@ -19,6 +20,7 @@ from aligner import AlignmentClient
 from aligner.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
 from aligner.redis_alignments import CHANGED_INLINE, PENDING_TTL_S, RedisPublisher
 from aligner.update import AlignmentUpdate, PairTopK
+from tests.logs import our_messages
 from tests.brokers import TcpProxy
 
 
@@ -247,13 +249,16 @@ class Follower:
         return out
 
 
-def test_follow_waits_longer_than_a_read_timeout_for_the_next_version(redis_url):
+def test_follow_waits_longer_than_a_read_timeout_for_the_next_version(redis_url, caplog):
     """As the README shows it: no new version for 8 s (past redis-py's 5 s default read timeout, which equals
-    the 5 s XREAD BLOCK), then one: the follower is still there and gets it."""
+    the 5 s XREAD BLOCK), then one: the follower is still there and gets it, and it never lost its connection
+    meanwhile (a read timeout as short as the block made every quiet read reconnect)."""
     pub = RedisPublisher(redis.Redis.from_url(redis_url))
     pub.publish(make_update(1))
-    follower = Follower(AlignmentClient.from_url(redis_url), until=2)
-    time.sleep(8)
+    with caplog.at_level(logging.WARNING, logger="aligner.redis_alignments"):
+        follower = Follower(AlignmentClient.from_url(redis_url), until=2)
+        time.sleep(8)
+    assert not [m for m in our_messages(caplog.records) if "lost the connection" in m]
     assert follower.error is None and follower.thread.is_alive()
     pub.publish(make_update(2, shift=1))
     assert follower.versions(1) == [2]

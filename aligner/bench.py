@@ -11,7 +11,9 @@ Two ways to get a model are measured side by side, each from nothing:
   (``meta.warmup_iterations``), then fast-adapt it with ``adapt.steps`` steps;
 - ``full``: ordinary training from a random initialisation with ``full_steps`` gradient steps, no meta-learning.
 
-Every seed runs in its own process, so its wall time and peak memory (max RSS) are its own.
+Every seed runs in its own process, so its wall time and peak memory (max RSS) are its own. Each model is scored in
+both directions with the same trained aligner: source→target (the figures above) and target→source (the same test
+anchors reversed, ranking against all source nodes), as the PlanetAlign benchmark reports their mean.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from aligner.config import Config
 
 FULL_STEPS = 200
+Variant = Literal["fast", "full"]
+VARIANTS: tuple[Variant, ...] = ("fast", "full")
 
 
 def static_snapshot(dataset, train: np.ndarray):
@@ -57,8 +62,9 @@ def validation_split(train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config, full_steps: int,
-             validation: bool = False) -> dict:
-    """One seed, in the current process: build the snapshot, train both ways, score both on the test anchors."""
+             validation: bool = False, variants: tuple[Variant, ...] = VARIANTS) -> dict:
+    """One seed, in the current process: build the snapshot, train each of ``variants``, score each on the test
+    anchors in both directions."""
     import torch
 
     from aligner.engine import Aligner
@@ -77,11 +83,12 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     load_s = time.perf_counter() - started
     out = {"seed": seed, "train": len(train), "test": len(test), "load_s": round(load_s, 2)}
 
-    variants = {
+    settings = {
         "fast": (cfg.meta, cfg.adapt),
         "full": (dataclasses.replace(cfg.meta, warmup_iterations=0), dataclasses.replace(cfg.adapt, steps=full_steps)),
     }
-    for name, (meta, adapt) in variants.items():
+    for name in variants:
+        meta, adapt = settings[name]
         t0 = time.perf_counter()
         aligner = Aligner(cfg.model, meta, adapt, cfg.service.pairs, cfg.publish.top_k, seed, cfg.refine)
         aligner.on_snapshot(snapshot)
@@ -89,6 +96,9 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
         metrics = aligner.evaluate(ds.source_net, ds.target_net, test_ids)
         out[name] = {**{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
                      "train_s": round(t_train, 2), "total_s": round(time.perf_counter() - t0, 2)}
+        # The same aligner ranks the other way: no retraining, so both directions score one model.
+        reverse = aligner.evaluate(ds.target_net, ds.source_net, [(t, s) for s, t in test_ids])
+        out[name]["target_to_source"] = {k: round(v, 4) for k, v in reverse.items() if isinstance(v, float)}
         if name == "fast":
             out[name]["evidence_agreement"] = round(
                 evidence_agreement(aligner, snapshot, ds.source_net, ds.target_net, seed=seed), 4)
@@ -136,22 +146,27 @@ def mean_std(values) -> dict:
 
 
 def bench_static(dataset_dir: str | Path, cfg: Config, seeds: int = 3, train_ratio: float | None = None,
-                 full_steps: int = FULL_STEPS, validation: bool = False, echo=print) -> dict:
+                 full_steps: int = FULL_STEPS, validation: bool = False, echo=print,
+                 variants: tuple[Variant, ...] = VARIANTS) -> dict:
+    """``variants`` (default both) over ``seeds`` seeds, each seed in its own process; per seed and mean ± std."""
     per_seed = []
     for seed in range(seeds):
-        result = in_own_process(run_seed, str(dataset_dir), seed, train_ratio, cfg, full_steps, validation)
+        result = in_own_process(run_seed, str(dataset_dir), seed, train_ratio, cfg, full_steps, validation, variants)
         per_seed.append(result)
-        echo(f"seed {seed}: fast H@1 {result['fast']['hits@1']:.3f} MRR {result['fast']['mrr']:.3f} "
-             f"({result['fast']['total_s']:.0f} s) | full H@1 {result['full']['hits@1']:.3f} "
-             f"MRR {result['full']['mrr']:.3f} ({result['full']['total_s']:.0f} s) | "
-             f"{result['wall_s']:.0f} s, {result['peak_rss_mb']:.0f} MB")
+        models = " | ".join(f"{v} H@1 {result[v]['hits@1']:.3f} MRR {result[v]['mrr']:.3f} "
+                            f"({result[v]['total_s']:.0f} s)" for v in variants)
+        echo(f"seed {seed}: {models} | {result['wall_s']:.0f} s, {result['peak_rss_mb']:.0f} MB")
     summary = {}
-    for variant in ("fast", "full"):
+    for variant in variants:
         summary[variant] = {}
         for key in ("hits@1", "hits@5", "hits@10", "mrr", "train_s", "total_s"):
             summary[variant][key] = mean_std(r[variant][key] for r in per_seed)
-    summary["fast"]["evidence_agreement"] = round(statistics.fmean(
-        r["fast"]["evidence_agreement"] for r in per_seed), 4)
+        summary[variant]["target_to_source"] = {
+            key: mean_std(r[variant]["target_to_source"][key] for r in per_seed)
+            for key in ("hits@1", "hits@5", "hits@10", "mrr")}
+    if "fast" in variants:
+        summary["fast"]["evidence_agreement"] = round(statistics.fmean(
+            r["fast"]["evidence_agreement"] for r in per_seed), 4)
     for key in ("wall_s", "peak_rss_mb"):
         values = [r[key] for r in per_seed]
         summary[key] = {"mean": round(statistics.fmean(values), 2), "max": max(values)}
@@ -162,6 +177,7 @@ def bench_static(dataset_dir: str | Path, cfg: Config, seeds: int = 3, train_rat
         "train_ratio": train_ratio,
         "seeds": seeds,
         "full_steps": full_steps,
+        "variants": list(variants),
         "per_seed": per_seed,
         "summary": summary,
     }
@@ -172,7 +188,7 @@ def format_table(result: dict) -> str:
     lines = [f"{result['dataset']} (static, train {'train.tsv' if result['train_ratio'] is None else result['train_ratio']}, "
              f"{result['seeds']} seeds, scored on {result['scored_on']})",
              f"{'model':<8}{'Hits@1':>14}{'Hits@5':>14}{'Hits@10':>14}{'MRR':>14}{'time (s)':>12}"]
-    for variant in ("fast", "full"):
+    for variant in result.get("variants", VARIANTS):
         v = s[variant]
         cells = "".join(f"{v[k]['mean']:>8.3f}±{v[k]['std']:<5.3f}" for k in ("hits@1", "hits@5", "hits@10", "mrr"))
         lines.append(f"{variant:<8}{cells}{v['total_s']['mean']:>12.1f}")

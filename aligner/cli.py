@@ -614,17 +614,39 @@ def explain(node, net, to, k, state_dir, as_json) -> None:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
               help="Stream protocol: write accuracy and compute per window as a PNG here.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results as JSON here.")
+@click.option("--suite", is_flag=True,
+              help="DATASET_DIR is a suite: run every dataset folder in it (static, 'fast' model) into one table.")
+@click.option("--only", default=None, help="Suite: only these folders, comma-separated.")
+@click.option("--skip", default=None, help="Suite: leave out these folders, comma-separated.")
+@click.option("--baseline", "baseline_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Suite: markdown file with a dataset | Hits@1 | Hits@10 | MRR table (default: DIR/README.md).")
 @click.pass_context
 def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation, windows, variants, plot_out,
-          json_out) -> None:
+          json_out, suite, only, skip, baseline_file) -> None:
     """Alignment quality (Hits@1/5/10, MRR on test anchors), time and peak memory per seed.
 
     static: the meta-learned initialisation with few-step adaptation ('fast') next to ordinary full training
     ('full'). stream: the dataset replayed in windows; incremental dynalign next to retraining on every window,
-    a frozen model and the initialisation ablation (meta-learned / pretrained / random)."""
+    a frozen model and the initialisation ablation (meta-learned / pretrained / random). --suite: every pair of
+    a suite folder, 'fast' only, both directions, next to the baseline table of its README."""
     cfg = _config(ctx, **ctx.obj["log_overrides"])
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    if protocol == "stream":
+    if not suite and (only or skip or baseline_file):
+        raise click.UsageError("--only, --skip and --baseline go with --suite")
+    if suite:
+        from aligner.bench_suite import bench_suite, format_suite_table, load_baseline, suite_folders
+
+        if protocol != "static":
+            raise click.UsageError("--suite runs the static protocol only")
+        split = lambda v: [n.strip() for n in v.split(",") if n.strip()] if v else None  # noqa: E731
+        root = Path(dataset_dir)
+        folders = suite_folders(root, only=split(only), skip=split(skip))
+        readme = Path(baseline_file) if baseline_file else root / "README.md"
+        baseline = load_baseline(readme) if baseline_file or readme.exists() else {}
+        result = bench_suite(folders, cfg, seeds=seeds, baseline=baseline, train_ratio=train_ratio,
+                             validation=validation, echo=echo)
+        click.echo(format_suite_table(result))
+    elif protocol == "stream":
         from aligner.stream_bench import VARIANTS, bench_stream, format_stream_table, plot_stream
 
         chosen = tuple(v.strip() for v in variants.split(",") if v.strip())

@@ -203,8 +203,8 @@ def format_suite_table(result: dict) -> str:
                                f"{r['status']}: {r['note']}")))
             continue
         s2t = r["source_to_target"]
-        lines.append(line((r["pair"], fmt(s2t["hits@1"]), fmt(s2t["hits@10"]), fmt(s2t["mrr"]), fmt(r["both"]["hits@1"]),
-                           fmt(b.get("hits1")), fmt(r["diff_hits@1"], "+.3f"), fmt(r["wall_s"]["mean"], ".0f"),
+        lines.append(line((r["pair"], fmt(s2t["hits@1"]), fmt(s2t["hits@10"]), fmt(s2t["mrr"]),
+                           fmt(r["both"]["hits@1"]), fmt(b.get("hits1")), fmt(r["diff_hits@1"], "+.3f"), fmt(r["wall_s"]["mean"], ".0f"),
                            fmt(r["peak_rss_mb"]["max"] / 1024, ".2f"), r["note"])))
     m = result["suite_mean"]
     if m:

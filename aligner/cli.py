@@ -41,6 +41,9 @@ def _user_error(e: Exception) -> str | None:
     kafka_errors = sys.modules.get("kafka.errors")
     unreachable_kafka = tuple(getattr(kafka_errors, name) for name in ("NoBrokersAvailable", "KafkaConnectionError")
                               if hasattr(kafka_errors, name))
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in SERVICE_MODULES:
+        return (f"this command needs {e.name}, which the client install leaves out; install the service too: "
+                "pip install 'dynalign[service]' (in a clone: make setup)")
     if isinstance(e, redis.AuthenticationError):
         return f"Redis refused the credentials ({e}): give them in the URL, redis://:PASSWORD@HOST:PORT/0"
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
@@ -755,14 +758,7 @@ SERVICE_MODULES = frozenset({"torch", "torch_geometric", "torch_geometric_tempor
 
 
 def main() -> None:
-    try:
-        cli(prog_name="dynalign")
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in SERVICE_MODULES:
-            raise
-        click.echo(f"Error: this command needs {e.name}, which the client install leaves out; install the service "
-                   "too: pip install 'dynalign[service]' (in a clone: make setup)", err=True)
-        sys.exit(1)
+    cli(prog_name="dynalign")
 
 
 if __name__ == "__main__":

@@ -56,4 +56,4 @@ def test_a_service_command_without_the_service_install_says_how_to_get_it(tmp_pa
                         env={"PYTHONPATH": str(REPO)}, timeout_s=60)
     assert shown.returncode == 1
     line = shown.text.strip()
-    assert "\n" not in line and line.startswith("Error: this command needs ") and "dynalign[service]" in line
+    assert "\n" not in line and line.startswith("dynalign: error: this command needs ") and "dynalign[service]" in line

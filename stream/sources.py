@@ -792,4 +792,15 @@ def check_source_url(url: str) -> None:
     if url.startswith("kafka://"):
         parse_kafka_url(url)
     elif url != "-":
-        open_source(url).close()  # a file: opening it is cheap, and says what is wrong
+        path = Path(url.removeprefix("file://"))
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = None  # opening it says what is wrong
+        if mode is not None and not stat.S_ISREG(mode):
+            # A named pipe: opening it here and closing it again would end the writer's stream (EPIPE) before
+            # the run opens it for good; the run's own open reports what is wrong with it.
+            if stat.S_ISDIR(mode):
+                open_events_file(path)  # raises the directory message
+            return
+        open_source(url).close()  # a regular file: opening it is cheap, and says what is wrong

@@ -158,3 +158,36 @@ def test_the_collector_pause_restores_what_it_found():
         assert not gc.isenabled()  # someone else's choice: left alone
     finally:
         gc.enable()
+
+
+def test_checking_a_named_pipe_does_not_end_its_writers_stream(tmp_path):
+    """A run checks its source before it starts; for a named pipe (a live stream), opening and closing it there
+    would give its writer EPIPE before the run opened it for good."""
+    import threading
+
+    from stream.sources import check_source_url
+
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    result = {}
+
+    def write() -> None:
+        try:
+            with open(fifo, "w") as writer:  # blocks until a reader opens the pipe
+                time.sleep(0.2)
+                writer.write('{"x": 1}\n')
+            result["ok"] = True
+        except BrokenPipeError as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    check_source_url(str(fifo))
+    time.sleep(0.5)  # a writer let through by the check has written into a pipe nobody reads by now
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the run's own open (never blocks: no hang if broken)
+    try:
+        thread.join(5)
+        assert result == {"ok": True}
+        assert os.read(reader, 100) == b'{"x": 1}\n'
+    finally:
+        os.close(reader)

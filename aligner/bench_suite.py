@@ -15,6 +15,7 @@ import dataclasses
 import re
 import statistics
 import time
+from collections import Counter
 from enum import Enum
 from pathlib import Path
 from typing import Callable
@@ -146,9 +147,24 @@ def _pair_row(folder: Path, cfg: Config, seeds: int, train_ratio: float | None, 
         "diff_hits@1": None if baseline is None or baseline.hits1 is None else round(s2t["hits@1"] - baseline.hits1, 4),
         "per_seed": result["per_seed"],
     })
+    notes = [calibration_note(result["per_seed"])]
     if baseline is not None and baseline.hits1 is None:
-        row["note"] = f"baseline: {baseline.note}"
+        notes.append(f"baseline: {baseline.note}")
+    row["note"] = "; ".join(n for n in notes if n)
     return row
+
+
+def calibration_note(per_seed: list[dict]) -> str:
+    """What self-calibration chose over the seeds, most frequent first, e.g. ``calibrated marginal=exact
+    beta=0.3 x2, marginal=0.1 beta=0.3 x1``; empty when it did not run.
+
+    >>> calibration_note([{"fast": {"calibrated": {"marginal_weight": None, "beta": 0.3}}}, {"fast": {}}])
+    'calibrated marginal=exact beta=0.3 x1'
+    """
+    from aligner.calibration import RefineSetting
+
+    chosen = Counter(RefineSetting(**r["fast"]["calibrated"]).label for r in per_seed if "calibrated" in r["fast"])
+    return "calibrated " + ", ".join(f"{label} x{n}" for label, n in chosen.most_common()) if chosen else ""
 
 
 def bench_suite(folders: list[Path], cfg: Config, seeds: int = 3, baseline: dict[str, Baseline] | None = None,

@@ -134,6 +134,17 @@ class RefineConfig:
     # times; 0 rounds: off.
     pseudo_anchor_confidence: float = 0.5
     pseudo_anchor_rounds: int = 1
+    # Self-calibration (aligner.calibration): at adaptation, hold back this fraction of the known anchors, adapt
+    # on the rest and keep the candidate marginal_weight x beta whose plan ranks the held-back ones best; again
+    # once the anchors have grown calibration_growth times since. Off, or fewer than calibration_min_anchors held
+    # back: the settings above stand. Candidates are comma lists ("none": exact marginals); empty: the setting
+    # above alone.
+    calibrate: bool = True
+    calibration_holdout: float = 0.2
+    calibration_min_anchors: int = 20
+    calibration_growth: float = 4.0
+    calibration_marginals: str = "0.1,1,none"
+    calibration_betas: str = ""
 
 
 @dataclass
@@ -321,9 +332,45 @@ def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
         raise ConfigError(f"store.base_every must be >= 1, got {cfg.store.base_every}")
     if cfg.store.retain_snapshots is not None and cfg.store.retain_snapshots < 1:
         raise ConfigError(f"store.retain_snapshots must be >= 1 (or none), got {cfg.store.retain_snapshots}")
+    for name in ("calibration_marginals", "calibration_betas"):
+        try:
+            parse_setting_values(getattr(cfg.refine, name))
+        except ValueError as e:
+            raise ConfigError(f"refine.{name}{source('refine.' + name)}: {e}; e.g. 0.1,1,none") from None
+    if not cfg.refine.calibration_growth > 1.0:
+        raise ConfigError(f"refine.calibration_growth must be > 1, got {cfg.refine.calibration_growth}")
+    if not 0.0 < cfg.refine.calibration_holdout < 1.0:
+        raise ConfigError(f"refine.calibration_holdout must be in (0, 1), got {cfg.refine.calibration_holdout}")
     for name in ("top_k", "retain_versions"):
         if getattr(cfg.publish, name) < 1:
             raise ConfigError(f"publish.{name} must be >= 1")
+
+
+def parse_setting_values(spec: str) -> list[float | None]:
+    """A comma list of numbers for calibration candidates, ``none`` for "unset" (exact marginals).
+
+    >>> parse_setting_values("0.1, 1,none"), parse_setting_values("")
+    ([0.1, 1.0, None], [])
+    >>> parse_setting_values("0.1,lots")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a comma list of numbers or none, got 'lots'
+    """
+    out: list[float | None] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item.lower() == "none":
+            out.append(None)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"expected a comma list of numbers or none, got {item!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise ValueError(f"expected positive finite numbers, got {item!r}")
+        out.append(value)
+    return out
 
 
 def as_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from aligner.calibration import RefineSetting, best, candidates, holdout_split
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
 from aligner.drift import QualityMonitor
 from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
@@ -171,6 +172,9 @@ class Aligner:
         # Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path
         # ("adaptation" or "incremental", whose heavy branches then run) and why.
         self.deferred: tuple[str, str] | None = None
+        # The refine setting self-calibration chose (aligner.calibration) and the anchor count it chose on.
+        self.calibrated: RefineSetting | None = None
+        self.anchors_at_calibration = 0
 
     # -- the per-snapshot pipeline -------------------------------------------------------------------------
     def aligned_pairs(self, snapshot: Snapshot) -> list[tuple[str, str]]:
@@ -277,18 +281,75 @@ class Aligner:
         initialisation whenever the service found time to learn. The first snapshot warms up at once.
         """
         t0 = time.perf_counter()
+        split = self._calibration_split(inputs)
+        fit = None if split is None else dataclasses.replace(inputs, anchors=split[0], ppr={}, encoded=None)
         if self.meta_iterations == 0:
-            meta_stats = self.meta_train(self.meta_cfg.warmup_iterations, list(self.pool))
+            # Warming up on the fit anchors only keeps the held-back ones out of the initialisation too.
+            meta_stats = self.meta_train(self.meta_cfg.warmup_iterations, [fit] if fit else list(self.pool))
         else:
             meta_stats = self.learn()
         self.meta_due, self.meta_pool = self.meta_cfg.iterations_per_snapshot, list(self.pool)
         t_meta = time.perf_counter()
+        calibration = {} if split is None else self._calibrate(fit, split[1])
+        t_calibrated = time.perf_counter()
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
         pseudo, adapt_s = self._align_rounds(inputs, self.adapt_cfg.steps)
         self.since_adaptation = 0
-        return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due,
+        return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due, **calibration,
                 "pseudo_anchors": pseudo, "meta_s": round(t_meta - t0, 3), "adapt_s": round(adapt_s, 3),
-                "align_s": round(time.perf_counter() - t_meta - adapt_s, 3)}
+                "align_s": round(time.perf_counter() - t_calibrated - adapt_s, 3)}
+
+    def _calibration_split(self, inputs: SnapshotInputs) -> tuple[dict, dict] | None:
+        """Fit and held-back anchors for self-calibration when one is due: calibration is on, there is more than
+        one candidate, enough anchors to hold back, and none has been done or the anchors grew
+        ``refine.calibration_growth`` times since (so a stream revealing anchors calibrates a few times, not on
+        every adaptation). The split is seeded by the seed and the anchor count, so a restarted aligner splits
+        the same way. Later calibrations start from an initialisation meta-learned on every anchor known then,
+        held-back ones included: they rank a little better than they would unseen, under every candidate alike."""
+        cfg = self.refine_cfg
+        count = int(sum(len(r) for r in inputs.anchors.values()))
+        if not cfg.calibrate or not cfg.enabled or len(candidates(cfg)) < 2:
+            return None
+        if self.calibrated is not None and count < cfg.calibration_growth * self.anchors_at_calibration:
+            return None
+        rng = np.random.default_rng([self.seed, 2, count])
+        return holdout_split(inputs.anchors, cfg.calibration_holdout, cfg.calibration_min_anchors, rng)
+
+    def _calibrate(self, fit: SnapshotInputs, heldout: dict[tuple[str, str], np.ndarray]) -> dict:
+        """Adapt on ``fit``, solve every pair's plan under each candidate setting and keep the one that ranks
+        the ``heldout`` anchors best (MRR, both directions, pooled over pairs); see :mod:`aligner.calibration`.
+        Returns the step's stats: the choice and each candidate's held-out MRR."""
+        started = time.perf_counter()
+        base = self.refine_cfg
+        fast = self.adapt(fit, self.adapt_cfg.steps)
+        self.infer(fast, fit)
+        return_free_heap()
+        scores: dict[RefineSetting, float] = {}
+        for candidate in candidates(base):
+            self.refine_cfg = candidate.applied(base)
+            total, count = 0.0, 0
+            for (a, b), rows in heldout.items():
+                if (a, b) not in fit.anchors:
+                    continue
+                matcher = self._full_match(a, b)
+                pairs = torch.from_numpy(rows.astype(np.int64))
+                for direction, p, alive in (("ab", pairs, self.alive[b]), ("ba", pairs.flip(1), self.alive[a])):
+                    metrics = ranking_metrics(DirectionScorer(matcher, direction), p, alive)
+                    total += metrics["mrr"] * len(p)
+                    count += len(p)
+                del matcher
+            scores[candidate] = total / max(count, 1)
+        chosen = best(scores)
+        self.refine_cfg = chosen.applied(base)
+        self.calibrated = chosen
+        self.anchors_at_calibration = int(sum(len(r) for r in fit.anchors.values())
+                                          + sum(len(r) for r in heldout.values()))
+        log.info("calibration: %s (held-back MRR %s; %d anchors held back)", chosen.label,
+                 ", ".join(f"{c.label} {s:.3f}" for c, s in scores.items()),
+                 sum(len(r) for r in heldout.values()))
+        return {"calibrated": chosen.as_dict(),
+                "calibration_mrr": {c.label: round(s, 4) for c, s in scores.items()},
+                "calibration_s": round(time.perf_counter() - started, 3)}
 
     def _align_rounds(self, inputs: SnapshotInputs, steps: int | None, warm_first: bool = False) -> tuple[int, float]:
         """Align everything afresh: embed every network from its known anchors and solve each pair's plan; then,
@@ -739,6 +800,8 @@ class Aligner:
             "meta_rng": self.meta_rng.bit_generator.state,
             "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
+            "calibrated": None if self.calibrated is None else self.calibrated.as_dict(),
+            "anchors_at_calibration": self.anchors_at_calibration,
         }, buf)
         return buf.getvalue()
 
@@ -766,6 +829,11 @@ class Aligner:
             self.meta_rng.bit_generator.state = state["meta_rng"]
         self.meta_due = state.get("meta_due", 0)
         self.deferred = state.get("deferred")
+        calibrated = state.get("calibrated")  # none (never calibrated, or an older state): the configured settings
+        self.calibrated = None if calibrated is None else RefineSetting(**calibrated)
+        if self.calibrated is not None:
+            self.refine_cfg = self.calibrated.applied(self.refine_cfg)
+        self.anchors_at_calibration = state.get("anchors_at_calibration", 0)
         self.pool.clear()
         self.pool.extend(self._pool_entry(entry) for entry in state["pool"])
         self.meta_pool = [self._pool_entry(entry) for entry in state.get("meta_pool", [])]

@@ -3,18 +3,27 @@
 No single setting of the structure-consistent matching (:mod:`aligner.refine`) serves every pair. Where most of
 one network has no counterpart in the other (douban's online network, a cross-platform pair with a third of its
 nodes anchored), relaxed marginals let that mass vanish instead of forcing it onto wrong partners; where nearly
-every node has one (two views of one network), exact marginals are what makes the plan one-to-one, and relaxing
-them costs most of the accuracy. Network sizes alone do not say which case a pair is; the user's anchors do.
+every node has one, exact marginals can be what makes the plan one-to-one, and relaxing them then costs most of
+the accuracy, or the other way round (docs/benchmarks.md has the measured cases). Network sizes alone do not
+say which case a pair is; the user's anchors do.
 
 So at adaptation time the aligner holds back a seeded part of the known anchors, adapts on the rest, solves each
-pair's plan under every candidate setting and keeps the one whose plan ranks the held-back partners best (MRR,
-both directions, pooled over the aligned pairs). Only anchors the user gave are used: never test anchors. Too
-few anchors to hold back, or a single candidate, and the configured settings stand.
+pair's plan under every candidate setting and ranks the held-back partners under each (reciprocal ranks, both
+directions, pooled over the aligned pairs). Only anchors the user gave are used: never test anchors. Too few
+anchors to hold back, or a single candidate, and the configured settings stand.
+
+A candidate replaces the configured setting only when it ranks the held-back anchors better by a clear margin:
+the mean of its per-anchor reciprocal-rank gains over the configured setting must exceed ``SIGNIFICANCE`` standard
+errors of that mean. Held-back sets are small (tens of anchors), and without the margin a coin flip between two
+near-equal settings would be a change of setting, and with it of every published score.
 
 >>> candidates(RefineConfig(calibration_marginals="0.1,none", calibration_betas=""))
 [RefineSetting(marginal_weight=0.1, beta=0.3), RefineSetting(marginal_weight=None, beta=0.3)]
->>> best({RefineSetting(0.1, 0.3): 0.42, RefineSetting(None, 0.3): 0.61})
+>>> configured, exact = RefineSetting(0.1, 0.3), RefineSetting(None, 0.3)
+>>> choose({configured: np.array([0.5, 1.0, 0.2, 1.0, 0.25, 0.5]), exact: np.ones(6)})
 RefineSetting(marginal_weight=None, beta=0.3)
+>>> choose({configured: np.array([0.5, 1.0, 0.2, 1.0]), exact: np.array([1.0, 0.5, 0.2, 1.0])})  # a tie
+RefineSetting(marginal_weight=0.1, beta=0.3)
 """
 
 from __future__ import annotations
@@ -57,9 +66,19 @@ def candidates(cfg: RefineConfig) -> list[RefineSetting]:
     return [configured, *(c for c in grid if c != configured)] if configured in grid else grid
 
 
-def best(scores: dict[RefineSetting, float]) -> RefineSetting:
-    """The best-scoring candidate; on a tie, the one tried first."""
-    return max(scores, key=lambda c: (scores[c], -list(scores).index(c)))
+SIGNIFICANCE = 2.0  # standard errors of the mean reciprocal-rank gain a candidate must clear to replace the first
+
+
+def choose(reciprocal_ranks: dict[RefineSetting, np.ndarray]) -> RefineSetting:
+    """The candidate to keep, given each one's reciprocal ranks of the same held-back anchors (same order): the
+    best by mean if it beats the first (the configured setting) by a significant paired margin, else the first."""
+    first, *_ = reciprocal_ranks
+    top = max(reciprocal_ranks, key=lambda c: (float(reciprocal_ranks[c].mean()), -list(reciprocal_ranks).index(c)))
+    gain = reciprocal_ranks[top] - reciprocal_ranks[first]
+    if len(gain) < 2 or top == first:
+        return first
+    stderr = float(gain.std(ddof=1)) / np.sqrt(len(gain))
+    return top if float(gain.mean()) > SIGNIFICANCE * stderr else first
 
 
 def holdout_split(anchors: dict[tuple[str, str], np.ndarray], fraction: float, min_heldout: int,

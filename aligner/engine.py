@@ -45,13 +45,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.calibration import RefineSetting, best, candidates, holdout_split
+from aligner.calibration import RefineSetting, candidates, choose, holdout_split
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
 from aligner.drift import QualityMonitor
 from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
                               position_sketch, rwr_positions)
 from aligner.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
-from aligner.matching import ranking_metrics
+from aligner.matching import ranking_metrics, ranks
 from aligner.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
 from aligner.update import AlignmentUpdate, PairTopK
@@ -316,30 +316,29 @@ class Aligner:
         return holdout_split(inputs.anchors, cfg.calibration_holdout, cfg.calibration_min_anchors, rng)
 
     def _calibrate(self, fit: SnapshotInputs, heldout: dict[tuple[str, str], np.ndarray]) -> dict:
-        """Adapt on ``fit``, solve every pair's plan under each candidate setting and keep the one that ranks
-        the ``heldout`` anchors best (MRR, both directions, pooled over pairs); see :mod:`aligner.calibration`.
+        """Adapt on ``fit``, solve every pair's plan under each candidate setting, rank the ``heldout`` anchors
+        under each (both directions, pooled over pairs) and keep what :func:`aligner.calibration.choose` says.
         Returns the step's stats: the choice and each candidate's held-out MRR."""
         started = time.perf_counter()
         base = self.refine_cfg
         fast = self.adapt(fit, self.adapt_cfg.steps)
         self.infer(fast, fit)
         return_free_heap()
-        scores: dict[RefineSetting, float] = {}
+        reciprocal: dict[RefineSetting, np.ndarray] = {}
         for candidate in candidates(base):
             self.refine_cfg = candidate.applied(base)
-            total, count = 0.0, 0
+            found = []
             for (a, b), rows in heldout.items():
-                if (a, b) not in fit.anchors:
-                    continue
                 matcher = self._full_match(a, b)
                 pairs = torch.from_numpy(rows.astype(np.int64))
                 for direction, p, alive in (("ab", pairs, self.alive[b]), ("ba", pairs.flip(1), self.alive[a])):
-                    metrics = ranking_metrics(DirectionScorer(matcher, direction), p, alive)
-                    total += metrics["mrr"] * len(p)
-                    count += len(p)
+                    found.append(1.0 / ranks(DirectionScorer(matcher, direction), p, alive).double().numpy())
                 del matcher
-            scores[candidate] = total / max(count, 1)
-        chosen = best(scores)
+            reciprocal[candidate] = np.concatenate(found)
+            if len(reciprocal) == 1 and bool((reciprocal[candidate] == 1.0).all()):
+                break  # the configured setting ranks every held-back anchor first: nothing can beat it
+        scores = {c: float(rr.mean()) for c, rr in reciprocal.items()}
+        chosen = choose(reciprocal)
         self.refine_cfg = chosen.applied(base)
         self.calibrated = chosen
         self.anchors_at_calibration = int(sum(len(r) for r in fit.anchors.values())

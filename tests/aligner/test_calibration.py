@@ -29,7 +29,9 @@ def static_of(path):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    return static_of(write_pair_dataset(tmp_path_factory.mktemp("cal") / "pair", n=200, seed=3, train_ratio=0.5))
+    """Hard enough (no attributes, 40% of edges gone) that no setting ranks every held-back anchor first."""
+    return static_of(write_pair_dataset(tmp_path_factory.mktemp("cal") / "pair", n=200, seed=4, edge_keep=0.6,
+                                        train_ratio=0.5, attributes=False))
 
 
 def test_calibration_keeps_the_candidate_that_ranks_held_back_anchors_best(pair):
@@ -39,18 +41,18 @@ def test_calibration_keeps_the_candidate_that_ranks_held_back_anchors_best(pair)
     scores = update.stats["calibration_mrr"]
     assert list(scores) == ["marginal=0.1 beta=0.3", "marginal=1 beta=0.3", "marginal=exact beta=0.3"]
     chosen = RefineSetting(**update.stats["calibrated"])
-    assert scores[chosen.label] == max(scores.values())
+    # The configured setting stands unless the best beat it clearly (aligner.calibration.choose).
+    assert chosen.label in ("marginal=0.1 beta=0.3", max(scores, key=scores.get))
     assert all(0.0 < s <= 1.0 for s in scores.values())
     assert (aligner.refine_cfg.marginal_weight, aligner.refine_cfg.beta) == (chosen.marginal_weight, chosen.beta)
     assert aligner.calibrated == chosen and aligner.anchors_at_calibration == len(ds.train)
 
 
-def test_held_back_anchors_are_kept_out_of_what_calibration_adapts_on(tmp_path):
+def test_held_back_anchors_are_kept_out_of_what_calibration_adapts_on(pair):
     """Were the held-back anchors seeds, each would sit at its partner's anchor coordinate and rank first under
     every candidate, and the choice would mean nothing. After calibration they are seeds (the final alignment
     uses every anchor): ranked then, they are (near) perfect; ranked by calibration, they were not."""
-    ds, snapshot = static_of(write_pair_dataset(tmp_path / "hard", n=200, seed=4, edge_keep=0.6, train_ratio=0.5,
-                                                attributes=False))
+    ds, snapshot = pair
     aligner = aligner_for(RefineConfig(calibration_min_anchors=10))
     update = aligner.on_snapshot(snapshot)
     as_seeds = aligner.evaluate("left", "right", [(str(a), str(b)) for a, b in ds.train.tolist()])

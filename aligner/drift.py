@@ -25,6 +25,7 @@ Either firing asks the aligner for an adaptation (``drift_pending``), which clea
 from __future__ import annotations
 
 from river import drift, stats, utils
+from river._river_rust.drift import AdaptiveWindowing
 
 ROLLING_WINDOW = 200
 
@@ -91,7 +92,70 @@ class QualityMonitor:
                                          "mrr": round(mrr.get(), 4)} for pair, (hits, mrr) in self.by_pair.items()},
         }
 
+    # -- state as plain data (aligner.state_codec: no pickle) --------------------------------------------------
+    def state(self) -> dict:
+        """Numbers, strings and bytes from which :meth:`from_state` rebuilds this monitor exactly: running means
+        as ``(n, mean)``, the rolling window's values, Page-Hinkley's sums, and ADWIN's window as the bytes its
+        Rust core serialises itself to (plain data, read back by that core's own deserialiser, no code).
+
+        >>> monitor = QualityMonitor()
+        >>> for rank in (1, 3, 1, 2):
+        ...     monitor.learn_one(rank, pair="a|b")
+        >>> QualityMonitor.from_state(monitor.state()).metrics() == monitor.metrics()
+        True
+        """
+        adwin, ph = self.quality_detector, self.shift_detector
+        return {
+            "means": {name: _mean_state(getattr(self, name)) for name in ("hits_at_1", "hits_at_10", "mrr")},
+            "recent": [float(args[0]) for args, _ in self.recent_mrr.window],
+            "adwin": {"delta": adwin.delta, "clock": adwin.clock, "max_buckets": adwin.max_buckets,
+                      "min_window_length": adwin.min_window_length, "grace_period": adwin.grace_period,
+                      "drift_detected": bool(adwin._drift_detected), "window": adwin._helper.__getstate__()},
+            "page_hinkley": {"min_instances": ph.min_instances, "delta": ph.delta, "threshold": ph.threshold,
+                             "alpha": ph.alpha, "mode": ph.mode, "drift_detected": bool(ph._drift_detected),
+                             "x_mean": _mean_state(ph._x_mean), "sums": [ph._sum_increase, ph._sum_decrease,
+                                                                         ph._min_increase, ph._max_decrease]},
+            "drift_pending": self.drift_pending, "drifts": self.drifts, "last_reason": self.last_reason,
+            "by_pair": {pair: [_mean_state(hits), _mean_state(mrr)] for pair, (hits, mrr) in self.by_pair.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "QualityMonitor":
+        a, p = state["adwin"], state["page_hinkley"]
+        self = cls(delta=float(a["delta"]), shift_threshold=float(p["threshold"]))
+        for name, mean in state["means"].items():
+            setattr(self, name, _mean_from(mean))
+        for value in state["recent"]:
+            self.recent_mrr.update(float(value))
+        adwin = drift.ADWIN(delta=float(a["delta"]), clock=int(a["clock"]), max_buckets=int(a["max_buckets"]),
+                            min_window_length=int(a["min_window_length"]), grace_period=int(a["grace_period"]))
+        adwin._helper = AdaptiveWindowing(float(a["delta"]), int(a["clock"]), int(a["max_buckets"]),
+                                          int(a["min_window_length"]), int(a["grace_period"]))
+        adwin._helper.__setstate__(bytes(a["window"]))
+        adwin._drift_detected = bool(a["drift_detected"])
+        self.quality_detector = adwin
+        ph = drift.PageHinkley(min_instances=int(p["min_instances"]), delta=float(p["delta"]),
+                               threshold=float(p["threshold"]), alpha=float(p["alpha"]), mode=str(p["mode"]))
+        ph._x_mean = _mean_from(p["x_mean"])
+        ph._sum_increase, ph._sum_decrease, ph._min_increase, ph._max_decrease = (float(v) for v in p["sums"])
+        ph._drift_detected = bool(p["drift_detected"])
+        self.shift_detector = ph
+        self.drift_pending, self.drifts = bool(state["drift_pending"]), int(state["drifts"])
+        self.last_reason = str(state["last_reason"])
+        self.by_pair = {str(pair): [_mean_from(h), _mean_from(m)] for pair, (h, m) in state["by_pair"].items()}
+        return self
+
     def _flag(self, reason: str) -> None:
         self.drift_pending = True
         self.drifts += 1
         self.last_reason = reason
+
+
+def _mean_state(mean: stats.Mean) -> list[float]:
+    return [float(mean.n), float(mean.get())]
+
+
+def _mean_from(state: list[float]) -> stats.Mean:
+    mean = stats.Mean()
+    mean.n, mean._mean = float(state[0]), float(state[1])
+    return mean

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import logging
 import time
 from collections import deque
@@ -54,6 +53,7 @@ from aligner.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairM
 from aligner.matching import ranking_metrics, ranks
 from aligner.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
+from aligner.state_codec import decode, encode
 from aligner.update import AlignmentUpdate, PairTopK
 from aligner.meta import FastWeights, MetaLearner
 from aligner.model import AlignmentEncoder, anchor_loss
@@ -766,8 +766,7 @@ class Aligner:
         """Everything needed to continue exactly where this aligner is, the meta-learning task pool included (its
         snapshots in the store's compact encoding, with the temporal state each was seen with), so a restarted
         or savepoint-seeded worker meta-learns exactly as an uninterrupted one."""
-        buf = io.BytesIO()
-        torch.save({
+        return encode({
             "learner": None if self.learner is None else self.learner.state_dict(),
             "optimizer": None if self.learner is None else self.learner.optimizer.state_dict(),
             "attr_dim": None if self.learner is None else self.learner.model.attr_dim,
@@ -787,7 +786,7 @@ class Aligner:
             "attrs": self.attrs,
             "matchers": {pair: m.state() for pair, m in self.matchers.items()},
             "aligned_edges": self.aligned_edges,
-            "monitor": self.monitor,
+            "monitor": self.monitor.state(),
             "known_anchors": self.known_anchors,
             "anchors_at_adaptation": self.anchors_at_adaptation,
             "since_adaptation": self.since_adaptation,
@@ -801,11 +800,13 @@ class Aligner:
             "meta_iterations": self.meta_iterations,
             "calibrated": None if self.calibrated is None else self.calibrated.as_dict(),
             "anchors_at_calibration": self.anchors_at_calibration,
-        }, buf)
-        return buf.getvalue()
+        })
 
     def load_state_bytes(self, data: bytes) -> None:
-        state = torch.load(io.BytesIO(data), weights_only=False)
+        """Restore :meth:`state_bytes`. Plain data only (:mod:`aligner.state_codec`): a state in any other form,
+        an older dynalign's pickled one included, raises :class:`aligner.state_codec.StateFormatError` and loads nothing."""
+        state = decode(data)
+        state["monitor"] = QualityMonitor.from_state(state["monitor"])
         # The checkpoint's architecture wins over the current configuration: weights only fit the shapes they had.
         self.model_cfg = ModelConfig(**state["model_cfg"])
         self.meta_cfg = dataclasses.replace(self.meta_cfg, algorithm=state["algorithm"])

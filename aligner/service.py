@@ -59,7 +59,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from aligner.config import Config, parse_pairs
+from aligner.config import Config, mask_url, parse_pairs
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
 from aligner.metrics import ServiceMetrics, Step
 from aligner.redis_alignments import RedisPublisher
@@ -372,7 +372,8 @@ class AlignmentService:
         self.summary.redis_url = self.redis_server.url if self.redis_server else cfg.publish.redis_url
         if self.redis_server:
             cli = Path(redis_server_binary()).with_name("redis-cli")
-            log.info(f"embedded Redis at {self.redis_server.url} (connect: {cli} -p {self.redis_server.port}); "
+            log.info(f"embedded Redis at {mask_url(self.redis_server.url)} (connect: {cli} -p "
+                     f"{self.redis_server.port} --askpass, password in {self.redis_server.directory / 'password'}); "
                      f"data in {self.redis_server.directory}")
         self.publisher = RedisPublisher(client, cfg.publish.namespace, cfg.publish.retain_versions,
                                         worker=f"{socket.gethostname()}/{os.getpid()}/{self.state_dir.name}")

@@ -95,7 +95,7 @@ def load_dataset(path: Path | str) -> Dataset:
         times[side] = table[:, 2].astype(np.float64) if table.shape[1] == 3 else None
         attr_path = root / f"{side}.attr.npy"
         try:
-            attrs[side] = np.load(attr_path) if attr_path.exists() else None
+            attrs[side] = np.load(attr_path, allow_pickle=False) if attr_path.exists() else None
         except (ValueError, OSError, EOFError) as e:  # pickled, torn or not .npy at all
             raise ValueError(f"{attr_path} is not a numeric .npy matrix ({e}); {FORMAT_HINT}") from None
         if attrs[side] is not None and attrs[side].ndim != 2:

@@ -66,6 +66,9 @@ class SnapshotsConfig:
     lateness_seconds: float = 0.0
     dedup_capacity: int = 1_000_000
     edge_ttl_seconds: float | None = None  # sliding window: edges with no interaction for this long expire
+    # An event this far past the newest event time, or past the wall clock, is a dead letter (none: no bound).
+    max_jump_seconds: float | None = 365 * 86400.0
+    max_future_seconds: float | None = 86400.0
 
 
 @dataclass

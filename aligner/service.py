@@ -328,10 +328,7 @@ class AlignmentService:
         checkpoint = store.recover() or {}
         store.forget_after(checkpoint.get("snapshot_id"))  # cut after the checkpoint: they are cut again
         self.history = AlignmentHistory(self.state_dir / "history", cfg.store.base_every)
-        policy = SnapshotPolicy(window_seconds=cfg.snapshots.window_seconds, every_events=cfg.snapshots.every_events,
-                                lateness_seconds=cfg.snapshots.lateness_seconds,
-                                dedup_capacity=cfg.snapshots.dedup_capacity,
-                                edge_ttl_seconds=cfg.snapshots.edge_ttl_seconds)
+        policy = SnapshotPolicy(**dataclasses.asdict(cfg.snapshots))  # the same fields, by design
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
         self.late_before = self.cutter.stats["late"]  # the run's own late events are counted and warned about
         self.warned_late = False

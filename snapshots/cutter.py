@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import time as _time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -62,6 +63,11 @@ class SnapshotPolicy:
     lateness_seconds: float = 0.0
     dedup_capacity: int = 1_000_000
     edge_ttl_seconds: float | None = None
+    # How far one event may move event time: past the newest event time seen by more than max_jump_seconds, or
+    # past the wall clock by more than max_future_seconds, it is a dead letter (a clock error or a forgery would
+    # otherwise make every later event late and stop all snapshots); None: no bound.
+    max_jump_seconds: float | None = 365 * 86400.0
+    max_future_seconds: float | None = 86400.0
 
     def __post_init__(self) -> None:
         if self.window_seconds is None and self.every_events is None:
@@ -76,6 +82,10 @@ class SnapshotPolicy:
         ttl = self.edge_ttl_seconds
         if ttl is not None and not (_is_number(ttl) and 0 < ttl < math.inf):
             raise ValueError(f"edge_ttl_seconds must be a positive finite number of seconds or None, got {ttl!r}")
+        for name in ("max_jump_seconds", "max_future_seconds"):
+            bound = getattr(self, name)
+            if bound is not None and not (_is_number(bound) and 0 < bound < math.inf):
+                raise ValueError(f"{name} must be a positive finite number of seconds or None, got {bound!r}")
         if not (_is_integer(self.dedup_capacity) and self.dedup_capacity > 0):
             raise ValueError(f"dedup_capacity must be a positive integer, got {self.dedup_capacity!r}")
 
@@ -194,6 +204,11 @@ class SnapshotCutter:
         self.offered += 1
         self._offering = event
         try:
+            implausible = self._implausible_time(event.time)
+            if implausible:
+                self.stats["rejected"] += 1
+                self._rejected.append((event, implausible))
+                return newest
             event_id = event.id
             if event_id is not None:
                 if event_id in self._seen_ids:
@@ -221,6 +236,17 @@ class SnapshotCutter:
             return newest
         finally:
             self._offering = None
+
+    def _implausible_time(self, time: float) -> str | None:
+        """Why ``time`` may not move event time (see :class:`SnapshotPolicy`), or ``None``."""
+        jump, future = self.policy.max_jump_seconds, self.policy.max_future_seconds
+        if jump is not None and self._newest > -math.inf and time > self._newest + jump:
+            return (f"event time {time:.0f} is {time - self._newest:.0f} s past the newest event time so far "
+                    f"({self._newest:.0f}), more than snapshots.max_jump_seconds ({jump:.0f}): a clock error?")
+        if future is not None and time > _wall_clock() + future:
+            return (f"event time {time:.0f} is {time - _wall_clock():.0f} s in the future, more than "
+                    f"snapshots.max_future_seconds ({future:.0f}): a clock error?")
+        return None
 
     def flush(self) -> list[Snapshot]:
         """End of a finite stream: apply everything buffered and cut the open snapshot if it has events."""
@@ -389,6 +415,10 @@ def _event_from_record(record: list[Any]) -> Event:
         attrs = tuple((str(item[0]), float(item[1])) if isinstance(item, (list, tuple)) else float(item)
                       for item in attrs)
     return Event(op=op, time=float(time), net=net, u=u, v=v, to=to, weight=float(weight), attrs=attrs, id=event_id)
+
+
+def _wall_clock() -> float:
+    return _time.time()
 
 
 def _is_number(x: Any) -> bool:

@@ -31,6 +31,8 @@ def spans(snapshots):
     ({"lateness_seconds": -1.0}, "lateness_seconds"),
     ({"dedup_capacity": 0}, "dedup_capacity"),
     ({"edge_ttl_seconds": 0.0}, "edge_ttl_seconds"),
+    ({"max_jump_seconds": 0.0}, "max_jump_seconds"),
+    ({"max_future_seconds": float("inf")}, "max_future_seconds"),
 ])
 def test_policy_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -122,6 +124,38 @@ def test_conflicting_events_are_rejected_for_the_dead_letter_sink():
     assert [event.u for event, _ in rejected] == ["y"] and "named" in rejected[0][1]
     assert cutter.drain_rejected() == [] and cutter.stats["rejected"] == 1
     assert spans(snapshots) == [(1, 0.0, 10.0, 2)]
+
+
+def test_one_absurd_event_time_is_a_dead_letter_and_stops_no_snapshot():
+    """The attack of issue 16: one event at t = 99,999,999,999 in an unrelated network made everything after it
+    late and cut 2 snapshots instead of 10."""
+    now = time.time()
+    events = [edge("a", str(i), now - 10_000 + 100 * i, event_id=f"e{i}") for i in range(100)]
+    forged = Event("add_edge", 99_999_999_999.0, "other", "x", "y", id="forged")
+    clean = run(SnapshotCutter(SnapshotPolicy(window_seconds=1000.0)), events)
+    assert len(clean) >= 10
+    for at, bound in ((0, "max_future_seconds"), (3, "max_jump_seconds")):  # first (nothing seen yet) or later
+        cutter = SnapshotCutter(SnapshotPolicy(window_seconds=1000.0))
+        attacked = run(cutter, events[:at] + [forged] + events[at:])
+        assert spans(attacked) == spans(clean)
+        (event, reason), = cutter.drain_rejected()
+        assert event.id == "forged" and bound in reason and "a clock error?" in reason
+        assert cutter.stats["late"] == 0 and cutter.stats["rejected"] == 1
+
+
+def test_an_event_time_jump_in_a_replayed_history_is_a_dead_letter():
+    """Historical data is never in the future, so the wall clock cannot catch a jump within it: the bound on
+    how far one event may move event time does."""
+    events = [edge("a", str(i), 1_000_000 + 60 * i) for i in range(50)]
+    jump = edge("b", "c", 1_000_000 + 3 * 365 * 86400)
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=600.0))
+    snapshots = run(cutter, events[:10] + [jump] + events[10:])
+    assert spans(snapshots) == spans(run(SnapshotCutter(SnapshotPolicy(window_seconds=600.0)), events))
+    (event, reason), = cutter.drain_rejected()
+    assert event is jump and "max_jump_seconds" in reason
+    unbounded = SnapshotCutter(SnapshotPolicy(window_seconds=600.0, max_jump_seconds=None))
+    run(unbounded, events[:10] + [jump] + events[10:])
+    assert unbounded.drain_rejected() == [] and unbounded.stats["late"] == 40  # what the bound prevents
 
 
 def messy_stream(seed: int, count: int) -> list[Event]:

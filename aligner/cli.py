@@ -393,6 +393,11 @@ def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint
 
     if not (kafka_url or realign or export_dir):
         raise click.UsageError("choose at least one of --to-kafka URL, --realign, --export DIR")
+    from stream.events import NAME_PATTERN
+
+    if name is not None and not NAME_PATTERN.match(name):  # it names a folder under STATE/replays: nothing else
+        raise click.BadParameter(f"{name!r} is not a name: 1-64 letters, digits, '_', '.', '-', not starting with "
+                                 "'.' or '-'", param_hint="--name")
     cfg = _config(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
     root = _existing_state(state_dir)
     try:

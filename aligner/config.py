@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from stream.events import NAME_PATTERN
+
 ENV_PREFIX = "DYNALIGN_"
 CONFIG_ENV = "DYNALIGN_CONFIG"
 # DYNALIGN_* variables that are not settings but are read elsewhere (the test suite's external Kafka), so that
@@ -288,13 +290,12 @@ def parse_pairs(spec: str) -> list[tuple[str, str]] | None:
     out = []
     for item in spec.split(","):
         a, _, b = (part.strip() for part in item.strip().partition(":"))
-        if not _NET_NAME.match(a) or not _NET_NAME.match(b) or a == b:
+        if not NAME_PATTERN.match(a) or not NAME_PATTERN.match(b) or a == b:
             raise ValueError(f"pairs: expected 'auto' or 'net_a:net_b[,net_c:net_d]', got {item.strip()!r}")
         out.append((min(a, b), max(a, b)))
     return out
 
 
-_NET_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # stream.events' rule for network names
 
 
 def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
@@ -406,6 +407,8 @@ def to_toml(cfg: Config, origins: Mapping[str, str] | None = None) -> str:
     lateness_seconds = 0.0
     dedup_capacity = 1000000
     # edge_ttl_seconds: unset
+    max_jump_seconds = 31536000.0
+    max_future_seconds = 86400.0
     """
     defaults = as_dict(Config())
     lines = []

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from snapshots.snapshot import Snapshot
+from stream.events import NAME_PATTERN
 
 FORMAT = "dynalign-export/1"
 
@@ -42,6 +43,8 @@ def export_snapshots(snapshots: Iterable[Snapshot], out: Path) -> dict[str, Any]
     widths = {n: max((s.networks[n].attrs.shape[1] for s in snaps
                       if n in s.networks and s.networks[n].attrs is not None), default=0) for n in nets}
     for net in nets:
+        if not NAME_PATTERN.match(net):  # a state written before names were checked this strictly
+            raise ValueError(f"network name {net!r} cannot be a folder name under {out}: not exported")
         directory = out / net
         (directory / "edges").mkdir(parents=True, exist_ok=True)
         (directory / "node_ids.txt").write_text("".join(f"{node}\n" for node in node_ids[net]))

@@ -45,7 +45,11 @@ ADD_ANCHOR = "add_anchor"
 REMOVE_ANCHOR = "remove_anchor"
 OPS = (ADD_EDGE, REMOVE_EDGE, SET_ATTR, ADD_ANCHOR, REMOVE_ANCHOR)
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Network and attribute names end up in Redis keys, file names and log lines: 1-64 of letters, digits, '_', '.',
+# '-', not starting with '.' or '-' (no "." or "..", no hidden files, nothing that reads as a flag), and \Z, not $,
+# so a trailing newline does not pass.
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}\Z")
+_NAME = NAME_PATTERN
 
 # Fields each op requires / allows, in wire names.
 _COMMON_REQUIRED = ("op", "time")
@@ -500,7 +504,8 @@ def _node_id(x: Any, field: str, limits: EventLimits) -> str:
 def _net_name(x: Any, field: str) -> str:
     if not isinstance(x, str) or not _NAME.match(x):
         shown = x if not isinstance(x, str) else x[:80]
-        raise InvalidEvent(f"field {field!r} must be a network name of 1-64 letters, digits, '_', '.', '-', got {shown!r}")
+        raise InvalidEvent(f"field {field!r} must be a network name of 1-64 letters, digits, '_', '.', '-' (not "
+                           f"starting with '.' or '-'), got {shown!r}")
     return x
 
 

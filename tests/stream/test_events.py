@@ -356,3 +356,18 @@ def test_canonical_line_is_what_json_dumps_writes():
     assert len(events) > 300
     for event in events:
         assert event.to_json() == json.dumps(event.to_dict(), separators=(",", ":")), event
+
+
+@pytest.mark.parametrize("name", ["online\n", ".", "..", ".hidden", "-rf", "a/b", "x" * 65, ""])
+def test_names_that_would_be_paths_flags_or_split_lines_are_refused(name):
+    """Network names become Redis keys, file and folder names and log lines: "online\\n" passed `$`, and "."
+    and ".." made `replay --export DIR` write into DIR/.."""
+    for payload in ({"op": "add_edge", "time": 1.0, "net": name, "u": "a", "v": "b"},
+                    {"op": "add_attr", "time": 1.0, "net": "a", "u": "x", "attrs": {name: 1.0}}):
+        with pytest.raises(InvalidEvent):
+            parse_event(json.dumps(payload))
+
+
+def test_ordinary_names_still_pass():
+    for name in ("online", "a.b-c_1", "_x", "9gag"):
+        assert parse_event(json.dumps({"op": "add_edge", "time": 1.0, "net": name, "u": "a", "v": "b"})).net == name

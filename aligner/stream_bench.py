@@ -100,6 +100,9 @@ def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full
             if name == "dynalign":
                 row[name]["path"] = update.stats["path"]
                 row[name]["prequential_mrr"] = update.stats.get("prequential_mrr")
+                if "calibrated" in update.stats:  # which transport setting self-calibration kept, and on what
+                    row[name]["calibration"] = {"kept": update.stats["calibrated"],
+                                                "mrr": update.stats["calibration_mrr"]}
         rows.append(row)
         print(f"seed {seed} window {snapshot.id}/{len(snapshots)}: " + ", ".join(
             f"{v} {row[v]['hits@1']:.3f} in {row[v]['s']:.1f} s" for v in variants if v in row), file=sys.stderr,

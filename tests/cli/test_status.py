@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aligner.embedded_redis import free_port
+from aligner.config import mask_url
 from aligner.status import _kafka, iso
 from snapshots.store import SnapshotStore
 from tests.aligner.test_service_guarantees import (Worker, config, dataset_lines,  # noqa: F401 (fixtures)
@@ -39,7 +40,7 @@ def test_status_reports_a_run_in_a_terminal(tiny_run, redis_url):
     assert "online Hits@1 " in lines["pair left|right"]
     assert lines["dead letters"] == str(len(BAD_LINES))
     assert f"newest {newest['id']} (" in lines["snapshots"] and iso(newest["end_time"]) in lines["snapshots"]
-    assert lines["redis"] == f"{redis_url} reachable" and lines["kafka"] == "not a Kafka source"
+    assert lines["redis"] == f"{mask_url(redis_url)} reachable" and "***" in lines["redis"] and lines["kafka"] == "not a Kafka source"
     assert "Traceback" not in shown.text
 
     # The light client install has everything status needs.

@@ -17,7 +17,7 @@ import click
 
 from aligner.config import (DEFAULT, ConfigError, Config, load_config_with_origins, mask_url, masked, to_toml,
                             unknown_env)
-from aligner.logs import iso_time
+from aligner.logs import iso_time, printable
 
 log = logging.getLogger("dynalign")
 ERROR_PREFIX = "dynalign: error: "
@@ -144,7 +144,7 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
     out = {
         "records": summary.records, "accepted": summary.accepted, "restored": summary.restored,
         "dead_letters": summary.dead_letters, "snapshots": summary.snapshots, "published": summary.published,
-        "late": summary.late, "version": summary.last_version, "versions": summary.versions, "lag": summary.lag,
+        "late": summary.late, "duplicates": summary.duplicates, "version": summary.last_version, "versions": summary.versions, "lag": summary.lag,
         "events_per_s": round(summary.events_per_s, 1),
         "ingest_events_per_s": round(summary.ingest_events_per_s, 1), "wall_s": round(summary.wall_s, 2),
         "align_s": round(summary.align_s, 2), "learn_s": round(summary.learn_s, 2),
@@ -158,7 +158,8 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
     else:
         click.echo(f"{summary.records} records, {summary.accepted} accepted, {summary.dead_letters} dead letters "
                    f"({Path(cfg.service.state_dir) / 'deadletter.jsonl'}), {summary.snapshots} snapshots, "
-                   f"{summary.published} versions published, {summary.late} late events, {out['events_per_s']} events/s")
+                   f"{summary.published} versions published, {summary.late} late events, "
+                   f"{summary.duplicates} duplicates dropped, {out['events_per_s']} events/s")
     if summary.records and summary.dead_letters == summary.records:
         log.warning(f"every record was a dead letter: is {source} a file of JSON events? The reasons are in "
                     f"{Path(cfg.service.state_dir) / 'deadletter.jsonl'}")
@@ -248,13 +249,13 @@ def _show_candidates(nodes: tuple[str, ...], net: str, to: str, found: dict[str,
         published = f", published {iso_time(about['published_at'])}" if about.get("published_at") else ""
         click.echo(f"version {about['version']} of {net} -> {to}: snapshot {about['snapshot']}, "
                    f"event time {iso_time(about['end_time'])}{published}{origin}")
-        for node in nodes:
+        for node in nodes:  # ids come from the data: printable() keeps ESC/CR in them from acting on the terminal
             if node not in found:
-                click.echo(f"{net}:{node} -> {to}: no candidates")
+                click.echo(f"{net}:{printable(node)} -> {to}: no candidates")
                 continue
-            click.echo(f"{net}:{node} -> {to}")
+            click.echo(f"{net}:{printable(node)} -> {to}")
             for rank, (c, score) in enumerate(found[node], 1):
-                click.echo(f"  {rank:>3}. {c:<24} {score:.4f}")
+                click.echo(f"  {rank:>3}. {printable(c):<24} {score:.4f}")
     if not found:
         shown = ", ".join(map(repr, nodes[:5])) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
         which = f"node {shown} of {net} has no" if len(nodes) == 1 else f"none of the nodes {shown} of {net} has"

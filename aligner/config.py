@@ -71,6 +71,11 @@ class SnapshotsConfig:
     # An event this far past the newest event time, or past the wall clock, is a dead letter (none: no bound).
     max_jump_seconds: float | None = 365 * 86400.0
     max_future_seconds: float | None = 86400.0
+    # How far events may grow the state; an event beyond is a dead letter naming the setting (none: no bound).
+    max_networks: int | None = 64
+    max_network_pairs: int | None = 64  # network pairs with anchors (each is aligned under pairs = "auto")
+    max_nodes_per_network: int | None = 2_000_000
+    max_attr_width: int | None = 10_000  # attribute columns per network
 
 
 @dataclass
@@ -320,6 +325,10 @@ def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
                           f"got {cfg.meta.algorithm!r}")
     if cfg.snapshots.window_seconds is None and cfg.snapshots.every_events is None:
         raise ConfigError("snapshots: set window_seconds, every_events or both")
+    for name in ("max_networks", "max_network_pairs", "max_nodes_per_network", "max_attr_width"):
+        bound = getattr(cfg.snapshots, name)
+        if bound is not None and bound < 1:
+            raise ConfigError(f"snapshots.{name}{source('snapshots.' + name)} must be >= 1 (or none), got {bound}")
     if cfg.service.log_format not in ("text", "json"):
         raise ConfigError(f"service.log_format must be text or json, got {cfg.service.log_format!r}")
     if cfg.service.coalesce not in ("live", "always", "never"):
@@ -409,6 +418,10 @@ def to_toml(cfg: Config, origins: Mapping[str, str] | None = None) -> str:
     # edge_ttl_seconds: unset
     max_jump_seconds = 31536000.0
     max_future_seconds = 86400.0
+    max_networks = 64
+    max_network_pairs = 64
+    max_nodes_per_network = 2000000
+    max_attr_width = 10000
     """
     defaults = as_dict(Config())
     lines = []

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from aligner.engine import Aligner
+from aligner.logs import printable
 from snapshots.snapshot import Snapshot
 
 
@@ -115,7 +116,7 @@ def describe(node: str, net: str, to: str, evidence: list[CandidateEvidence]) ->
             lines.append(f"     {len(e.shared_anchors)} known anchor pair(s) around both: {shown}{more}")
         else:
             lines.append("     no known anchor pair around both")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # ids come from the data: no ESC/CR/newline of theirs reaches a terminal
 
 
 def _adjacency_lists(snapshot: Snapshot, net: str) -> list[list[int]]:

@@ -46,11 +46,29 @@ def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (ESC, CR, newlines, other control and format
+    characters) written as its Python escape, so an id from the data cannot move the cursor, recolour or
+    overwrite what is shown, or split a log line.
+
+    >>> printable("alice"), printable("evil\\x1b[2J\\rok\\n"), printable("naïve")
+    ('alice', 'evil\\\\x1b[2J\\\\rok\\\\n', 'naïve')
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def logfmt_value(value: Any, limit: int | None = MAX_VALUE_CHARS) -> str:
     """One value as logfmt: bare when it can be, else double-quoted with escapes; lists as compact JSON.
 
     >>> [logfmt_value(v) for v in (3, 0.25, True, None, "ok", "two words", 'say "hi"', [1, 2])]
     ['3', '0.25', 'true', 'null', 'ok', '"two words"', '"say \\\\"hi\\\\""', '"[1,2]"']
+
+    Control characters from the data (a node id, a reason) are escaped: one record stays one line on a terminal.
+
+    >>> print(logfmt_value("one\\ntwo\\r\\x1b[2Jthree"))
+    "one\\ntwo\\r\\x1b[2Jthree"
     """
     if value is None:
         return "null"
@@ -67,7 +85,7 @@ def logfmt_value(value: Any, limit: int | None = MAX_VALUE_CHARS) -> str:
         text = text[: limit - 1] + "…"
     if text and not any(c in text for c in ' ="\\') and text.isprintable() and not isinstance(value, (list, tuple, set)):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def logfmt(fields: dict[str, Any]) -> str:

@@ -148,6 +148,7 @@ class RunSummary:
     versions: dict[str, int] = field(default_factory=dict)  # newest version per pair "A|B"
     lag: dict[int, int] = field(default_factory=dict)  # records behind per partition (Kafka)
     late: int = 0  # events applied to the open window because theirs was already cut (beyond lateness)
+    duplicates: int = 0  # redeliveries dropped (same network, id and content as an event seen before)
     cutter: dict = field(default_factory=dict)
 
     @property
@@ -284,6 +285,7 @@ class AlignmentService:
         summary.wall_s = time.perf_counter() - started
         summary.cutter = dict(self.cutter.stats)
         summary.late = self.cutter.stats["late"] - self.late_before
+        summary.duplicates = self.cutter.stats["duplicates"] - self.duplicates_before
         if self.pending is None:
             summary.redis_error = None
         self._warn_about_the_run()
@@ -331,6 +333,7 @@ class AlignmentService:
         policy = SnapshotPolicy(**dataclasses.asdict(cfg.snapshots))  # the same fields, by design
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
         self.late_before = self.cutter.stats["late"]  # the run's own late events are counted and warned about
+        self.duplicates_before = self.cutter.stats["duplicates"]
         self.warned_late = False
         self.input_ended = False  # --until-idle stopped the run: the end of input, as a file's end is
         self.aligner = build_aligner(cfg)

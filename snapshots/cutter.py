@@ -26,6 +26,7 @@ per *lane* (a partition; a file is one lane), as Flink and Kafka Streams do: see
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import math
 import time as _time
@@ -33,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from snapshots.graph import StateConflict, TemporalGraphState
+from snapshots.graph import GraphLimits, StateConflict, TemporalGraphState
 from snapshots.snapshot import Snapshot
 from stream.events import Event
 
@@ -68,6 +69,15 @@ class SnapshotPolicy:
     # otherwise make every later event late and stop all snapshots); None: no bound.
     max_jump_seconds: float | None = 365 * 86400.0
     max_future_seconds: float | None = 86400.0
+    # How far events may grow the state (GraphLimits): beyond, a dead letter naming the setting.
+    max_networks: int | None = GraphLimits.max_networks
+    max_network_pairs: int | None = GraphLimits.max_network_pairs
+    max_nodes_per_network: int | None = GraphLimits.max_nodes_per_network
+    max_attr_width: int | None = GraphLimits.max_attr_width
+
+    @property
+    def graph_limits(self) -> GraphLimits:
+        return GraphLimits(self.max_networks, self.max_network_pairs, self.max_nodes_per_network, self.max_attr_width)
 
     def __post_init__(self) -> None:
         if self.window_seconds is None and self.every_events is None:
@@ -88,12 +98,16 @@ class SnapshotPolicy:
                 raise ValueError(f"{name} must be a positive finite number of seconds or None, got {bound!r}")
         if not (_is_integer(self.dedup_capacity) and self.dedup_capacity > 0):
             raise ValueError(f"dedup_capacity must be a positive integer, got {self.dedup_capacity!r}")
+        self.graph_limits  # validates the bounds
 
 
 class SnapshotCutter:
     """Feeds events into a :class:`TemporalGraphState` in event-time order and cuts snapshots.
 
-    - An event whose ``id`` was seen among the last ``dedup_capacity`` ids is dropped (``stats["duplicates"]``).
+    - Ids are scoped per network (``net``). An event whose ``(net, id)`` was seen among the last ``dedup_capacity``
+      with the same content is a redelivery: dropped (``stats["duplicates"]``). With different content it is
+      a reused or forged id: never applied, never silently dropped, but refused like a conflict (below), so a
+      forged event cannot make a later valid one vanish unseen.
     - Events wait in a min-heap keyed by ``(time, arrival order)`` until the watermark reaches them: the newest
       event time seen, minus ``lateness_seconds``, in the lane furthest behind (:meth:`set_lanes`; one lane unless
       told otherwise). So an event at most ``lateness_seconds`` behind the newest of its lane is applied in its
@@ -112,11 +126,13 @@ class SnapshotCutter:
 
     def __init__(self, policy: SnapshotPolicy, graph: TemporalGraphState | None = None):
         self.policy = policy
-        self.graph = graph if graph is not None else TemporalGraphState()
+        self.graph = graph if graph is not None else TemporalGraphState(policy.graph_limits)
         self.stats: dict[str, int] = dict.fromkeys(
             ("accepted", "duplicates", "reordered", "late", "out_of_order", "rejected", "snapshots", "expired"), 0)
-        self._seen_ids: set[str] = set()
-        self._seen_order: deque[str] = deque()
+        # (net, id) -> digest of the rest of the event, for the last dedup_capacity ids, oldest first
+        self._seen: dict[tuple[str, str], bytes] = {}
+        self._seen_order: deque[tuple[str, str]] = deque()
+        self._legacy_ids: set[str] = set()  # ids from a state written before ids were scoped: duplicates, whatever net
         self._buffer: list[tuple[float, int, Event]] = []
         self._arrivals = 0
         self._newest = -math.inf  # over every lane: the watermark once every lane is idle
@@ -211,10 +227,19 @@ class SnapshotCutter:
                 return newest
             event_id = event.id
             if event_id is not None:
-                if event_id in self._seen_ids:
-                    self.stats["duplicates"] += 1
+                key = (event.net, event_id)
+                digest = _content_digest(event)
+                seen = self._seen.get(key)
+                if seen is None and self._legacy_ids and event_id in self._legacy_ids:
+                    seen = digest
+                if seen is not None:
+                    if seen == digest:
+                        self.stats["duplicates"] += 1
+                    else:
+                        self.stats["rejected"] += 1
+                        self._rejected.append((event, _reused_id_reason(event)))
                     return newest
-                self._remember(event_id)
+                self._remember(key, digest)
             stats = self.stats
             stats["accepted"] += 1
             time = event.time
@@ -270,7 +295,8 @@ class SnapshotCutter:
             "policy": dataclasses.asdict(self.policy),
             "graph": self.graph.to_state(),
             "stats": dict(self.stats),
-            "seen_ids": list(self._seen_order),
+            "seen": [[net, event_id, self._seen[(net, event_id)].hex()] for net, event_id in self._seen_order],
+            "seen_ids": sorted(self._legacy_ids),
             "buffer": [[time, arrival, _event_record(event)] for time, arrival, event in self._buffer],
             "arrivals": self._arrivals,
             "newest": self._newest,
@@ -299,10 +325,13 @@ class SnapshotCutter:
         elif policy.window_seconds != saved.window_seconds:
             raise ValueError(f"cannot resume with window_seconds={policy.window_seconds!r}: the state was cut with "
                              f"window_seconds={saved.window_seconds!r} (start from a fresh state dir to change it)")
-        cutter = cls(policy, TemporalGraphState.from_state(state["graph"]))
+        cutter = cls(policy, TemporalGraphState.from_state(state["graph"], policy.graph_limits))
         cutter.stats.update(state["stats"])
-        for event_id in state["seen_ids"]:
-            cutter._remember(event_id)
+        for net, event_id, digest in state.get("seen", ()):
+            cutter._remember((str(net), str(event_id)), bytes.fromhex(digest))
+        # Written before ids were scoped per network: their network and content are unknown, so any event
+        # reusing one is taken for a redelivery, as it was then.
+        cutter._legacy_ids = set(map(str, state["seen_ids"]))
         # saved in heap order, so the list is a valid heap as it stands
         cutter._buffer = [(float(time), int(arrival), _event_from_record(record))
                           for time, arrival, record in state["buffer"]]
@@ -329,12 +358,12 @@ class SnapshotCutter:
         cutter._rejected = [(_event_from_record(record), reason) for record, reason in state["rejected"]]
         return cutter
 
-    def _remember(self, event_id: str) -> None:
-        self._seen_ids.add(event_id)
+    def _remember(self, key: tuple[str, str], digest: bytes) -> None:
+        self._seen[key] = digest
         order = self._seen_order
-        order.append(event_id)
+        order.append(key)
         if len(order) > self.policy.dedup_capacity:
-            self._seen_ids.discard(order.popleft())
+            del self._seen[order.popleft()]
 
     def _release(self, watermark: float, out: list[Snapshot]) -> None:
         buffer = self._buffer
@@ -415,6 +444,21 @@ def _event_from_record(record: list[Any]) -> Event:
         attrs = tuple((str(item[0]), float(item[1])) if isinstance(item, (list, tuple)) else float(item)
                       for item in attrs)
     return Event(op=op, time=float(time), net=net, u=u, v=v, to=to, weight=float(weight), attrs=attrs, id=event_id)
+
+
+def _content_digest(event: Event) -> bytes:
+    """What a redelivery repeats exactly: every field but the id, hashed so that finding a different event with
+    the same digest is out of reach (a forger who could would make a valid event vanish as a duplicate)."""
+    # The network is part of the key, not of the content. repr of each field: a node id holding the separator
+    # cannot make two events read alike.
+    text = (f"{event.op}\x1f{event.time!r}\x1f{event.u!r}\x1f{event.v!r}\x1f{event.to!r}\x1f{event.weight!r}"
+            f"\x1f{event.attrs!r}")
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
+
+
+def _reused_id_reason(event: Event) -> str:
+    return (f"event id {event.id!r} was used before in network {event.net!r} by a different event (a reused or "
+            f"forged id): the first one was applied, this one is not")
 
 
 def _wall_clock() -> float:

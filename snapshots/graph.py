@@ -18,6 +18,7 @@ is vectorised (O(E log E) numpy for the canonical edge order, no per-edge Python
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Collection
 
 import numpy as np
@@ -40,6 +41,37 @@ class StateConflict(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class GraphLimits:
+    """How far events may grow the state; an event that would go beyond raises :class:`StateConflict` (a dead
+    letter naming the setting) and changes nothing. Each bound is a ``snapshots.`` setting; ``None``: no bound.
+
+    Without them a few kilobytes of input cost gigabytes: every node is a row of every feature matrix, every
+    attribute column a column of it, and every anchored network pair a pair to align at each snapshot.
+
+    >>> g = TemporalGraphState(GraphLimits(max_nodes_per_network=2))
+    >>> g.apply(Event("add_edge", 1.0, "a", "x", "y"))
+    >>> g.apply(Event("add_edge", 1.0, "a", "y", "z"))
+    Traceback (most recent call last):
+    ...
+    snapshots.graph.StateConflict: network 'a' has 2 nodes, snapshots.max_nodes_per_network (2): node 'z' not added
+    """
+
+    max_networks: int | None = 64
+    max_network_pairs: int | None = 64  # network pairs with anchors: under pairs = "auto", each is aligned
+    max_nodes_per_network: int | None = 2_000_000
+    max_attr_width: int | None = 10_000  # attribute columns per network
+
+    def __post_init__(self) -> None:
+        for name in ("max_networks", "max_network_pairs", "max_nodes_per_network", "max_attr_width"):
+            bound = getattr(self, name)
+            if bound is not None and not (isinstance(bound, int) and not isinstance(bound, bool) and bound > 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {bound!r}")
+
+
+NO_LIMITS = GraphLimits(None, None, None, None)
 
 
 class _Network:
@@ -177,13 +209,16 @@ class TemporalGraphState:
       ``stats["anchor_replaced"]``, once per dropped anchor). Removing a missing anchor changes nothing and is
       counted in ``stats["remove_anchor_missing"]``.
 
-    Every applied event registers the nodes it names (and creates the networks it names), even a no-op removal,
-    so indices only depend on the order of events. A node is *alive* while it has an edge, attributes or an
+    Every applied event that adds something registers the nodes it names (and creates the networks it names), so
+    indices only depend on the order of events; a removal of something that is not there registers nothing (a
+    stream of them must not grow every feature matrix). Growth beyond :class:`GraphLimits` raises
+    :class:`StateConflict` and changes nothing. A node is *alive* while it has an edge, attributes or an
     anchor. ``changed`` in each snapshot lists the nodes whose edges, attributes or anchors an event modified
     since the previous snapshot (including nodes that lost an edge or were displaced from an anchor).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: GraphLimits = GraphLimits()) -> None:
+        self.limits = limits
         self._networks: dict[str, _Network] = {}
         self._anchors: dict[tuple[str, str], _AnchorPair] = {}
         self.stats: dict[str, int] = dict.fromkeys(
@@ -261,8 +296,9 @@ class TemporalGraphState:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TemporalGraphState:
-        graph = cls()
+    def from_state(cls, state: dict[str, Any], limits: GraphLimits = GraphLimits()) -> TemporalGraphState:
+        """The state of :meth:`to_state`; ``limits`` bound its growth from here on (not what it holds already)."""
+        graph = cls(limits)
         graph._networks = {name: _Network.from_state(network) for name, network in state["networks"].items()}
         for entry in state["anchors"]:
             pair = _AnchorPair()
@@ -278,12 +314,36 @@ class TemporalGraphState:
             network = self._networks[name] = _Network()
         return network
 
+    def _admit(self, nodes: dict[str, tuple[str, ...]]) -> None:
+        """Raise :class:`StateConflict` if registering ``nodes`` (node ids per network) would pass a limit; the
+        slow path only: callers skip it when every network and node is known."""
+        limits, networks = self.limits, self._networks
+        new_networks = [name for name in nodes if name not in networks]
+        bound = limits.max_networks
+        if new_networks and bound is not None and len(networks) + len(new_networks) > bound:
+            raise StateConflict(f"{len(networks)} networks already, snapshots.max_networks ({bound}): network "
+                                f"{new_networks[0]!r} not added")
+        bound = limits.max_nodes_per_network
+        if bound is None:
+            return
+        for name, ids in nodes.items():
+            network = networks.get(name)
+            known, count = (network.known, len(network.registry)) if network is not None else ({}, 0)
+            new = [node for node in dict.fromkeys(ids) if node not in known]
+            if new and count + len(new) > bound:
+                raise StateConflict(f"network {name!r} has {count} nodes, snapshots.max_nodes_per_network "
+                                    f"({bound}): node {new[-1]!r} not added")
+
     def _add_edge(self, event: Event) -> None:
         # The hottest code of ingestion (most events are interactions): locals and inlined helpers on purpose.
-        network = self._networks.get(event.net) or self._network(event.net)
+        network = self._networks.get(event.net)
+        if network is None:
+            self._admit({event.net: (event.u, event.v)})
+            network = self._network(event.net)
         known = network.known
         a, b = known.get(event.u), known.get(event.v)
         if a is None or b is None:  # a new node: in event order, as the registry needs
+            self._admit({event.net: (event.u, event.v)})
             a, b = network.registry.index(event.u), network.registry.index(event.v)
         key = (a << 32) | b if a < b else (b << 32) | a  # _edge_key, inlined
         weights = network.edge_weight
@@ -301,13 +361,14 @@ class TemporalGraphState:
         changed.add(b)
 
     def _remove_edge(self, event: Event) -> None:
-        network = self._network(event.net)
-        a, b = network.registry.index(event.u), network.registry.index(event.v)
-        key = _edge_key(a, b)
-        if network.edge_weight.pop(key, None) is None:
+        network = self._networks.get(event.net)
+        a = b = None
+        if network is not None:
+            a, b = network.known.get(event.u), network.known.get(event.v)
+        if a is None or b is None or network.edge_weight.pop(_edge_key(a, b), None) is None:
             self.stats["remove_missing"] += 1
             return
-        del network.edge_time[key]
+        del network.edge_time[_edge_key(a, b)]
         network.changed.add(a)
         network.changed.add(b)
 
@@ -319,10 +380,23 @@ class TemporalGraphState:
             raise StateConflict(
                 f"set_attr: network {event.net!r} takes {existing.attr_form} attributes (fixed by its first "
                 f"set_attr), got {form} attributes for node {event.u!r}")
+        attrs: Any = event.attrs or ()
+        bound = self.limits.max_attr_width
+        if bound is not None:
+            if existing is None:
+                width = len(attrs)
+            elif form == NAMED_ATTRS:
+                width = len(existing.attr_columns) + sum(name not in existing.attr_columns for name, _ in attrs)
+            else:
+                width = max(existing.attr_width, len(attrs))
+            if width > bound:
+                raise StateConflict(f"set_attr: node {event.u!r} would make network {event.net!r} {width} attribute "
+                                    f"columns wide, more than snapshots.max_attr_width ({bound})")
+        if existing is None or event.u not in existing.known:
+            self._admit({event.net: (event.u,)})
         network = self._network(event.net)
         network.attr_form = form
         index = network.registry.index(event.u)
-        attrs: Any = event.attrs or ()
         if form == NAMED_ATTRS:
             columns = [network.attr_columns.setdefault(name, len(network.attr_columns)) for name, _ in attrs]
             network.attr_width = len(network.attr_columns)
@@ -338,8 +412,15 @@ class TemporalGraphState:
         network.changed.add(index)
 
     def _anchor_ends(self, event: Event) -> tuple[tuple[str, str], _Network, int, _Network, int]:
-        """Pair key, then (network, index) of its first and of its second end."""
+        """Pair key, then (network, index) of its first and of its second end, registering both."""
         key = pair_key(event.net, event.to)
+        here, there = self._networks.get(event.net), self._networks.get(event.to)
+        if here is None or there is None or event.u not in here.known or event.v not in there.known:
+            self._admit({event.net: (event.u,), event.to: (event.v,)})
+        bound = self.limits.max_network_pairs
+        if key not in self._anchors and bound is not None and len(self._anchors) >= bound:
+            raise StateConflict(f"{len(self._anchors)} network pairs have anchors already, "
+                                f"snapshots.max_network_pairs ({bound}): no anchors between {key[0]!r} and {key[1]!r}")
         here, there = self._network(event.net), self._network(event.to)
         index_here, index_there = here.registry.index(event.u), there.registry.index(event.v)
         if event.net == key[0]:
@@ -369,9 +450,13 @@ class TemporalGraphState:
         second.changed.add(b)
 
     def _remove_anchor(self, event: Event) -> None:
-        key, first, a, second, b = self._anchor_ends(event)
+        key = pair_key(event.net, event.to)
         pair = self._anchors.get(key)
-        if pair is None or pair.forward.get(a) != b:
+        if pair is not None:  # a pair with anchors: both networks exist
+            first, second = self._networks[key[0]], self._networks[key[1]]
+            here, there = (event.u, event.v) if event.net == key[0] else (event.v, event.u)
+            a, b = first.known.get(here), second.known.get(there)
+        if pair is None or a is None or b is None or pair.forward.get(a) != b:
             self.stats["remove_anchor_missing"] += 1
             return
         del pair.forward[a]

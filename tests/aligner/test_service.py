@@ -142,3 +142,46 @@ def test_config_show_masks_secrets(tmp_path):
 def test_bad_config_is_a_usage_error():
     result = CliRunner().invoke(cli, ["config", "show"], env={"DYNALIGN_ADAPT_STEPS": "lots"})
     assert result.exit_code == 2 and "DYNALIGN_ADAPT_STEPS" in result.output
+
+
+def test_hostile_growth_and_forged_ids_are_dead_letters_with_reasons_and_lose_nothing(events_file, redis_url,
+                                                                                       tmp_path):
+    """Issue 16, items 4-5: no-op removals register nothing, growth past a configured bound and a reused id
+    with other content are dead letters naming why, and the valid events all land as in a clean run."""
+    from tests.aligner.test_service_guarantees import assert_same_networks, final_graph
+
+    _, events = events_file
+    valid = [line for line in events.read_text().splitlines() if line not in BAD_LINES]
+    victim = json.loads(valid[-50])  # a valid event late in the stream, whose id a forger takes first
+    now = json.loads(valid[19])["time"]
+    forged = {**victim, "time": now, **({"v": "mallory"} if "v" in victim else {"node": "mallory"})}
+    ghosts = [json.dumps({"op": "remove_edge", "time": now, "net": "left", "u": f"ghost{i}", "v": f"phantom{i}"})
+              for i in range(300)]
+    extra_networks = [json.dumps({"op": "add_edge", "time": now, "net": f"n{i}", "u": "1", "v": "2"},
+                                 separators=(",", ":")) for i in range(3)]  # as a dead letter re-encodes it
+    hostile = [*valid[:20], json.dumps(forged), *ghosts, *extra_networks, *valid[20:], valid[10]]
+    (tmp_path / "hostile.jsonl").write_text("\n".join(hostile) + "\n")
+    (tmp_path / "clean.jsonl").write_text("\n".join(valid) + "\n")
+
+    bounded = {"DYNALIGN_SNAPSHOTS_MAX_NETWORKS": "3"}
+    summary = json.loads(run_cli(["run", "--source", str(tmp_path / "hostile.jsonl"), "--state",
+                                  str(tmp_path / "hostile"), "--redis", redis_url, "--json"], bounded).splitlines()[-1])
+    run_cli(["run", "--source", str(tmp_path / "clean.jsonl"), "--state", str(tmp_path / "clean"), "--redis",
+             redis_url, "--json"], bounded)
+
+    dead = [json.loads(line) for line in (tmp_path / "hostile" / "deadletter.jsonl").read_text().splitlines()]
+    # the victim (its id was taken first) and the two networks past the bound
+    assert sorted(d["payload"] for d in dead) == sorted([valid[-50], *extra_networks[1:]])
+    by_payload = {d["payload"]: d["reason"] for d in dead}
+    assert f"event id {victim['id']!r} was used before in network {victim['net']!r}" in by_payload[valid[-50]]
+    assert all("snapshots.max_networks (3)" in by_payload[line] for line in extra_networks[1:])
+    assert summary["duplicates"] == 1 and summary["dead_letters"] == 3
+
+    # The forged event took the victim's place; apart from it and the one network within the bound, the graph
+    # is the clean run's: 300 removals of unknown edges registered no node.
+    hostile_graph, clean_graph = final_graph(tmp_path / "hostile"), final_graph(tmp_path / "clean")
+    assert set(hostile_graph.networks) == {"left", "right", "n0"}
+    other = "right" if victim["net"] == "left" else "left"
+    assert_same_networks(hostile_graph, clean_graph, [other])
+    forged_ids = set(hostile_graph.networks[victim["net"]].node_ids)
+    assert forged_ids - set(clean_graph.networks[victim["net"]].node_ids) == {"mallory"}

@@ -173,6 +173,29 @@ def test_query_in_a_terminal(published):
     assert "Traceback" not in run.text
 
 
+def test_ids_with_terminal_control_characters_are_shown_escaped_in_a_terminal(redis_url):
+    """Issue 16, item 6: node ids come from the data; ESC or CR in one must not act on the user's terminal."""
+    from aligner.update import AlignmentUpdate, PairTopK
+
+    hostile = ("evil\x1b[2J\x1b]0;pwned\x07", "over\rwrite", "plain")
+    pair = PairTopK("netA", "netB", np.array([0]), np.array([[0, 1]]), np.array([[0.9, 0.5]], dtype=np.float32))
+    back = PairTopK("netB", "netA", np.array([0]), np.array([[0]]), np.array([[0.9]], dtype=np.float32))
+    RedisPublisher(redis.Redis.from_url(redis_url)).publish(
+        AlignmentUpdate(1, 1000.0, {"netA": ("a\x1b[31mred",), "netB": hostile[:2]}, [pair, back]))
+    run = in_terminal(dynalign("query", "a\x1b[31mred", "--net", "netA", "--to", "netB", "--redis", redis_url),
+                      timeout_s=60)
+    assert run.returncode == 0, run.screen
+    assert "\x1b" not in run.screen and "\x07" not in run.screen, repr(run.screen)
+    assert "\r\n" in run.screen and "\r" not in run.screen.replace("\r\n", ""), repr(run.screen)
+    lines = run.text.splitlines()
+    assert "netA:a\\x1b[31mred -> netB" in lines
+    assert lines[lines.index("netA:a\\x1b[31mred -> netB") + 1].split()[1] == "evil\\x1b[2J\\x1b]0;pwned\\x07"
+    assert lines[lines.index("netA:a\\x1b[31mred -> netB") + 2].split()[1] == "over\\rwrite"
+    # JSON keeps the ids exact (its escapes are the format's own).
+    result = query("a\x1b[31mred", "--net", "netA", "--to", "netB", "--redis", redis_url, "--json")
+    assert [c["node"] for c in json.loads(result.stdout)["candidates"]] == list(hostile[:2])
+
+
 def test_version_flag_prints_the_installed_package_version():
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"dynalign {installed_version('dynalign')}\n"

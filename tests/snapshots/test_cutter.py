@@ -212,7 +212,7 @@ def test_resuming_under_a_changed_policy():
     state = cutter.to_state()
     resumed = SnapshotCutter.from_state(state, SnapshotPolicy(window_seconds=10.0, every_events=2, dedup_capacity=1))
     # only e2 still fits in memory; e0 is applied again, and with 4 pending events the new count policy cuts
-    assert [len(resumed.offer(edge("a", "b", 3, event_id))) for event_id in ("e2", "e0", "e9")] == [0, 1, 0]
+    assert [len(resumed.offer(edge("a", "b", t, f"e{t}"))) for t in (2, 0, 9)] == [0, 1, 0]
     assert resumed.stats["duplicates"] == 1
     with pytest.raises(ValueError, match="window_seconds"):
         SnapshotCutter.from_state(state, SnapshotPolicy(window_seconds=60.0))
@@ -339,3 +339,35 @@ def test_throughput(capsys):
             print(f"\ncutter, lateness {lateness:g}s: {count / elapsed:,.0f} events/s "
                   f"({len(snapshots)} snapshots, offer+apply+cut)")
         assert cutter.stats["accepted"] == count
+
+
+def test_ids_are_scoped_per_network_and_a_reused_id_is_refused_not_lost():
+    # 375 forged events reusing the ids of later valid ones once made those vanish as "duplicates" (issue 16).
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0))
+    forged = Event("add_edge", 1.0, "a", "mallory", "x", id="e7")
+    valid = Event("add_edge", 2.0, "a", "alice", "x", id="e7")
+    elsewhere = Event("add_edge", 2.0, "b", "alice", "x", id="e7")  # the same id in another network
+    for event in (forged, valid, elsewhere, valid, forged):
+        cutter.offer(event)
+    assert cutter.stats["duplicates"] == 1 and cutter.stats["rejected"] == 2 and cutter.stats["accepted"] == 2
+    rejected = cutter.drain_rejected()
+    assert [event for event, _ in rejected] == [valid, valid]
+    assert "event id 'e7' was used before in network 'a' by a different event" in rejected[0][1]
+    # Across a checkpoint: the digests travel with the ids.
+    resumed = SnapshotCutter.from_state(cutter.to_state())
+    resumed.offer(forged)
+    resumed.offer(valid)
+    resumed.offer(Event("add_edge", 3.0, "c", "alice", "x", id="e7"))
+    assert resumed.stats["duplicates"] == 2 and resumed.stats["rejected"] == 3 and resumed.stats["accepted"] == 3
+    assert [net for net in resumed.flush()[-1].networks] == ["a", "b", "c"]
+
+
+def test_a_state_written_before_ids_were_scoped_still_drops_its_redeliveries():
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0))
+    cutter.offer(Event("add_edge", 1.0, "a", "x", "y", id="old"))
+    state = cutter.to_state()
+    state.pop("seen")
+    state["seen_ids"] = ["old"]
+    resumed = SnapshotCutter.from_state(state)
+    resumed.offer(Event("add_edge", 1.0, "a", "x", "y", id="old"))
+    assert resumed.stats["duplicates"] == 1 and resumed.stats["accepted"] == 1

@@ -76,7 +76,7 @@ def test_remove_edge_and_counted_missing_removal():
     assert graph.edge("a", "x", "y") is None
     assert graph.stats["remove_missing"] == 1 and graph.stats["remove_edge"] == 2
     snapshot = graph.snapshot(1, 0, 1, 3)
-    assert snapshot.networks["a"].node_ids == ("x", "y", "q")  # every event registers the nodes it names
+    assert snapshot.networks["a"].node_ids == ("x", "y")  # removing what is not there registers nothing
     assert edges_of(snapshot) == {} and alive_ids(snapshot) == set()
 
 
@@ -203,3 +203,50 @@ def test_snapshot_of_a_large_network_has_every_distinct_node_and_edge():
     n = graph.snapshot(1, 0, 1, 50_000).networks["a"]
     assert n.num_nodes == len({x for pair in pairs for x in pair})
     assert n.num_edges == len(set(pairs))
+
+
+def test_removals_of_what_is_not_there_register_nothing():
+    # 100k such events once grew every feature matrix by 100k rows (issue 16, item 4).
+    graph = build(edge("x", "y"), *(unedge(f"ghost{i}", f"phantom{i}") for i in range(1000)),
+                  unedge("x", "ghost"), Event("remove_edge", 0.0, "elsewhere", "p", "q"),
+                  Event("remove_anchor", 0.0, "a", "x", "z", to="nowhere"),
+                  Event("remove_anchor", 0.0, "a", "ghost", "z", to="b"))
+    assert graph.networks == ("a",) and graph.registry("a").ids == ("x", "y")
+    assert graph.stats["remove_missing"] == 1002 and graph.stats["remove_anchor_missing"] == 2
+
+
+@pytest.mark.parametrize("event, reason", [
+    (Event("add_edge", 0.0, "c", "p", "q"), "3 networks already, snapshots.max_networks (3): network 'c' not added"),
+    (Event("add_anchor", 0.0, "a", "x", "p", to="c"), "snapshots.max_networks (3): network 'c' not added"),
+    (Event("add_edge", 0.0, "a", "y", "new"), "network 'a' has 3 nodes, snapshots.max_nodes_per_network (3): "
+                                              "node 'new' not added"),
+    (Event("set_attr", 0.0, "a", "new", attrs=(1.0,)), "snapshots.max_nodes_per_network (3)"),
+    (Event("add_anchor", 0.0, "a", "new", "n0", to="n"), "snapshots.max_nodes_per_network (3)"),
+    (Event("set_attr", 0.0, "a", "x", attrs=(1.0, 2.0, 3.0)), "3 attribute columns wide, more than "
+                                                              "snapshots.max_attr_width (2)"),
+    (Event("set_attr", 0.0, "n", "n0", attrs=(("f", 1.0), ("g", 1.0), ("h", 1.0))), "snapshots.max_attr_width (2)"),
+    (Event("add_anchor", 0.0, "b", "b0", "n0", to="n"), "1 network pairs have anchors already, "
+                                                        "snapshots.max_network_pairs (1): no anchors between 'b' and 'n'"),
+])
+def test_growth_beyond_a_limit_is_refused_and_changes_nothing(event, reason):
+    from snapshots.graph import GraphLimits
+    graph = TemporalGraphState(GraphLimits(max_networks=3, max_network_pairs=1, max_nodes_per_network=3,
+                                           max_attr_width=2))
+    for e in (edge("x", "y"), Event("set_attr", 0.0, "a", "x", attrs=(1.0, 2.0)), edge("z", "x"),
+              Event("add_edge", 0.0, "b", "b0", "b1"), Event("set_attr", 0.0, "n", "n0", attrs=(("f", 1.0),)),
+              Event("add_anchor", 0.0, "a", "z", "n0", to="n")):
+        graph.apply(e)
+    before = graph.to_state()
+    with pytest.raises(StateConflict) as refused:
+        graph.apply(event)
+    assert reason in refused.value.reason
+    after = graph.to_state()
+    assert before["stats"] == after["stats"] and list(before["networks"]) == list(after["networks"])
+    for name, network in before["networks"].items():
+        assert network["registry"] == after["networks"][name]["registry"]
+        assert network["attr_width"] == after["networks"][name]["attr_width"]
+    assert [a["networks"] for a in before["anchors"]] == [a["networks"] for a in after["anchors"]]
+    # Within the limits the same state takes more: known nodes, known columns, the anchored pair.
+    graph.apply(edge("y", "z"))
+    graph.apply(Event("set_attr", 0.0, "a", "y", attrs=(5.0,)))
+    graph.apply(Event("add_anchor", 0.0, "a", "x", "n0", to="n"))

@@ -560,8 +560,13 @@ def feed(ctx, file, to, rate, loop, count, key, batch) -> None:
             bar.close()
     click.echo(f"{summary.events} events ({summary.malformed} malformed) in {summary.messages} messages to {to} "
                f"in {summary.seconds:.1f} s ({summary.events_per_s:.0f} events/s)", err=True)
+    if summary.oversized:
+        log.warning(f"{summary.oversized} line(s) larger than a Kafka message may be (max_request_size) were not "
+                    f"sent; every other line was")
     if summary.failed:
         raise click.ClickException(f"{summary.failed} messages not acknowledged by Kafka (first: {summary.first_error})")
+    if summary.oversized:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()

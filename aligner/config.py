@@ -451,8 +451,22 @@ def mask_url(url: str) -> str:
 
     >>> mask_url("rediss://user:secret@host:6380/0")
     'rediss://user:***@host:6380/0'
+
+    A password holding ``@`` or ``/``, or given in the query string (redis-py reads ``?password=``), too:
+
+    >>> mask_url("redis://:p@ss/w@host:6379/0?password=x&db=1&ssl_password=y")
+    'redis://:***@host:6379/0?password=***&db=1&ssl_password=***'
     """
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    rest, qmark, query = rest.partition("?")
+    at = rest.rfind("@")  # the host follows the last @: a password may hold @ and / itself
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = (f"{user}:***" if colon else user) + rest[at:]
+    query = re.sub(r"((?:^|&)[^=&]*(?:pass|secret|token)[^=&]*=)[^&]*", r"\1***", query, flags=re.IGNORECASE)
+    return f"{scheme}://{rest}{qmark}{query}"
 
 
 def _set(cfg: Config, section: str, key: str, value: Any, where: str) -> None:

@@ -322,6 +322,13 @@ class AlignmentService:
         self.switch_interval = sys.getswitchinterval()  # restored by _close: the process may go on without us
         sys.setswitchinterval(GIL_SWITCH_S)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only: the event log, dead letters, alignments and the Redis dump hold the users' data, and
+        # files in it are created with the default umask.
+        try:
+            os.chmod(self.state_dir, 0o700)
+        except OSError as e:  # not ours (a shared mount): say so, run on
+            log.warning(f"could not make the state dir {self.state_dir} owner-only ({e}): other local users may "
+                        "read the events and alignments in it")
         self.store = store = SnapshotStore(self.state_dir, cfg.store.base_every, cfg.store.retain_snapshots)
         if self.savepoint is not None:
             seeded = seed_state_dir(seed, store)
@@ -377,7 +384,9 @@ class AlignmentService:
                      f"data in {self.redis_server.directory}")
         self.publisher = RedisPublisher(client, cfg.publish.namespace, cfg.publish.retain_versions,
                                         worker=f"{socket.gethostname()}/{os.getpid()}/{self.state_dir.name}")
-        self.dead = self._dead_letter_sink(checkpoint.get("deadletter_size"))
+        # No checkpoint: every record is read again, so the dead letters start over too (else they double);
+        # a checkpoint from before dead-letter sizes were recorded leaves the file as it is.
+        self.dead = self._dead_letter_sink(checkpoint.get("deadletter_size", None if checkpoint else 0))
         self.source: Source = open_source(self.source_url, position=self.position, kafka=kafka_settings(cfg),
                                           on_revoke=self._on_revoke)
         write_run_settings(self.state_dir, run_record(cfg, self.source_url))

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -53,6 +54,8 @@ import numpy as np
 
 from snapshots.delta import diff_dense, diff_keyed, patch_dense, patch_keyed
 from snapshots.snapshot import NetworkSnapshot, Snapshot
+
+log = logging.getLogger(__name__)
 
 _CHECKPOINT_MAGIC = b"DYNCKPT1"
 _DIGEST_BYTES = 32
@@ -437,11 +440,17 @@ class SnapshotStore:
 
     def read_checkpoint(self) -> dict[str, Any] | None:
         """The newest intact checkpoint (``checkpoint``, else ``checkpoint.prev``), or ``None``."""
+        return next((state for _, state in self._intact_checkpoints()), None)
+
+    def _intact_checkpoints(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """``(path, state)`` of each intact checkpoint, newest first; a damaged one is skipped with a warning."""
         for path in (self.checkpoint_path, self.previous_checkpoint_path):
             state = read_checkpoint_file(path)
             if state is not None:
-                return state
-        return None
+                yield path, state
+            elif path.exists():
+                log.warning(f"checkpoint {path} is torn or corrupt: skipped (an older checkpoint, if any, is used "
+                            "and the events after it are read again)")
 
     def recover(self) -> dict[str, Any] | None:
         """Bring the directory back to the newest intact checkpoint and return it (see the module docstring)."""
@@ -455,16 +464,25 @@ class SnapshotStore:
         self._remove_orphans()
         self._cache = None
         self._read_log_header()
-        checkpoint = self.read_checkpoint()
-        keep = int(checkpoint[_EVENTS_LOG_SIZE]) if checkpoint is not None else self._log_start_byte
         size = self._log_size_on_disk()
+        checkpoint = None
+        for path, state in self._intact_checkpoints():
+            recorded = int(state[_EVENTS_LOG_SIZE])
+            if self._log_start_byte <= recorded <= size:
+                checkpoint = state
+                break
+            # the event log lost bytes this checkpoint relies on: an older one may need fewer
+            log.warning(f"checkpoint {path} recorded {recorded} durable event-log bytes but {self.events_path} "
+                        f"holds [{self._log_start_byte}, {size}): trying an older checkpoint")
+            checkpoint = state
+        keep = int(checkpoint[_EVENTS_LOG_SIZE]) if checkpoint is not None else self._log_start_byte
         if size < keep or keep < self._log_start_byte:
             raise StoreCorruption(f"{self.events_path} holds bytes [{self._log_start_byte}, {size}) but the "
                                   f"checkpoint recorded {keep} durable bytes: the event log lost data")
         if size > keep:
-            with open(self.events_path, "r+b") as log:
-                log.truncate(keep - self._log_start_byte + self._header_len)
-                os.fsync(log.fileno())
+            with open(self.events_path, "r+b") as event_log:
+                event_log.truncate(keep - self._log_start_byte + self._header_len)
+                os.fsync(event_log.fileno())
         self._durable_log_size = keep
         return checkpoint
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -39,6 +40,10 @@ OTHER_KIND = "other"
 # Payload characters kept in a dead-letter *message*: Kafka's default message limit is 1 MB, and an oversized
 # payload is a classic reason for rejection.
 MAX_TOPIC_PAYLOAD_CHARS = 64 * 1024
+# A reason may quote the input (an unknown op, a bad value): cut it so that it never outgrows a Kafka header.
+MAX_REASON_CHARS = 1000
+# A topic that is down fails every entry: say so at once, then with the running count at this pace.
+FAILURE_LOG_EVERY_S = 30.0
 
 _OP_PREFIX = re.compile(r"^[a-z_]+:\s+")
 # Quoted text is usually a user value (a node id, an unknown op) and would make every line its own kind;
@@ -103,9 +108,12 @@ class DeadLetterSink:
         self.count = 0
         self.topic_failures = 0
         self.by_reason_kind: Counter[str] = Counter()
+        self._failures_logged_at = -math.inf  # monotonic time of the last topic-failure warning
 
     def write(self, payload: bytes | str, reason: str, origin: str) -> None:
         """Record one rejected payload; ``origin`` says where it came from (``"events.jsonl:12"``)."""
+        if len(reason) > MAX_REASON_CHARS:  # a reason may quote the input: it must not grow with it
+            reason = f"{reason[:MAX_REASON_CHARS]}… ({len(reason) - MAX_REASON_CHARS} more characters)"
         entry: dict[str, Any] = {"reason": reason, "origin": origin}
         if isinstance(payload, str):
             entry["payload"] = payload
@@ -140,7 +148,9 @@ class DeadLetterSink:
 
     def _topic_failed(self, exc: BaseException) -> None:
         self.topic_failures += 1
-        if self.topic_failures == 1 or self.topic_failures % 1000 == 0:
+        now = time.monotonic()  # the first failure, then at most one warning every FAILURE_LOG_EVERY_S
+        if now - self._failures_logged_at >= FAILURE_LOG_EVERY_S:
+            self._failures_logged_at = now
             log.warning("dead-letter topic %s did not get %d entr%s (latest: %s: %s); %s has them all",
                         self.topic, self.topic_failures, "y" if self.topic_failures == 1 else "ies",
                         type(exc).__name__, exc, self.path)

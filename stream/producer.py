@@ -58,6 +58,7 @@ class FeedSummary:
     malformed: int = 0  # lines that are not valid events, sent unkeyed for the consumer to dead-letter
     messages: int = 0  # Kafka messages (fewer than events with batch > 1)
     failed: int = 0  # messages Kafka did not acknowledge
+    oversized: int = 0  # lines over the producer's max_request_size: not sent (not an event: over the payload limit)
     passes: int = 0
     seconds: float = 0.0
     first_error: str | None = None
@@ -135,7 +136,16 @@ def _produce(passes: Iterator[Iterable[bytes]], url: str, *, settings: KafkaSett
                 if stop is not None and stop.is_set():
                     return summary
                 pace.wait(summary.events)
-                producer.send(topic, value=value, key=message_key).add_errback(failed)
+                if not _send(producer, topic, message_key, value, failed):
+                    # too large for one message: a batch goes line by line; a line alone that large is skipped
+                    # (beyond any payload limit, it could only be a dead letter) and the feed goes on
+                    parts = value.split(b"\n") if events > 1 else [value]
+                    sent = [_send(producer, topic, message_key, part, failed) for part in parts]
+                    skipped = [part for part, ok in zip(parts, sent) if not ok]
+                    summary.oversized += len(skipped)
+                    events -= len(skipped)
+                    malformed -= sum(_network(part) is None for part in skipped)
+                    summary.messages += sent.count(True) - 1
                 summary.events += events
                 summary.malformed += malformed
                 summary.messages += 1
@@ -148,6 +158,17 @@ def _produce(passes: Iterator[Iterable[bytes]], url: str, *, settings: KafkaSett
         producer.flush()
         producer.close()
         summary.seconds = time.monotonic() - started
+
+
+def _send(producer, topic: str, key: bytes | None, value: bytes, failed: Callable[[BaseException], None]) -> bool:
+    """Send one message; False if it is larger than the producer may send (kafka-python raises that at once)."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    try:
+        producer.send(topic, value=value, key=key).add_errback(failed)
+    except MessageSizeTooLargeError:
+        return False
+    return True
 
 
 def keyed_messages(lines: Iterable[bytes], key: str | None, batch: int) -> Iterator[tuple[bytes | None, bytes]]:

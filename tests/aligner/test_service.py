@@ -169,6 +169,7 @@ def test_hostile_growth_and_forged_ids_are_dead_letters_with_reasons_and_lose_no
     run_cli(["run", "--source", str(tmp_path / "clean.jsonl"), "--state", str(tmp_path / "clean"), "--redis",
              redis_url, "--json"], bounded)
 
+    assert (tmp_path / "hostile").stat().st_mode & 0o777 == 0o700  # the state dir is nobody else's (item 7)
     dead = [json.loads(line) for line in (tmp_path / "hostile" / "deadletter.jsonl").read_text().splitlines()]
     # the victim (its id was taken first) and the two networks past the bound
     assert sorted(d["payload"] for d in dead) == sorted([valid[-50], *extra_networks[1:]])
@@ -185,3 +186,16 @@ def test_hostile_growth_and_forged_ids_are_dead_letters_with_reasons_and_lose_no
     assert_same_networks(hostile_graph, clean_graph, [other])
     forged_ids = set(hostile_graph.networks[victim["net"]].node_ids)
     assert forged_ids - set(clean_graph.networks[victim["net"]].node_ids) == {"mallory"}
+
+
+def test_with_no_checkpoint_left_a_rerun_does_not_double_the_dead_letters(events_file, redis_url, tmp_path):
+    """Issue 16, item 7: 513 duplicated dead letters were measured after the checkpoints were lost."""
+    _, events = events_file
+    state = tmp_path / "state"
+    args = ["run", "--source", str(events), "--state", str(state), "--redis", redis_url, "--json"]
+    run_cli(args)
+    for name in ("checkpoint", "checkpoint.prev"):
+        (state / name).unlink(missing_ok=True)
+    summary = json.loads(run_cli(args).splitlines()[-1])
+    dead = (state / "deadletter.jsonl").read_text().splitlines()
+    assert len(dead) == len(BAD_LINES) and summary["dead_letters"] == len(BAD_LINES)

@@ -203,3 +203,33 @@ def test_cutter_resumes_exactly_from_a_checkpoint(store):
     assert [e["id"] for e in restarted.list_snapshots()] == [s.id for s in expected]
     for want in expected:
         assert_snapshots_equal(restarted.load_snapshot(want.id), want)
+
+
+def test_a_damaged_checkpoint_falls_back_with_a_warning(store, caplog):
+    """Issue 16, item 7: the fallback used to be silent."""
+    store.append_events(['{"n":1}'])
+    store.write_checkpoint({"position": 1})
+    store.append_events(['{"n":2}'])
+    store.write_checkpoint({"position": 2})
+    store.close()
+    data = bytearray(store.checkpoint_path.read_bytes())
+    data[-1] ^= 0xFF
+    store.checkpoint_path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="snapshots.store"):
+        assert store.recover()["position"] == 1
+    assert any("is torn or corrupt: skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_an_event_log_shorter_than_the_newest_checkpoint_tries_the_previous_one(store, caplog):
+    store.append_events(['{"n":1}'])
+    store.write_checkpoint({"position": 1})
+    kept = store.events_path.stat().st_size
+    store.append_events(['{"n":2}'])
+    store.write_checkpoint({"position": 2})
+    store.close()
+    with open(store.events_path, "r+b") as f:  # the newest checkpoint's last event is gone
+        f.truncate(kept)
+    with caplog.at_level("WARNING", logger="snapshots.store"):
+        assert store.recover()["position"] == 1
+    assert any("trying an older checkpoint" in r.getMessage() for r in caplog.records)
+    assert store.events_log_size() == kept and store.events_path.stat().st_size == kept

@@ -107,3 +107,14 @@ def test_flush_makes_lines_visible_and_durable(tmp_path, monkeypatch):
 def test_topic_and_producer_come_together(tmp_path):
     with pytest.raises(ValueError, match="needs a producer"):
         DeadLetterSink(tmp_path / "dlq.jsonl", topic="dead")
+
+
+def test_a_reason_is_bounded_whatever_it_quotes(tmp_path):
+    """A 789 KB reason once went into a Kafka header (issue 16, item 7)."""
+    from stream.deadletter import MAX_REASON_CHARS
+
+    with DeadLetterSink(tmp_path / "dlq.jsonl") as dlq:
+        dlq.write("{}", "unknown op '" + "x" * 800_000 + "'", "f:1")
+    entry = json.loads((tmp_path / "dlq.jsonl").read_text())
+    assert len(entry["reason"]) < MAX_REASON_CHARS + 40
+    assert entry["reason"].startswith("unknown op 'xxx") and entry["reason"].endswith("(799013 more characters)")

@@ -95,3 +95,21 @@ def test_feed_command(broker, events_file):
     assert "10 events (1 malformed) in 10 messages" in result.output
     bad = CliRunner().invoke(cli, ["feed", "-", "--to", f"kafka://{broker.bootstrap}/{topic}", "--loop"])
     assert bad.exit_code == 1 and "stdin cannot be replayed" in bad.output
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_line_too_large_for_kafka_is_skipped_and_the_feed_goes_on(broker, events_file, batch):
+    """It once crashed `feed` with a traceback and nothing after it was sent (issue 16, item 7)."""
+    lines = events_file.read_text().splitlines()
+    huge = json.dumps({"op": "add_edge", "net": "left", "u": "x" * (2 << 20), "v": "y", "time": 1})
+    path = events_file.with_name("huge.jsonl")
+    path.write_text("\n".join([*lines[:10], huge, *lines[10:]]) + "\n")
+    topic = f"feed-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic)
+    result = CliRunner().invoke(cli, ["feed", str(path), "--to", f"kafka://{broker.bootstrap}/{topic}",
+                                      "--batch", str(batch)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "1 line(s) larger than a Kafka message may be (max_request_size) were not sent" in result.output
+    assert f"{len([line for line in lines if line])} events (3 malformed)" in result.output  # the rest, all sent
+    sent = [m.value for m in read_topic(broker, topic, 10, partitions=1)]
+    assert sorted(b"\n".join(sent).split(b"\n")) == sorted(line.encode() for line in lines if line)

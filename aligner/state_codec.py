@@ -85,12 +85,18 @@ def encode(tree: Any) -> bytes:
     structure = walk(tree, "")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(TREE, json.dumps({"format": MAGIC, "tree": structure}))
+        zf.writestr(_entry(TREE), json.dumps({"format": MAGIC, "tree": structure}))
         for i, array in enumerate(arrays):
             entry = io.BytesIO()
             np.save(entry, array, allow_pickle=False)
-            zf.writestr(f"{i}.npy", entry.getvalue())
+            zf.writestr(_entry(f"{i}.npy"), entry.getvalue())
     return buf.getvalue()
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """An archive entry with a fixed timestamp: writestr would stamp the wall clock, and equal states must give
+    equal bytes (checkpoint digests and tests compare them)."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
 
 
 def decode(data: bytes) -> Any:

@@ -118,3 +118,20 @@ def test_no_package_pickles_or_loads_unsafely():
              for package in ("aligner", "stream", "snapshots") for path in sorted((ROOT / package).rglob("*.py"))
              for m in unsafe.finditer(path.read_text())]
     assert not found, found
+
+
+def test_equal_states_encode_to_equal_bytes_at_any_time(monkeypatch):
+    """The zip entries carry no wall-clock stamp (it made two encodings of one state differ across a
+    two-second boundary)."""
+    import time as time_module
+
+    import numpy as np
+
+    from aligner.state_codec import encode
+
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": 3}
+    first = encode(state)
+    later = time_module.time() + 86_400
+    monkeypatch.setattr(time_module, "time", lambda: later)
+    monkeypatch.setattr(time_module, "localtime", lambda *_: time_module.gmtime(later))
+    assert encode(state) == first

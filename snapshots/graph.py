@@ -337,13 +337,13 @@ class TemporalGraphState:
     def _add_edge(self, event: Event) -> None:
         # The hottest code of ingestion (most events are interactions): locals and inlined helpers on purpose.
         network = self._networks.get(event.net)
-        if network is None:
+        a = b = None
+        if network is not None:
+            known = network.known
+            a, b = known.get(event.u), known.get(event.v)
+        if a is None or b is None:  # a new node (or network): in event order, as the registry needs
             self._admit({event.net: (event.u, event.v)})
-            network = self._network(event.net)
-        known = network.known
-        a, b = known.get(event.u), known.get(event.v)
-        if a is None or b is None:  # a new node: in event order, as the registry needs
-            self._admit({event.net: (event.u, event.v)})
+            network = network or self._network(event.net)
             a, b = network.registry.index(event.u), network.registry.index(event.v)
         key = (a << 32) | b if a < b else (b << 32) | a  # _edge_key, inlined
         weights = network.edge_weight

@@ -2,11 +2,12 @@
 dead letters?
 
 A seeded mix of hostile lines of many kinds is interleaved with the valid events of the bundled sample and fed
-to the real CLI (`dynalign run`) through a file and through stdin (the Kafka path is not measured here yet). Each run is compared with a run of the valid events alone: events sent, valid events
+to the real CLI (`dynalign run`) through a file, through stdin and through Kafka (a tansu broker, a topic of
+three partitions filled by `dynalign feed`). Each run is compared with a run of the valid events alone: events sent, valid events
 applied (the final graphs must be identical), dead letters by kind against what each kind should give, crashes
 (exit status, tracebacks), hangs (a wall-clock limit) and peak RSS.
 
-    python benchmarks/hostile.py --hostile 5000 --via file,stdin --json docs/bench/hostile.json
+    python benchmarks/hostile.py --hostile 5000 --via file,stdin,kafka --json docs/bench/hostile.json
 
 The aligner's own settings are the tests' small ones (this measures ingestion, not accuracy).
 """
@@ -14,6 +15,7 @@ The aligner's own settings are the tests' small ones (this measures ingestion, n
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -123,15 +125,17 @@ KINDS = [Kind(name, DEAD) for name in (
     Kind("redelivery", DROPPED), Kind("remove-unknown-edge", NO_OP), Kind("remove-unknown-anchor", NO_OP)]
 
 
-def valid_events(workdir: Path) -> list[str]:
+def valid_events(workdir: Path, windows: int = 3) -> list[str]:
     out = workdir / "valid.jsonl"
-    subprocess.run([str(ROOT / ".venv/bin/dynalign"), "events", str(ROOT / "aligner/sample"), "--windows", "3",
+    subprocess.run([str(ROOT / ".venv/bin/dynalign"), "events", str(ROOT / "aligner/sample"), "--windows", str(windows),
                     "-o", str(out)], check=True, capture_output=True)
     return out.read_text().splitlines()
 
 
-def mix(valid: list[str], count: int, seed: int) -> tuple[list[str | bytes], list[str | None]]:
-    """The valid lines with ``count`` hostile ones inserted at seeded places; the kind of each line (None: valid).
+def mix(valid: list[str], count: int, seed: int, kinds_used: list[Kind] | None = None
+        ) -> tuple[list[str | bytes], list[str | None]]:
+    """The valid lines with ``count`` hostile ones (of ``kinds_used``, all by default, in turn) inserted at seeded
+    places; the kind of each line (None: valid).
     Hostile lines come after the valid attributes and the first valid fifth, so forgeries and redeliveries have
     earlier events to copy and a set_attr of the other form meets a network whose form is fixed: one that came
     first would fix the form itself (the first set_attr decides) and turn the valid ones into dead letters."""
@@ -141,8 +145,9 @@ def mix(valid: list[str], count: int, seed: int) -> tuple[list[str | bytes], lis
     lines: list[str | bytes] = list(valid)
     kinds: list[str | None] = [None] * len(valid)
     start = max(len(valid) // 5, 1 + max((i for i, p in enumerate(parsed) if p["op"] == "set_attr"), default=0))
+    kinds_used = kinds_used or KINDS
     for n in range(count):
-        kind = KINDS[n % len(KINDS)].name
+        kind = kinds_used[n % len(kinds_used)].name
         at = rng.randrange(start, len(lines) + 1)
         # the valid events before this place (hostile lines before it do not count)
         earlier_valid = parsed[: sum(1 for k in kinds[:at] if k is None)]
@@ -152,10 +157,11 @@ def mix(valid: list[str], count: int, seed: int) -> tuple[list[str | bytes], lis
     return lines, kinds
 
 
-def run_service(source: Path, state: Path, via: str, timeout_s: float, stdin_path: Path | None = None) -> dict:
-    """`dynalign run` on ``source`` in a child process: exit status, whether it hung, peak RSS, stderr."""
-    cmd = [str(ROOT / ".venv/bin/dynalign"), "run", "--source", "-" if via == "stdin" else str(source),
-           "--state", str(state), "--json"]
+def run_service(source: str, state: Path, timeout_s: float, stdin_path: Path | None = None,
+                extra: tuple[str, ...] = ()) -> dict:
+    """`dynalign run --source SOURCE` in a child process (``stdin_path`` as its stdin for ``-``): exit status,
+    whether it hung, peak RSS, stderr."""
+    cmd = [str(ROOT / ".venv/bin/dynalign"), "run", "--source", source, "--state", str(state), "--json", *extra]
     env = {**os.environ, **SMALL}
     stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.DEVNULL
     started = time.monotonic()
@@ -180,6 +186,31 @@ def run_service(source: Path, state: Path, via: str, timeout_s: float, stdin_pat
             "stderr_tail": err.decode(errors="replace")[-500:]}
 
 
+class KafkaPath:
+    """The Kafka path: a tansu broker, one topic of several partitions per run, filled by `dynalign feed` (keyed
+    by network, as users feed it) before `dynalign run` reads it with ``--until-idle``."""
+
+    PARTITIONS = 3
+
+    def __init__(self):
+        from tests.brokers import start_tansu
+
+        self.broker = start_tansu()
+        self.feeds: dict[str, dict] = {}
+
+    def source(self, path: Path, name: str) -> str:
+        from tests.brokers import create_topic
+
+        create_topic(self.broker.bootstrap, name, self.PARTITIONS)
+        fed = subprocess.run([str(ROOT / ".venv/bin/dynalign"), "feed", str(path), "--to",
+                              f"kafka://{self.broker.bootstrap}/{name}"], capture_output=True, text=True)
+        self.feeds[name] = {"exit": fed.returncode, "stderr_tail": fed.stderr[-500:]}
+        return f"kafka://{self.broker.bootstrap}/{name}?group={name}"
+
+    def close(self) -> None:
+        self.broker.stop()
+
+
 def final_graph(state: Path):
     checkpoint = SnapshotStore(state).read_checkpoint()
     return SnapshotCutter.from_state(checkpoint["cutter"]).graph.snapshot(0, 0.0, 0.0, 0)
@@ -201,8 +232,11 @@ def same_graph(a, b) -> bool:
 def dead_letters_by_kind(state: Path, lines: list, kinds: list) -> Counter:
     """Dead letters attributed to the kind of line they came from: by line number (parse rejections) or by the
     event id (rejections by the graph or the cutter, which name the event)."""
-    by_id = {}
+    by_id: dict = {}
+    by_payload: dict = {}
     for line, kind in zip(lines, kinds):
+        text = line.decode("utf-8", "surrogateescape") if isinstance(line, bytes) else line
+        by_payload.setdefault(text, set()).add(kind)
         if kind is not None and isinstance(line, str):
             try:
                 obj = json.loads(line)
@@ -217,6 +251,10 @@ def dead_letters_by_kind(state: Path, lines: list, kinds: list) -> Counter:
         kind = None
         if ":" in origin and origin.rsplit(":", 1)[1].isdigit() and not origin.startswith("event "):
             kind = kinds[int(origin.rsplit(":", 1)[1]) - 1]
+        elif "payload_b64" in entry or len(by_payload.get(entry.get("payload"), ())) == 1:
+            payload = (base64.b64decode(entry["payload_b64"]).decode("utf-8", "surrogateescape")
+                       if "payload_b64" in entry else entry["payload"])
+            kind = next(iter(by_payload.get(payload, {"unattributed"})))
         elif "payload" in entry:
             obj = json.loads(entry["payload"])
             candidates = by_id.get((obj.get("net"), obj.get("id")), [])
@@ -250,35 +288,60 @@ def main() -> None:
     print(f"{len(valid)} valid events, {args.hostile} hostile lines of {len(sent)} kinds "
           f"({expected_dead} should be dead letters)", file=sys.stderr)
 
-    for via in args.via.split(","):
-        if via not in ("file", "stdin"):
-            parser.error(f"--via: file or stdin, got {via!r} (the Kafka path is not measured here yet)")
-        results = {name: run_service(path, workdir / f"{via}-{name}", via, args.timeout,
-                                     stdin_path=path if via == "stdin" else None)
-                   for name, path in (("clean", clean_file), ("hostile", hostile_file))}
-        hostile, clean = results["hostile"], results["clean"]
-        row = {"crashes": int(hostile["exit"] != 0 or hostile["traceback"]), "hangs": int(hostile["hung"]),
-               "exit": hostile["exit"], "seconds": round(hostile["seconds"], 1),
-               "clean_seconds": round(clean["seconds"], 1), "peak_rss_mb": round(hostile["peak_rss_mb"]),
-               "clean_peak_rss_mb": round(clean["peak_rss_mb"]),
-               "dead_letters": hostile["summary"].get("dead_letters"), "expected_dead_letters": expected_dead,
-               "duplicates": hostile["summary"].get("duplicates"), "expected_duplicates": sent["redelivery"]}
-        if not hostile["hung"] and not clean["hung"]:
-            row["same_graph_as_valid_alone"] = same_graph(final_graph(workdir / f"{via}-hostile"),
-                                                          final_graph(workdir / f"{via}-clean"))
-            got = dead_letters_by_kind(workdir / f"{via}-hostile", lines, kinds)
-            row["dead_letters_by_kind"] = {k: {"sent": sent[k], "dead": got.get(k, 0)} for k in sorted(sent)}
-            row["dead_letters_from_valid_lines"] = got.get("valid event (!)", 0)
-        if hostile["exit"] != 0:
-            row["stderr_tail"] = hostile["stderr_tail"]
-        report["runs"][via] = row
-        print(f"{via}: exit {row['exit']}, {row['dead_letters']} dead letters (expected {expected_dead}), "
-              f"{row['duplicates']} duplicates (expected {sent['redelivery']}), same graph as the valid events "
-              f"alone: {row.get('same_graph_as_valid_alone')}, peak RSS {row['peak_rss_mb']} MB vs "
-              f"{row['clean_peak_rss_mb']} MB, {row['seconds']} s vs {row['clean_seconds']} s", file=sys.stderr)
+    vias = args.via.split(",")
+    for via in vias:
+        if via not in ("file", "stdin", "kafka"):
+            parser.error(f"--via: file, stdin or kafka, got {via!r}")
+    kafka = KafkaPath() if "kafka" in vias else None
+    try:
+        for via in vias:
+            report["runs"][via] = measure(via, workdir, clean_file, hostile_file, lines, kinds, sent, expected_dead,
+                                          args.timeout, kafka)
+    finally:
+        if kafka is not None:
+            kafka.close()
     print(json.dumps(report, indent=1))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def measure(via: str, workdir: Path, clean_file: Path, hostile_file: Path, lines: list, kinds: list, sent: Counter,
+            expected_dead: int, timeout_s: float, kafka: KafkaPath | None) -> dict:
+    """One path (file, stdin or kafka): the hostile stream and the valid events alone, compared."""
+    results = {}
+    for name, path in (("clean", clean_file), ("hostile", hostile_file)):
+        state = workdir / f"{via}-{name}"
+        if via == "kafka":
+            results[name] = run_service(kafka.source(path, f"{via}-{name}"), state, timeout_s,
+                                        extra=("--until-idle", "5"))
+        else:
+            results[name] = run_service("-" if via == "stdin" else str(path), state, timeout_s,
+                                        stdin_path=path if via == "stdin" else None)
+    if via == "kafka":
+        # feed skips a line too large for one Kafka message (and exits 1 saying so): those never reach the service
+        expected_dead -= sent["payload-over-1mib"]
+    hostile, clean = results["hostile"], results["clean"]
+    row = {"crashes": int(hostile["exit"] != 0 or hostile["traceback"]), "hangs": int(hostile["hung"]),
+           "exit": hostile["exit"], "seconds": round(hostile["seconds"], 1),
+           "clean_seconds": round(clean["seconds"], 1), "peak_rss_mb": round(hostile["peak_rss_mb"]),
+           "clean_peak_rss_mb": round(clean["peak_rss_mb"]),
+           "dead_letters": hostile["summary"].get("dead_letters"), "expected_dead_letters": expected_dead,
+           "duplicates": hostile["summary"].get("duplicates"), "expected_duplicates": sent["redelivery"]}
+    if not hostile["hung"] and not clean["hung"]:
+        row["same_graph_as_valid_alone"] = same_graph(final_graph(workdir / f"{via}-hostile"),
+                                                      final_graph(workdir / f"{via}-clean"))
+        got = dead_letters_by_kind(workdir / f"{via}-hostile", lines, kinds)
+        row["dead_letters_by_kind"] = {k: {"sent": sent[k], "dead": got.get(k, 0)} for k in sorted(sent)}
+        row["dead_letters_from_valid_lines"] = got.get("valid event (!)", 0)
+    if hostile["exit"] != 0:
+        row["stderr_tail"] = hostile["stderr_tail"]
+    if via == "kafka":
+        row["feed"] = kafka.feeds[f"{via}-hostile"]
+    print(f"{via}: exit {row['exit']}, {row['dead_letters']} dead letters (expected {expected_dead}), "
+          f"{row['duplicates']} duplicates (expected {sent['redelivery']}), same graph as the valid events "
+          f"alone: {row.get('same_graph_as_valid_alone')}, peak RSS {row['peak_rss_mb']} MB vs "
+          f"{row['clean_peak_rss_mb']} MB, {row['seconds']} s vs {row['clean_seconds']} s", file=sys.stderr)
+    return row
 
 
 if __name__ == "__main__":

@@ -70,8 +70,9 @@ from aligner.savepoint import open_savepoint, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.history import AlignmentHistory
+from snapshots.repair import RepairReport, recorded_policy, repair_snapshots
 from snapshots.snapshot import Snapshot
-from snapshots.store import SnapshotStore
+from snapshots.store import SnapshotStore, StoreCorruption
 from stream.deadletter import DeadLetterSink
 from stream.events import Event, InvalidEvent, parse_event
 from stream.sources import KafkaSettings, Record, Source, check_source_url, open_source, parse_kafka_url
@@ -262,7 +263,7 @@ class AlignmentService:
             if not self.stop_requested and (self.source.exhausted or self.input_ended):
                 for snap in self.cutter.flush():
                     self._queue(snap)
-                self._rejected_to_dead_letters(self.cutter, self.dead)
+                self._rejected_to_dead_letters(self.cutter, self.dead, restored=False)
                 self._warn_late()
                 while self.backlog or self.job is not None or self.refresh is not None:
                     if self.job is None and self.backlog:
@@ -338,6 +339,7 @@ class AlignmentService:
         store.forget_after(checkpoint.get("snapshot_id"))  # cut after the checkpoint: they are cut again
         self.history = AlignmentHistory(self.state_dir / "history", cfg.store.base_every)
         policy = SnapshotPolicy(**dataclasses.asdict(cfg.snapshots))  # the same fields, by design
+        report_repair(repair_snapshots(store, recorded_policy(store, policy)))
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
         self.late_before = self.cutter.stats["late"]  # the run's own late events are counted and warned about
         self.duplicates_before = self.cutter.stats["duplicates"]
@@ -368,8 +370,9 @@ class AlignmentService:
             self.pending = update_from_state(checkpoint["pending_update"])
         # Snapshots cut before the checkpoint but not aligned then: aligned again, in order.
         self.backlog: deque[Queued] = deque(
-            Queued(store.load_snapshot(entry["id"]), None, time.monotonic()) for entry in store.list_snapshots()
-            if (self.aligned_through or 0) < entry["id"] <= (self.last_snapshot or 0))
+            Queued(snapshot, None, time.monotonic()) for snapshot in loadable(
+                store, [e["id"] for e in store.manifest_entries()
+                        if (self.aligned_through or 0) < e["id"] <= (self.last_snapshot or 0)]))
         if checkpoint:
             log.info("resuming from checkpoint", extra={"fields": {
                 "snapshot": self.last_snapshot, "aligned_through": self.aligned_through, "position": self.position,
@@ -510,8 +513,7 @@ class AlignmentService:
                 try:
                     event = parse_event(value)
                 except InvalidEvent as e:
-                    if not restoring:  # an earlier owner of the partition dead-lettered it already
-                        dead.write(value, e.reason, origin)
+                    dead.write(value, e.reason, origin, restored=restoring)  # restored: rejected once already
                     continue
                 add_line(event.to_json())
                 counts[restoring] += 1
@@ -531,10 +533,7 @@ class AlignmentService:
         summary.accepted += counts[0]
         summary.restored += counts[1]
         self.store.append_events(accepted_lines)
-        if not restoring_only:
-            self._rejected_to_dead_letters(cutter, dead)
-        else:
-            cutter.drain_rejected()
+        self._rejected_to_dead_letters(cutter, dead, restored=restoring_only)
         self.position = records[-1].position
         self.dirty = True
         summary.records += len(records)
@@ -556,10 +555,7 @@ class AlignmentService:
         if not assigned:
             return  # not in the group yet, or between assignments: forgetting every lane would release everything
         snapshots = self.cutter.set_lanes(assigned, {p for p, n in lag_of().items() if n == 0})
-        if self.source.live_partitions():
-            self._rejected_to_dead_letters(self.cutter, self.dead)
-        else:  # only restoring partitions: their earlier owner dead-lettered these
-            self.cutter.drain_rejected()
+        self._rejected_to_dead_letters(self.cutter, self.dead, restored=not self.source.live_partitions())
         for snap in snapshots:
             self._queue(snap)
         self._warn_late()
@@ -913,10 +909,11 @@ class AlignmentService:
         return self.position
 
     @staticmethod
-    def _rejected_to_dead_letters(cutter: SnapshotCutter, dead: DeadLetterSink) -> None:
-        """Events the graph refused when the cutter applied them (after lateness buffering) go to the sink too."""
+    def _rejected_to_dead_letters(cutter: SnapshotCutter, dead: DeadLetterSink, restored: bool) -> None:
+        """Events the graph refused when the cutter applied them (after lateness buffering) go to the sink too;
+        ``restored``: they came from partitions being restored (see :meth:`DeadLetterSink.write`)."""
         for event, reason in cutter.drain_rejected():
-            dead.write(event.to_json(), reason, f"event {event.id or '?'} at t={event.time:g}")
+            dead.write(event.to_json(), reason, f"event {event.id or '?'} at t={event.time:g}", restored=restored)
 
     # -- observability --------------------------------------------------------------------------------------------
 
@@ -951,6 +948,26 @@ class AlignmentService:
         temp = path.with_name(".metrics.json.tmp")
         temp.write_text(json.dumps(metrics, indent=1))
         os.replace(temp, path)
+
+
+def report_repair(report: RepairReport) -> None:
+    """One warning per damaged snapshot file found at start-up: rebuilt, or why not."""
+    for snapshot_id in report.repaired:
+        how = "byte for byte" if snapshot_id in report.exact else "matching every count its manifest entry recorded"
+        log.warning(f"snapshot {snapshot_id} was damaged on disk: rebuilt from the event log ({how})")
+    for snapshot_id, why in report.unrepairable.items():
+        log.warning(f"snapshot {snapshot_id} is damaged on disk and was not rebuilt: {why}; it cannot be loaded "
+                    "(replay, time travel) until it is restored from a backup")
+
+
+def loadable(store: SnapshotStore, ids: list[int]) -> Iterator[Snapshot]:
+    """The snapshots ``ids`` that load; one that does not (damaged beyond repair) is skipped with a warning: the
+    next snapshot holds the whole graph, so aligning it loses that snapshot's own version, not its events."""
+    for snapshot_id in ids:
+        try:
+            yield store.load_snapshot(snapshot_id)
+        except StoreCorruption as e:
+            log.warning(f"{e}: snapshot {snapshot_id} is not aligned again; the next one covers its events")
 
 
 def coalesce(snapshots: list[Snapshot]) -> Snapshot:

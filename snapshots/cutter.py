@@ -38,6 +38,8 @@ from snapshots.graph import GraphLimits, StateConflict, TemporalGraphState
 from snapshots.snapshot import Snapshot
 from stream.events import Event
 
+REFUSED = b""  # the digest remembered for an id whose event the graph refused (see SnapshotCutter._apply)
+
 # Where events come from, each in its own order: a Kafka partition, or None for the one lane of a file or stdin.
 Lane = Optional[int]
 
@@ -232,14 +234,17 @@ class SnapshotCutter:
                 seen = self._seen.get(key)
                 if seen is None and self._legacy_ids and event_id in self._legacy_ids:
                     seen = digest
-                if seen is not None:
+                if seen == REFUSED:  # the graph refused the event that came with this id: it never took effect
+                    self._seen[key] = digest
+                elif seen is not None:
                     if seen == digest:
                         self.stats["duplicates"] += 1
                     else:
                         self.stats["rejected"] += 1
                         self._rejected.append((event, _reused_id_reason(event)))
                     return newest
-                self._remember(key, digest)
+                else:
+                    self._remember(key, digest)
             stats = self.stats
             stats["accepted"] += 1
             time = event.time
@@ -391,6 +396,9 @@ class SnapshotCutter:
         except StateConflict as conflict:
             self.stats["rejected"] += 1
             self._rejected.append((event, conflict.reason))
+            if event.id is not None and (event.net, event.id) in self._seen:
+                # A corrected resend under the same id must not be taken for a forgery of this one.
+                self._seen[(event.net, event.id)] = REFUSED
             return
         self._pending += 1
         # comparisons rather than min()/max(): this runs once per event

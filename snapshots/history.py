@@ -10,7 +10,7 @@ Layout::
 
     root/index.jsonl                  one JSON line per recorded version (pair, version, snapshot, end_time,
                                       published_at, model_version, kind, parent, file, bytes, sha256)
-    root/<A>~<B>-<version>-<sha8>.npz one record (np.savez_compressed, no pickles)
+    root/<A>~<B>-<version>-<sha8>.npz one record (npz, no pickles)
 
 Nothing here knows the aligner: a direction is anything with ``src``, ``dst``, ``src_index``, ``candidates``
 and ``scores`` (``aligner.update.PairTopK``).
@@ -29,6 +29,7 @@ from typing import Any, Iterable, Protocol
 import numpy as np
 
 from snapshots.delta import diff_keyed, patch_keyed
+from snapshots.npz import npz_bytes
 from snapshots.snapshot import pair_key
 from snapshots.store import (DEFAULT_BASE_EVERY, Manifest, StoreCorruption, pack_strings, read_verified, unpack_strings,
                              write_durably)
@@ -205,9 +206,7 @@ def _encode(record: RecordedAlignment, parent: RecordedAlignment | None) -> byte
         arrays[f"n{i}_ids"], arrays[f"n{i}_ends"] = pack_strings(record.node_ids[net][len(old):])
     meta = {"parent": None if parent is None else parent.entry.get("version"), "networks": nets,
             "directions": directions}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    return buffer.getvalue()
+    return npz_bytes({"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays}, compressed=True)
 
 
 def _decode(data: bytes, parent: RecordedAlignment | None, entry: dict[str, Any]) -> RecordedAlignment:

@@ -6,7 +6,7 @@ replays), so the store keeps every retained snapshot readable while growing with
 snapshot every ``base_every`` cuts and, in between, only the difference to the previous snapshot
 (:mod:`snapshots.delta`). Layout::
 
-    root/snapshots/00000001-<sha8>.npz   one snapshot per file (np.savez_compressed, no pickles), base or delta
+    root/snapshots/00000001-<sha8>.npz   one snapshot per file (npz, no pickles, equal content: equal bytes), base or delta
     root/snapshots/manifest.jsonl        one JSON line per saved snapshot: kind, parent, sizes, sha256, counts,
                                          event-time range, event-log line range, model version
     root/events.log                      accepted events, one canonical JSON line each, in arrival order
@@ -53,6 +53,7 @@ from typing import IO, Any, Iterable, Iterator
 import numpy as np
 
 from snapshots.delta import diff_dense, diff_keyed, patch_dense, patch_keyed
+from snapshots.npz import npz_bytes
 from snapshots.snapshot import NetworkSnapshot, Snapshot
 
 log = logging.getLogger(__name__)
@@ -263,15 +264,36 @@ class SnapshotStore:
             "events": snapshot.events,
             "log": [log_start, snapshot.arrived],
             "model_version": model_version,
-            "networks": {name: {"nodes": net.num_nodes, "alive": int(net.alive.sum()), "edges": net.num_edges,
-                                "changed": int(len(net.changed))}
-                         for name, net in snapshot.networks.items()},
-            "anchors": [[a, b, int(len(pairs))] for (a, b), pairs in snapshot.anchors.items()],
+            **snapshot_counts(snapshot),
             "file": path.name,
             "bytes": len(data),
             "sha256": digest,
         }
         self.manifest.append(entry)
+        return entry
+
+    def manifest_entries(self) -> list[dict[str, Any]]:
+        """Every snapshot the manifest lists, by id, whatever the state of its file (see :meth:`damaged`)."""
+        return [entry for _, entry in sorted(self._manifest().items())]
+
+    def damaged(self) -> list[dict[str, Any]]:
+        """The manifest entries whose file is missing, or not of the size and sha256 recorded (reads every file)."""
+        bad = []
+        for entry in self.manifest_entries():
+            try:
+                self._verified_bytes(entry)
+            except StoreCorruption:
+                bad.append(entry)
+        return bad
+
+    def rewrite_snapshot(self, snapshot: Snapshot, parent: Snapshot | None) -> dict[str, Any]:
+        """Write ``snapshot`` again over a damaged file (see :mod:`snapshots.repair`): encoded against ``parent``
+        as its manifest entry says, with the entry's log range and model version; the new manifest line
+        supersedes the old one, and the damaged file goes. Returns the new entry."""
+        old = self.snapshot_entry(snapshot.id)
+        entry = self._write_snapshot(snapshot, parent, old["log"][0], old.get("model_version"))
+        self._remove_orphans()
+        self._cache = None
         return entry
 
     def _verified_bytes(self, entry: dict[str, Any]) -> bytes:
@@ -487,6 +509,15 @@ class SnapshotStore:
         return checkpoint
 
 
+def snapshot_counts(snapshot: Snapshot) -> dict[str, Any]:
+    """What a manifest entry records of a snapshot's content: per network nodes, alive nodes, edges and changed
+    nodes, and the anchor pairs per network pair."""
+    return {"networks": {name: {"nodes": net.num_nodes, "alive": int(net.alive.sum()), "edges": net.num_edges,
+                                "changed": int(len(net.changed))}
+                         for name, net in snapshot.networks.items()},
+            "anchors": [[a, b, int(len(pairs))] for (a, b), pairs in snapshot.anchors.items()]}
+
+
 def encode_checkpoint(state: dict[str, Any]) -> bytes:
     """A checkpoint file's bytes: magic, sha256 of the payload, payload (see the module docstring)."""
     payload = _encode_checkpoint(state)
@@ -627,9 +658,7 @@ def _encode_snapshot(snapshot: Snapshot, parent: Snapshot | None) -> bytes:
     meta = {"id": snapshot.id, "start_time": snapshot.start_time, "end_time": snapshot.end_time,
             "events": snapshot.events, "arrived": snapshot.arrived, "parent": None if parent is None else parent.id,
             "networks": networks, "anchor_pairs": [list(key) for key in snapshot.anchors]}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=_json_bytes(meta), **arrays)
-    return buffer.getvalue()
+    return npz_bytes({"meta": _json_bytes(meta), **arrays}, compressed=True)
 
 
 def _decode_snapshot(data: bytes, parent: Snapshot | None) -> Snapshot:
@@ -756,9 +785,7 @@ def _encode_checkpoint(state: dict[str, Any]) -> bytes:
                         "(use None, bool, int, float, str, bytes, list, tuple, dict or numpy arrays)")
 
     tree = pack(state, "state")
-    buffer = io.BytesIO()
-    np.savez(buffer, tree=_json_bytes(tree), **arrays)
-    return buffer.getvalue()
+    return npz_bytes({"tree": _json_bytes(tree), **arrays}, compressed=False)
 
 
 def _decode_checkpoint(payload: bytes) -> dict[str, Any]:

@@ -77,6 +77,14 @@ def reason_kind(reason: str) -> str:
     return " ".join(clause.split())[:80] or OTHER_KIND
 
 
+def _text_or_b64(payload: bytes) -> str:
+    """How a byte payload is stored: its UTF-8 text, or base64 where it is not UTF-8."""
+    try:
+        return bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii")
+
+
 class DeadLetterSink:
     """Appends rejected payloads to a JSONL file (and optionally a Kafka topic).
 
@@ -96,8 +104,18 @@ class DeadLetterSink:
             raise ValueError("a dead-letter topic needs a producer, and a producer needs a topic")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # What the cut removed, by origin and payload: a record re-read as *restored* (one the group had
+        # committed) is written again only if it is among them (see :meth:`write`).
+        self._rolled_back: set[tuple[str, str | None]] = set()
         if truncate_to is not None and self.path.exists() and self.path.stat().st_size > truncate_to:
             with open(self.path, "r+b") as f:
+                f.seek(truncate_to)
+                for raw in f.read().splitlines():
+                    try:
+                        cut = json.loads(raw)
+                        self._rolled_back.add((cut["origin"], cut.get("payload", cut.get("payload_b64"))))
+                    except (ValueError, KeyError, TypeError):  # a torn last line: nothing to remember
+                        continue
                 f.truncate(truncate_to)
                 os.fsync(f.fileno())
         self._file = self.path.open("a", encoding="utf-8")
@@ -110,8 +128,18 @@ class DeadLetterSink:
         self.by_reason_kind: Counter[str] = Counter()
         self._failures_logged_at = -math.inf  # monotonic time of the last topic-failure warning
 
-    def write(self, payload: bytes | str, reason: str, origin: str) -> None:
-        """Record one rejected payload; ``origin`` says where it came from (``"events.jsonl:12"``)."""
+    def write(self, payload: bytes | str, reason: str, origin: str, restored: bool = False) -> None:
+        """Record one rejected payload; ``origin`` says where it came from (``"events.jsonl:12"``).
+
+        ``restored``: the record was re-read from before the group's committed offset, so a worker already
+        rejected it: another one (whose file has it), or this one before its newest checkpoint was lost and the
+        file was cut back to an older one. Only in the second case, the cut having removed it, is it written.
+        """
+        if restored:
+            key = (origin, payload if isinstance(payload, str) else _text_or_b64(payload))
+            if key not in self._rolled_back:
+                return
+            self._rolled_back.discard(key)
         if len(reason) > MAX_REASON_CHARS:  # a reason may quote the input: it must not grow with it
             reason = f"{reason[:MAX_REASON_CHARS]}… ({len(reason) - MAX_REASON_CHARS} more characters)"
         entry: dict[str, Any] = {"reason": reason, "origin": origin}

@@ -362,6 +362,21 @@ def test_ids_are_scoped_per_network_and_a_reused_id_is_refused_not_lost():
     assert [net for net in resumed.flush()[-1].networks] == ["a", "b", "c"]
 
 
+def test_an_event_the_graph_refused_does_not_keep_its_id_from_a_corrected_resend():
+    cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0, max_attr_width=3))
+    cutter.offer(Event("add_edge", 1.0, "a", "x", "y", id="e1"))
+    too_wide = Event("set_attr", 2.0, "a", "x", attrs=(1.0, 2.0, 3.0, 4.0), id="a1")
+    corrected = Event("set_attr", 2.0, "a", "x", attrs=(1.0, 2.0, 3.0), id="a1")
+    cutter.offer(too_wide)
+    assert "max_attr_width" in cutter.drain_rejected()[0][1]
+    resumed = SnapshotCutter.from_state(cutter.to_state())  # the refusal is remembered across a checkpoint too
+    for c in (cutter, resumed):
+        c.offer(corrected)
+        c.offer(corrected)  # now a redelivery of an event that took effect: dropped
+        assert c.drain_rejected() == [] and c.stats["duplicates"] == 1
+        assert c.flush()[-1].networks["a"].attrs.tolist()[0] == [1.0, 2.0, 3.0]
+
+
 def test_a_state_written_before_ids_were_scoped_still_drops_its_redeliveries():
     cutter = SnapshotCutter(SnapshotPolicy(window_seconds=10.0))
     cutter.offer(Event("add_edge", 1.0, "a", "x", "y", id="old"))

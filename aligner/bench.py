@@ -67,8 +67,8 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     anchors in both directions."""
     import torch
 
-    from aligner.engine import Aligner
     from aligner.explain import evidence_agreement
+    from aligner.factory import build_aligner
     from stream.datasets import load_dataset, split_anchors
 
     started = time.perf_counter()
@@ -90,7 +90,7 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     for name in variants:
         meta, adapt = settings[name]
         t0 = time.perf_counter()
-        aligner = Aligner(cfg.model, meta, adapt, cfg.service.pairs, cfg.publish.top_k, seed, cfg.refine)
+        aligner = build_aligner(cfg, seed=seed, meta=meta, adapt=adapt)
         update = aligner.on_snapshot(snapshot)
         t_train = time.perf_counter() - t0
         metrics = aligner.evaluate(ds.source_net, ds.target_net, test_ids)

@@ -606,7 +606,8 @@ def feed(ctx, file, to, rate, loop, count, key, batch) -> None:
 
 
 @cli.command()
-@click.option("--state", "state_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="State dir of a dynalign run; default: service.state_dir of the configuration.")
 @click.option("--anchors", "anchors_file", type=click.Path(exists=True, dir_okay=False), required=True,
               help="TSV of true pairs: node id in --net, node id in --to.")
 @click.option("--net", required=True)
@@ -617,7 +618,8 @@ def evaluate(ctx, state_dir, anchors_file, net, to, as_json) -> None:
     """Hits@1/5/10 and MRR of the latest alignments on held-out pairs, ranking against all alive nodes."""
     from aligner.evaluation import evaluate_state
 
-    metrics = evaluate_state(Path(state_dir), Path(anchors_file), net, to)
+    cfg = _config(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
+    metrics = evaluate_state(Path(cfg.service.state_dir), Path(anchors_file), net, to, cfg)
     if as_json:
         click.echo(json.dumps(metrics))
     else:
@@ -629,15 +631,18 @@ def evaluate(ctx, state_dir, anchors_file, net, to, as_json) -> None:
 @click.option("--net", required=True, help="Network of NODE.")
 @click.option("--to", "to", required=True, help="Network of the candidates.")
 @click.option("--k", type=int, default=5, show_default=True)
-@click.option("--state", "state_dir", type=click.Path(exists=True, file_okay=False), required=True,
-              help="State dir of a dynalign run (its last checkpoint and snapshot are explained).")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="State dir of a dynalign run (its last checkpoint and snapshot are explained); default: "
+                   "service.state_dir of the configuration.")
 @click.option("--json", "as_json", is_flag=True)
-def explain(node, net, to, k, state_dir, as_json) -> None:
+@click.pass_context
+def explain(ctx, node, net, to, k, state_dir, as_json) -> None:
     """Why NODE is matched to its candidates: shared anchors, attribute and position agreement, scores."""
     from aligner.evaluation import load_aligner_and_snapshot
     from aligner.explain import Explainer, describe
 
-    aligner, snapshot = load_aligner_and_snapshot(Path(state_dir))
+    cfg = _config(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
+    aligner, snapshot = load_aligner_and_snapshot(Path(cfg.service.state_dir), cfg)
     try:
         evidence = Explainer(aligner, snapshot, net, to).explain(node, k)
     except KeyError as e:

@@ -42,7 +42,7 @@ def run_demo(cfg: Config, windows: int = 5, echo: Callable[[str], None] = print,
                               publish=dataclasses.replace(cfg.publish, redis_url=None))
     summary = AlignmentService(cfg, str(events_file), progress=True).run()
 
-    aligner = load_aligner(state)
+    aligner = load_aligner(state, cfg)
     test = [(str(s), str(t)) for s, t in ds.test.tolist()]
     metrics = aligner.evaluate(ds.source_net, ds.target_net, test)
     echo("")

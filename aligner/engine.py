@@ -50,7 +50,7 @@ from aligner.drift import QualityMonitor
 from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
                               position_sketch, rwr_positions)
 from aligner.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
-from aligner.matching import ranking_metrics, ranks
+from aligner.ranking import ranking_metrics, ranks
 from aligner.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
 from aligner.state_codec import decode, encode
@@ -164,7 +164,6 @@ class Aligner:
         self.anchors_at_adaptation = 0
         self.since_adaptation = 0
         self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
-        self.snapshots_seen = 0
         self.meta_iterations = 0
         # Meta-update iterations an adaptation asked for and not yet run, with the task pool as it was then.
         self.meta_due = 0
@@ -210,7 +209,6 @@ class Aligner:
         if self.deferred is not None:
             stats["deferred"] = self.deferred[1]
         update = self.rank(snapshot, list(anchors))
-        self.snapshots_seen += 1
         return self._with_stats(update, {**stats, "new_anchors_scored": scored}, anchors, started)
 
     def refresh(self) -> AlignmentUpdate:
@@ -796,7 +794,6 @@ class Aligner:
             "deferred": self.deferred,
             "rng": self.rng.bit_generator.state,
             "meta_rng": self.meta_rng.bit_generator.state,
-            "snapshots_seen": self.snapshots_seen,
             "meta_iterations": self.meta_iterations,
             "calibrated": None if self.calibrated is None else self.calibrated.as_dict(),
             "anchors_at_calibration": self.anchors_at_calibration,
@@ -816,7 +813,7 @@ class Aligner:
             self.learner.optimizer.load_state_dict(state["optimizer"])
         for name in ("fast", "hidden", "hidden_in", "entities", "sketches", "position_inputs", "embeddings", "node_ids", "alive",
                      "edges", "attrs", "monitor", "known_anchors", "anchors_at_adaptation", "since_adaptation",
-                     "snapshots_seen", "meta_iterations"):
+                     "meta_iterations"):
             setattr(self, name, state[name])
         self.positions = {net: pos[:, :-2].contiguous() for net, pos in self.position_inputs.items()}
         self.adjacency = {net: adjacency_csr(e, len(self.node_ids[net])) for net, e in self.edges.items()}

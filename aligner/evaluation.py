@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aligner.config import load_config
+from aligner.config import Config
 from aligner.engine import Aligner
+from aligner.factory import aligner_from_state
 from snapshots.snapshot import pair_key
 from snapshots.store import SnapshotStore
 
@@ -28,34 +29,31 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def load_aligner(state_dir: Path) -> Aligner:
-    """The aligner as of the state dir's last checkpoint."""
+def load_aligner(state_dir: Path, cfg: Config) -> Aligner:
+    """The aligner as of the state dir's last checkpoint, under the configuration ``cfg``."""
     if not (state_dir / "snapshots").is_dir():  # checked first: opening a store would create the dir
         raise FileNotFoundError(f"{state_dir} is not the state dir of a dynalign run (no snapshots/ in it): pass "
                                 "the --state DIR that `dynalign run` used")
     checkpoint = SnapshotStore(state_dir).read_checkpoint()
     if not checkpoint or not checkpoint.get("aligner"):
         raise FileNotFoundError(f"{state_dir} has no checkpoint with an aligner yet: run the service first")
-    cfg = load_config(env={})
-    aligner = Aligner(cfg.model, cfg.meta, cfg.adapt, refine=cfg.refine)
-    aligner.load_state_bytes(checkpoint["aligner"])
-    return aligner
+    return aligner_from_state(cfg, checkpoint["aligner"])
 
 
-def load_aligner_and_snapshot(state_dir: Path):
+def load_aligner_and_snapshot(state_dir: Path, cfg: Config):
     """The aligner of the last checkpoint and the snapshot it last aligned (from the snapshot store)."""
+    aligner = load_aligner(state_dir, cfg)
     store = SnapshotStore(state_dir)
     checkpoint = store.read_checkpoint()
-    aligner = load_aligner(state_dir)
     snapshot_id = checkpoint.get("snapshot_id") or store.latest_id()
     return aligner, store.load_snapshot(snapshot_id)
 
 
-def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str) -> dict:
+def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str, cfg: Config) -> dict:
     """Metrics of the state dir's latest alignments on the true pairs of ``anchors_file`` (node of ``net``, node
     of ``to``); ``ValueError`` when the networks were not aligned or no pair names their nodes (there would be
     no metric to report, only ``nan`` over 0 pairs)."""
-    aligner = load_aligner(state_dir)
+    aligner = load_aligner(state_dir, cfg)
     pairs = read_pairs(anchors_file)
     if pair_key(net, to) not in aligner.matchers:
         aligned = ", ".join(f"{a} and {b}" for a, b in sorted(aligner.matchers)) or "none yet"

@@ -280,11 +280,6 @@ def position_features(sketch: torch.Tensor, graph: GraphTensors) -> torch.Tensor
     return torch.cat([unit, torch.log(norm + 1e-6) / 10.0, graph.log_degree], dim=1)
 
 
-def seed_subset(anchors: dict[tuple[str, str], np.ndarray], keep: dict[tuple[str, str], np.ndarray]) -> dict:
-    """``anchors`` restricted to the rows selected by boolean masks in ``keep``."""
-    return {pair: pairs[keep[pair]] for pair, pairs in anchors.items()}
-
-
 def anchors_of(snapshot: Snapshot, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
     """The snapshot's anchors for the aligned pairs, keyed canonically."""
     out = {}

@@ -153,7 +153,7 @@ class PairMatcher:
 
     def rows(self, direction: str, index: torch.Tensor) -> torch.Tensor:
         """Confidences (softmax over all destinations) of the given source rows: the scorer protocol of
-        :mod:`aligner.matching`."""
+        :mod:`aligner.ranking`."""
         raw = self.scores(direction, index, torch.arange(self._dst(direction).n))
         return torch.exp(raw.double() - self.ranked[direction].lse[index][:, None]).float()
 
@@ -309,7 +309,7 @@ class PairMatcher:
 
 
 class DirectionScorer:
-    """One direction of a :class:`PairMatcher` as a scorer for :mod:`aligner.matching`."""
+    """One direction of a :class:`PairMatcher` as a scorer for :mod:`aligner.ranking`."""
 
     def __init__(self, matcher: PairMatcher, direction: str):
         self.matcher, self.direction = matcher, direction

@@ -54,11 +54,6 @@ class WarmStart:
     v: torch.Tensor
 
 
-def refine(*args, **kwargs) -> torch.Tensor:
-    """The log transport plan of :func:`solve_plan` (same arguments)."""
-    return solve_plan(*args, **kwargs).log_plan
-
-
 def solve_plan(
     similarity: torch.Tensor,
     adjacency_src: sp.csr_matrix,

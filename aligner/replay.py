@@ -109,7 +109,8 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
     snapshot."""
     import torch
 
-    from aligner.service import aligner_threads, build_aligner  # here: the service imports this module
+    from aligner.factory import build_aligner
+    from aligner.runtime import aligner_threads
 
     torch.set_num_threads(aligner_threads(cfg.service.threads))
     out = state_dir / "replays" / name

@@ -1,4 +1,5 @@
-"""Process-wide settings a long-running torch job on CPU needs: returning freed tensor memory to the system.
+"""Process-wide settings a long-running torch job on CPU needs: returning freed tensor memory to the system, and
+how many threads torch may use beside the polling thread.
 
 glibc's malloc serves allocations above its mmap threshold with ``mmap`` and hands them back on ``free``, but
 the threshold is dynamic: each freed mmapped block raises it (up to 32 MB), after which tensors of that size
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 LARGE_ALLOCATION_BYTES = 16 << 20
@@ -49,3 +51,19 @@ def release_freed_tensors() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)) if libc is not None else False
     except (AttributeError, TypeError):
         return False
+
+
+def aligner_threads(configured: int, cores: int | None = None) -> int:
+    """Torch intra-op threads for the aligner: ``configured``, or (0) every core but the one the polling thread uses.
+
+    The main thread keeps polling and ingesting while the aligner thread trains; letting torch's OpenMP pool
+    take every core then oversubscribes them, and spinning OpenMP workers that wait for a preempted sibling made
+    alignment 5x slower on a 2-core machine (demo meta-training 58 s vs 11 s with a second core kept busy;
+    14 s with one torch thread).
+
+    >>> [aligner_threads(0, cores=2), aligner_threads(0, cores=16), aligner_threads(3, cores=2)]
+    [1, 15, 3]
+    """
+    if configured > 0:
+        return configured
+    return max(1, (cores or os.cpu_count() or 1) - 1)

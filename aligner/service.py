@@ -64,8 +64,10 @@ from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
 from aligner.metrics import ServiceMetrics, Step
 from aligner.redis_alignments import RedisPublisher
 from aligner.replay import record_update
+from aligner.runtime import aligner_threads
 from aligner.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
                                   write_run_settings)
+from aligner.factory import build_aligner
 from aligner.savepoint import open_savepoint, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
@@ -90,6 +92,7 @@ ALIGN_POLL_S = 0.2  # while the aligner works: how often the paused source is po
 # While the aligner or a refresh works and the source is not paused: the poll's timeout, so events are ingested
 # and cut as they arrive (the next job starts with them) and a finished job is collected within this long.
 BUSY_POLL_S = 0.02
+GROUP_RECHECK_S = 2.0  # --until-idle with partitions of the topic left to the group: how often to look again
 LAG_REPORT_EVERY_S = 30.0
 # Added to the background refresh thread's niceness: the most there is, so it takes only the CPU left over
 # (p99 freshness, 5 runs each: 0.87-1.12 s at +10, 0.79-1.00 s at +19; docs/benchmarks.md).
@@ -171,29 +174,6 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFRESH_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: the refresh competes evenly
         pass
-
-
-def aligner_threads(configured: int, cores: int | None = None) -> int:
-    """Torch intra-op threads for the aligner: ``configured``, or (0) every core but the one the polling thread uses.
-
-    The main thread keeps polling and ingesting while the aligner thread trains; letting torch's OpenMP pool
-    take every core then oversubscribes them, and spinning OpenMP workers that wait for a preempted sibling made
-    alignment 5x slower on a 2-core machine (demo meta-training 58 s vs 11 s with a second core kept busy;
-    14 s with one torch thread).
-
-    >>> [aligner_threads(0, cores=2), aligner_threads(0, cores=16), aligner_threads(3, cores=2)]
-    [1, 15, 3]
-    """
-    if configured > 0:
-        return configured
-    return max(1, (cores or os.cpu_count() or 1) - 1)
-
-
-def build_aligner(cfg: Config) -> Aligner:
-    """A fresh aligner as the configuration describes it (the service's, and a re-alignment's)."""
-    from aligner.engine import Aligner  # torch: loaded when needed, not by commands that share this module
-
-    return Aligner(cfg.model, cfg.meta, cfg.adapt, cfg.service.pairs, cfg.publish.top_k, cfg.service.seed, cfg.refine)
 
 
 def redis_for(cfg: Config) -> tuple[redis.Redis, EmbeddedRedis | None]:
@@ -345,6 +325,7 @@ class AlignmentService:
         self.duplicates_before = self.cutter.stats["duplicates"]
         self.warned_late = False
         self.input_ended = False  # --until-idle stopped the run: the end of input, as a file's end is
+        self.announced_backlog: set[int] = set()
         self.aligner = build_aligner(cfg)
         self.aligner_state: bytes | None = checkpoint.get("aligner")
         if self.aligner_state:
@@ -482,9 +463,14 @@ class AlignmentService:
             elif self.until_idle_s is not None and not self._idle():
                 idle_since = time.monotonic()
             elif self.until_idle_s is not None and time.monotonic() - idle_since >= self.until_idle_s:
-                log.info(f"idle for {self.until_idle_s:g} s: stopping; the open window is cut as at the end of input")
-                self.input_ended = True
-                break
+                left = self._group_backlog()
+                if left:  # not the end of the input: partitions of the topic still hold work for the group
+                    idle_since = time.monotonic() - self.until_idle_s + min(GROUP_RECHECK_S, self.until_idle_s)
+                else:
+                    log.info(f"idle for {self.until_idle_s:g} s: stopping; the open window is cut as at the end of "
+                             "input")
+                    self.input_ended = True
+                    break
             self._publish_pending()
             if self.dirty and time.monotonic() - self.last_checkpoint > CHECKPOINT_EVERY_S:
                 self._checkpoint()
@@ -758,6 +744,19 @@ class AlignmentService:
             self.source.pause()
         else:
             self.source.resume()
+
+    def _group_backlog(self) -> dict[int, int]:
+        """What :meth:`stream.sources.KafkaSource.group_backlog` says (nothing for a file), announced once per set of
+        partitions: ``--until-idle`` waits for it, so a worker restarted beside members killed without leaving (or
+        beside slower live ones) does not take its share of the topic for the end of the input."""
+        backlog_of = getattr(self.source, "group_backlog", None)
+        left = backlog_of() if backlog_of is not None else {}
+        if left and set(left) != self.announced_backlog:
+            self.announced_backlog = set(left)
+            log.info(f"idle here, but partitions {sorted(left)} of the topic still hold {sum(left.values())} records "
+                     "the group has not committed (other members', or members killed without leaving, whose "
+                     "partitions come back after stream.kafka_session_timeout_ms): waiting for them")
+        return left
 
     def _idle(self) -> bool:
         """Nothing to align, and every owned partition caught up and at its end (a file: nothing came)."""

@@ -57,6 +57,7 @@ def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full
     import torch
 
     from aligner.engine import Aligner
+    from aligner.factory import build_aligner
     from stream.datasets import load_dataset, split_anchors
 
     started = time.perf_counter()
@@ -68,8 +69,7 @@ def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full
     test_ids = [(str(s), str(t)) for s, t in test.tolist()]
 
     def make(meta=None, adapt=None) -> Aligner:
-        return Aligner(cfg.model, meta or cfg.meta, adapt or cfg.adapt, cfg.service.pairs, cfg.publish.top_k, seed,
-                       cfg.refine)
+        return build_aligner(cfg, seed=seed, meta=meta, adapt=adapt)
 
     every_time = dataclasses.replace(cfg.adapt, incremental=False)
     full = (dataclasses.replace(cfg.meta, warmup_iterations=0, iterations_per_snapshot=0),

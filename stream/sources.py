@@ -578,6 +578,29 @@ class KafkaSource:
                 out[tp.partition] = max(0, high - self._offsets.get(str(tp.partition), 0))
         return out
 
+    def group_backlog(self) -> dict[int, int]:
+        """Records the group has not committed yet in the topic's partitions this worker does not own: work left to
+        other members, or to members killed without leaving, which keep their partitions until their session
+        times out (``stream.kafka_session_timeout_ms``) and the group gives them to the living. Empty when the
+        broker cannot say (an outage is reported by :meth:`poll`)."""
+        from kafka.errors import KafkaError
+        from kafka.structs import TopicPartition
+
+        timeout_ms = int(self.settings.commit_timeout_s * 1000)
+        try:
+            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+            others = [TopicPartition(self.topic, p) for p in sorted(partitions - self.assigned)]
+            if not others:
+                return {}
+            ends = self._consumer.end_offsets(others, timeout_ms=timeout_ms)
+            begins = self._consumer.beginning_offsets(others, timeout_ms=timeout_ms)
+            done = {tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in others}
+        except KafkaError as e:
+            log.debug("%s: cannot learn the group's backlog (%s: %s)", self.url, type(e).__name__, e)
+            return {}
+        backlog = {tp.partition: ends[tp] - max(done[tp] or 0, begins[tp]) for tp in others}
+        return {p: n for p, n in backlog.items() if n > 0}
+
     @property
     def reachable(self) -> bool:
         """False while an outage is being reported (see :meth:`poll`)."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from aligner.config import load_config
 from aligner.drift import QualityMonitor
 from aligner.engine import Aligner
 from aligner.evaluation import load_aligner
@@ -60,7 +61,7 @@ def test_a_crafted_checkpoint_is_refused_by_the_commands_that_load_one(tmp_path)
     marker = tmp_path / "pwned"
     SnapshotStore(tmp_path / "state").write_checkpoint({"aligner": crafted_states(marker)["torch.save"]})
     with pytest.raises(StateFormatError, match="pickled aligner state .* refused"):
-        load_aligner(tmp_path / "state")
+        load_aligner(tmp_path / "state", load_config(env={}))
     assert not marker.exists()
 
 

@@ -380,6 +380,47 @@ def test_a_lost_newest_checkpoint_loses_no_dead_letter(broker, redis_url, tmp_pa
         parse_event(line).to_json() for line in good)
 
 
+def test_until_idle_waits_for_partitions_another_member_holds_without_consuming(broker, redis_url, tmp_path):
+    """--until-idle once stopped a worker that owned one of two partitions, caught up, while the other sat with a
+    member that consumed nothing (measured: a worker restarted beside members killed by SIGKILL, which keep
+    their partitions until their session times out, ended with 0 of 3,750 events). It waits for the group's
+    whole backlog now, and takes the partition over when the other member goes."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    lines = dataset_lines(tmp_path, n=40, windows=2, seed=9)
+    topic = f"held-{uuid.uuid4().hex[:8]}"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for line in lines:  # one network per partition, each in order
+        producer.send(topic, value=line.encode(), partition=0 if json.loads(line)["net"] == "left" else 1)
+    producer.flush()
+    producer.close()
+
+    idle_member = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id="held", enable_auto_commit=False,
+                                max_poll_records=1, **TEST_GROUP_SETTINGS)
+    stop_polling = threading.Event()
+
+    def keep_membership() -> None:  # polls (so it stays in the group) but never commits: holds its partition
+        while not stop_polling.is_set():
+            idle_member.poll(timeout_ms=100)
+
+    poller = threading.Thread(target=keep_membership, daemon=True)
+    poller.start()
+    wait_until(lambda: bool(idle_member.assignment()), 30, "the idle member's assignment")
+    worker = Worker(config(tmp_path / "state", redis_url), f"kafka://{broker.bootstrap}/{topic}?group=held",
+                    until_idle_s=1.0)
+    try:
+        wait_until(lambda: len(worker.owns()) == 1, 60, "the group to split the two partitions", [worker])
+        time.sleep(4.0)  # well past --until-idle with its own partition done
+        assert worker.thread.is_alive(), "stopped with the other partition's records never read"
+    finally:
+        stop_polling.set()
+        poller.join(10)
+        idle_member.close()  # leaves the group: its partition goes to the worker
+    summary = worker.join(120)
+    assert summary.accepted == len(lines)
+
+
 # --------------------------------------------------------------------------------------------------- rebalance
 
 

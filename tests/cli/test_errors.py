@@ -351,3 +351,22 @@ def test_a_damaged_snapshot_is_found_rebuilt_and_a_restart_repairs_it_itself(fir
     assert result.exit_code == 0, result.output
     assert f"snapshot {first['id']} was damaged on disk: rebuilt from the event log (byte for byte)" in result.stderr
     assert SnapshotStore(state).load_snapshot(first["id"]).id == first["id"]
+
+
+def test_evaluate_and_explain_honour_the_configuration_and_the_environment(first_run, tmp_path):
+    # They once read a default configuration: --config, DYNALIGN_* and a config's state dir went unheard.
+    state, test = str(first_run["state"]), str(first_run["test"])
+    explicit = invoke(["evaluate", "--state", state, "--anchors", test, "--net", "tw", "--to", "fb", "--json"])
+    assert explicit.exit_code == 0, explicit.output
+    conf = tmp_path / "dynalign.toml"
+    conf.write_text(f'[service]\nstate_dir = "{state}"\n')
+    configured = invoke(["--config", str(conf), "evaluate", "--anchors", test, "--net", "tw", "--to", "fb", "--json"])
+    assert configured.exit_code == 0, configured.output
+    assert json.loads(configured.stdout) == json.loads(explicit.stdout)
+    node = first_run["test"].read_text().split()[0]
+    explained = invoke(["explain", node, "--net", "tw", "--to", "fb", "--json"],
+                       env={"DYNALIGN_SERVICE_STATE_DIR": state})
+    assert explained.exit_code == 0 and json.loads(explained.stdout)["node"] == node, explained.output
+    conf.write_text(f'[service]\nstate_dir = "{state}"\ncoalesce = "sometimes"\n')
+    for command in (["evaluate", "--anchors", test], ["explain", node]):
+        assert "service.coalesce" in error_line(invoke(["--config", str(conf), *command, "--net", "tw", "--to", "fb"]))

@@ -1,0 +1,51 @@
+"""Ranking metrics: how high each true partner ranks among all alive candidates (Hits@k, MRR).
+
+A *scorer* yields rows of scores (source nodes x all destination nodes) on demand, so a 10k x 10k pair never
+needs more than one chunk of rows at a time (:class:`aligner.incremental.DirectionScorer` is the aligner's).
+
+>>> import torch
+>>> class Dense:  # a scorer over a score matrix held in full
+...     def __init__(self, scores): self.scores = scores
+...     def rows(self, index): return self.scores[index]
+>>> scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5]])
+>>> ranking_metrics(Dense(scores), torch.tensor([[0, 0], [1, 1]]), torch.ones(3, dtype=torch.bool))["hits@1"]
+0.5
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+CHUNK_ROWS = 2048
+
+
+class Scorer(Protocol):
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Scores of source rows ``index`` against every destination node, ``(len(index), n_dst)``."""
+
+
+def ranks(scorer: Scorer, pairs: torch.Tensor, alive_dst: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each pair's true partner among all alive destination nodes (ties count against it)."""
+    out = torch.empty(len(pairs), dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(pairs), CHUNK_ROWS):
+            p = pairs[start:start + CHUNK_ROWS]
+            # A nan score must not rank first: it counts as the worst possible.
+            scores = torch.nan_to_num(scorer.rows(p[:, 0]), nan=float("-inf")).masked_fill(~alive_dst, float("-inf"))
+            true = scores.gather(1, p[:, 1:2])
+            out[start:start + len(p)] = (scores >= true).sum(dim=1).clamp_min(1)
+    return out
+
+
+def ranking_metrics(scorer: Scorer, pairs: torch.Tensor, alive_dst: torch.Tensor,
+                    ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Hits@k and MRR of ``pairs`` (source index, true destination index), ranking against all alive nodes."""
+    if len(pairs) == 0:
+        return {**{f"hits@{k}": float("nan") for k in ks}, "mrr": float("nan"), "pairs": 0}
+    r = ranks(scorer, pairs, alive_dst).float()
+    out = {f"hits@{k}": float((r <= k).float().mean()) for k in ks}
+    out["mrr"] = float((1.0 / r).mean())
+    out["pairs"] = len(pairs)
+    return out

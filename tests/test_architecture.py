@@ -1,0 +1,90 @@
+"""The packages' layering, checked: data flows one way (stream -> snapshots -> aligner) and no module imports
+itself back through others. Imports inside functions count (a lazy import is still a dependency); imports for
+type checking only do not."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = ("stream", "snapshots", "aligner")  # each may import only the ones before it
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Every module of the three packages -> the modules of the three it imports."""
+    modules = {}
+    for package in LAYERS:
+        for path in (REPO / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                     for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            edges[name] |= {t for t in targets if t in modules and t != name}
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan).
+
+    >>> cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+    [['a', 'b']]
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+@pytest.fixture(scope="module")
+def edges() -> dict[str, set[str]]:
+    return module_imports()
+
+
+def test_no_module_imports_itself_back(edges):
+    assert cycles(edges) == []
+
+
+def test_data_flows_one_way_stream_snapshots_aligner(edges):
+    layer = {name: LAYERS.index(name.split(".")[0]) for name in edges}
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if layer[b] > layer[a])
+    assert upward == []

@@ -86,7 +86,9 @@ class AlignmentHistory:
         top = {(d.src, d.dst): (np.asarray(d.src_index, np.int64), np.asarray(d.candidates, np.int64),
                                 np.asarray(d.scores, np.float32)) for d in directions}
         current = RecordedAlignment({}, {n: tuple(node_ids[n]) for n in (a, b)}, top)
-        previous = self._entries(tag)
+        # A version recorded again (a restart re-aligns and republishes what its checkpoint had not kept) is built
+        # on the versions before it, never on its own earlier record: that made a version its own parent.
+        previous = [e for e in self._entries(tag) if e["version"] < version]
         parent = None
         if previous and previous[-1].get("depth", 0) + 1 < self.base_every:
             try:
@@ -142,6 +144,9 @@ class AlignmentHistory:
             if parent is None:
                 raise StoreCorruption(f"alignment version {chain[-1]['version']} of {tag} is a delta on version "
                                       f"{chain[-1]['parent']}, which is no longer recorded")
+            if parent["version"] >= chain[-1]["version"]:  # written by a version that built one on itself
+                raise StoreCorruption(f"alignment version {chain[-1]['version']} of {tag} is a delta on version "
+                                      f"{parent['version']}, not on an older one")
             chain.append(parent)
         files = [self._verified_bytes(e) for e in chain]
         record = cached if chain[-1].get("parent") is not None else None

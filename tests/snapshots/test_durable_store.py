@@ -205,3 +205,34 @@ def test_a_damaged_history_file_is_reported(tmp_path):
     with pytest.raises(StoreCorruption, match="torn or corrupt"):
         AlignmentHistory(tmp_path).load(entry)
     assert json.loads((tmp_path / "index.jsonl").read_text())["version"] == 1
+
+
+def test_a_version_recorded_again_after_a_restart_is_not_built_on_itself(tmp_path):
+    # A restart re-aligns and republishes the snapshots its checkpoint had not kept: version 1 was recorded again
+    # as a delta on its own first record, and loading version 2 then followed 1 -> 1 -> ... until memory ran out
+    # (14 GB in benchmarks/chaos.py).
+    rng = np.random.default_rng(3)
+    ids = {"a": tuple(f"a{i}" for i in range(10)), "b": tuple(f"b{i}" for i in range(10))}
+    first, again, second = (directions(rng, 10, 10) for _ in range(3))
+    history = AlignmentHistory(tmp_path, base_every=5)
+    history.record("a", "b", 1, 1, 1.0, ids, [first])
+    AlignmentHistory(tmp_path, base_every=5).record("a", "b", 1, 1, 1.0, ids, [again])  # the restarted worker
+    restarted = AlignmentHistory(tmp_path, base_every=5)
+    restarted.record("a", "b", 2, 2, 2.0, ids, [second])
+    fresh = AlignmentHistory(tmp_path)
+    v1, v2 = fresh.entries("a", "b")
+    assert v1["kind"] == "base" and v2["parent"] == 1
+    assert np.array_equal(fresh.load(v1).top[("a", "b")][1], again.candidates)
+    assert np.array_equal(AlignmentHistory(tmp_path).load(v2).top[("a", "b")][1], second.candidates)
+
+
+def test_a_version_built_on_itself_is_refused_not_followed(tmp_path):
+    history = AlignmentHistory(tmp_path, base_every=5)
+    d = directions(np.random.default_rng(4), 10, 10)
+    ids = {"a": tuple(f"a{i}" for i in range(10)), "b": tuple(f"b{i}" for i in range(10))}
+    entry = history.record("a", "b", 1, 1, 1.0, ids, [d])
+    looped = {**entry, "kind": "delta", "parent": 1, "depth": 1}  # what the old code wrote
+    with open(tmp_path / "index.jsonl", "a") as f:
+        f.write(json.dumps(looped) + "\n")
+    with pytest.raises(StoreCorruption, match="not on an older one"):
+        AlignmentHistory(tmp_path).load(looped)

@@ -267,8 +267,8 @@ def _show_candidates(nodes: tuple[str, ...], net: str, to: str, found: dict[str,
 def _query_history(cfg: Config, nodes: tuple[str, ...], net: str, to: str, k: int, at: str | None,
                    snapshot_id: int | None, as_json: bool) -> None:
     from aligner.replay import parse_time
+    from snapshots.files import StoreCorruption
     from snapshots.history import AlignmentHistory
-    from snapshots.store import StoreCorruption
 
     history = AlignmentHistory(_existing_state(cfg.service.state_dir) / "history")
     try:
@@ -376,8 +376,9 @@ def snapshots_verify(ctx, state_dir, repair, as_json) -> None:
 def snapshots_show(snapshot_id, state_dir, as_json) -> None:
     """One snapshot: its manifest entry (sizes, event-time range, log lines, counts) and the alignment versions
     published for it."""
+    from snapshots.files import StoreCorruption
     from snapshots.history import AlignmentHistory
-    from snapshots.store import SnapshotStore, StoreCorruption
+    from snapshots.store import SnapshotStore
 
     root = _existing_state(state_dir)
     store = SnapshotStore(root)
@@ -448,8 +449,8 @@ def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint
                                    f"{len(store.list_snapshots())})")
     out: dict = {"snapshots": [entries[0]["id"], entries[-1]["id"]]}
     if kafka_url:
-        from aligner.service import kafka_settings
         from aligner.replay import replay_to_kafka
+        from aligner.service import kafka_settings
 
         summary = replay_to_kafka(store, entries, kafka_url, settings=kafka_settings(cfg), rate=rate)
         out["kafka"] = {"events": summary.events, "messages": summary.messages, "failed": summary.failed,

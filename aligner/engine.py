@@ -50,15 +50,15 @@ from aligner.drift import QualityMonitor
 from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
                               position_sketch, rwr_positions)
 from aligner.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
+from aligner.meta import FastWeights, MetaLearner
+from aligner.model import AlignmentEncoder, anchor_loss
 from aligner.ranking import ranking_metrics, ranks
 from aligner.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
 from aligner.state_codec import decode, encode
-from aligner.update import AlignmentUpdate, PairTopK
-from aligner.meta import FastWeights, MetaLearner
-from aligner.model import AlignmentEncoder, anchor_loss
+from aligner.update import AlignmentPath, AlignmentUpdate, PairTopK
 from snapshots.snapshot import Snapshot, pair_key
-from snapshots.store import snapshot_from_bytes, snapshot_to_bytes
+from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ class Aligner:
         # Meta-update iterations an adaptation asked for and not yet run, with the task pool as it was then.
         self.meta_due = 0
         self.meta_pool: list[SnapshotInputs] = []
-        # Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path
-        # ("adaptation" or "incremental", whose heavy branches then run) and why.
-        self.deferred: tuple[str, str] | None = None
+        # Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path (the
+        # incremental one's heavy branches run then) and why.
+        self.deferred: tuple[AlignmentPath, str] | None = None
         # The refine setting self-calibration chose (aligner.calibration) and the anchor count it chose on.
         self.calibrated: RefineSetting | None = None
         self.anchors_at_calibration = 0
@@ -200,7 +200,7 @@ class Aligner:
         self.pool.append(inputs)
         reason = self._adaptation_reason(anchors)
         if reason and defer and self._can_defer(anchors):
-            self._defer("adaptation", reason)
+            self._defer(AlignmentPath.ADAPTATION, reason)
             stats = self._incremental_path(inputs, defer=True)
         elif reason:
             stats = self._adaptation_path(inputs, reason)
@@ -222,7 +222,7 @@ class Aligner:
         (path, reason), self.deferred = self.deferred, None
         inputs = self.pool[-1]
         self.since_adaptation -= 1  # the snapshot's incremental step counted it already
-        if path == "adaptation":
+        if path == AlignmentPath.ADAPTATION:
             stats = self._adaptation_path(inputs, reason)
         else:
             stats = self._incremental_path(inputs)
@@ -245,10 +245,10 @@ class Aligner:
         """Whether an incremental step can stand in for the adaptation due: there is one to take for every pair."""
         return self.fast is not None and self.adapt_cfg.incremental and all(p in self.matchers for p in anchors)
 
-    def _defer(self, path: str, reason: str) -> None:
+    def _defer(self, path: AlignmentPath, reason: str) -> None:
         """Note heavy work for :meth:`refresh`; an adaptation, which also aligns everything afresh, wins over
         the incremental path's heavy branches."""
-        if self.deferred is None or (path == "adaptation" and self.deferred[0] != "adaptation"):
+        if self.deferred is None or (path == AlignmentPath.ADAPTATION and self.deferred[0] != AlignmentPath.ADAPTATION):
             self.deferred = (path, reason)
 
     def _adaptation_reason(self, anchors: dict) -> str | None:
@@ -293,7 +293,7 @@ class Aligner:
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
         pseudo, adapt_s = self._align_rounds(inputs, self.adapt_cfg.steps)
         self.since_adaptation = 0
-        return {"path": "adaptation", "reason": reason, **meta_stats, "meta_due": self.meta_due, **calibration,
+        return {"path": AlignmentPath.ADAPTATION, "reason": reason, **meta_stats, "meta_due": self.meta_due, **calibration,
                 "pseudo_anchors": pseudo, "meta_s": round(t_meta - t0, 3), "adapt_s": round(adapt_s, 3),
                 "align_s": round(time.perf_counter() - t_calibrated - adapt_s, 3)}
 
@@ -442,10 +442,10 @@ class Aligner:
         if changed_share >= self.refine_cfg.warm_max_change:
             if not defer:
                 return self._realignment(inputs, t0)
-            self._defer("incremental", f"realignment: {changed_share:.1%} of the edges changed")
+            self._defer(AlignmentPath.INCREMENTAL, f"realignment: {changed_share:.1%} of the edges changed")
             waiting = {}
         elif waiting and defer:
-            self._defer("incremental", f"{joining} anchors join")
+            self._defer(AlignmentPath.INCREMENTAL, f"{joining} anchors join")
             waiting = {}
         for net, g in inputs.graphs.items():
             n_old = len(self.node_ids.get(net, ()))
@@ -509,7 +509,7 @@ class Aligner:
             elif a in dirty and b in dirty:
                 rows[f"{a}:{b}"] = matcher.update(self._view(a), self._view(b), dirty[a], dirty[b])
         self.since_adaptation += 1
-        return {"path": "incremental", "reencoded": encoded, "reranked": {n: int(len(d)) for n, d in dirty.items()},
+        return {"path": AlignmentPath.INCREMENTAL, "reencoded": encoded, "reranked": {n: int(len(d)) for n, d in dirty.items()},
                 "rescored": rows, "encode_s": round(t_encode - t0, 3),
                 "align_s": round(time.perf_counter() - t_encode, 3)}
 
@@ -524,7 +524,7 @@ class Aligner:
         pseudo, _ = self._align_rounds(inputs, None, warm_first=self.refine_cfg.warm_realignment)
         self.since_adaptation += 1
         sizes = {net: g.num_nodes for net, g in inputs.graphs.items()}
-        return {"path": "incremental", "reencoded": sizes, "reranked": sizes, "pseudo_anchors": pseudo,
+        return {"path": AlignmentPath.INCREMENTAL, "reencoded": sizes, "reranked": sizes, "pseudo_anchors": pseudo,
                 "rescored": {f"{a}:{b}": "aligned afresh: edges changed" for a, b in self.matchers},
                 "encode_s": 0.0, "align_s": round(time.perf_counter() - t0, 3)}
 

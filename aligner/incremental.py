@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Literal
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -46,6 +48,9 @@ DENSE_CELLS = 1 << 24  # score matrices up to this many pairs (64 MB) rank both 
 # transport plan of that size already holds several such buffers)
 CANCELLATION = 1e-4  # below this share of surviving mass the partition update is not trusted: the old scores
 # are float32, so at |score| ~ 50 each exp(old - lse) carries ~3e-6 relative error, and 1 - their sum cancels
+
+# "ab": rows of the pair's first network (``pair_key`` order) ranked against the second; "ba": the reverse.
+Direction = Literal["ab", "ba"]
 
 
 @dataclass
@@ -145,19 +150,19 @@ class PairMatcher:
             s[:, dead_b] = float("-inf")
         return s
 
-    def scores(self, direction: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def scores(self, direction: Direction, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Raw scores of ``rows`` of the direction's source network against its destination ``cols``."""
         if direction == "ab":
             return self.base(rows, cols) + self.v[cols][None, :]
         return self.base(cols, rows).T + self.u[cols][None, :]
 
-    def rows(self, direction: str, index: torch.Tensor) -> torch.Tensor:
+    def rows(self, direction: Direction, index: torch.Tensor) -> torch.Tensor:
         """Confidences (softmax over all destinations) of the given source rows: the scorer protocol of
         :mod:`aligner.ranking`."""
         raw = self.scores(direction, index, torch.arange(self._dst(direction).n))
         return torch.exp(raw.double() - self.ranked[direction].lse[index][:, None]).float()
 
-    def top(self, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def top(self, direction: Direction) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k indices and confidences of every source row."""
         r = self.ranked[direction]
         return r.idx, torch.exp(r.raw.double() - r.lse[:, None]).float()
@@ -211,7 +216,7 @@ class PairMatcher:
         return {d: self._apply(d, dirty_rows, clean, dirty[t], old_block)
                 for (d, t), (dirty_rows, clean, old_block) in zip((("ab", "b"), ("ba", "a")), plans.values())}
 
-    def _apply(self, d: str, dirty_rows: torch.Tensor, clean: torch.Tensor, cols: torch.Tensor,
+    def _apply(self, d: Direction, dirty_rows: torch.Tensor, clean: torch.Tensor, cols: torch.Tensor,
                old_block: torch.Tensor | None) -> dict:
         src, dst = self._src(d), self._dst(d)
         r = self.ranked[d]
@@ -261,7 +266,7 @@ class PairMatcher:
         return {"ab": _ranked(base + self.v[None, :], self._k(self.vb)),
                 "ba": _ranked(base.T + self.u[None, :], self._k(self.va))}
 
-    def _full_rows(self, d: str, rows: torch.Tensor) -> RankedRows:
+    def _full_rows(self, d: Direction, rows: torch.Tensor) -> RankedRows:
         dst = self._dst(d)
         k = self._k(dst)
         cols = torch.arange(dst.n)
@@ -281,10 +286,10 @@ class PairMatcher:
     def _k(self, dst: NetworkView) -> int:
         return max(1, min(self.k, int(dst.alive.sum())))
 
-    def _src(self, d: str) -> NetworkView:
+    def _src(self, d: Direction) -> NetworkView:
         return self.va if d == "ab" else self.vb
 
-    def _dst(self, d: str) -> NetworkView:
+    def _dst(self, d: Direction) -> NetworkView:
         return self.vb if d == "ab" else self.va
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ class PairMatcher:
 class DirectionScorer:
     """One direction of a :class:`PairMatcher` as a scorer for :mod:`aligner.ranking`."""
 
-    def __init__(self, matcher: PairMatcher, direction: str):
+    def __init__(self, matcher: PairMatcher, direction: Direction):
         self.matcher, self.direction = matcher, direction
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:

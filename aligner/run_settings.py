@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Collection
 
 from aligner.config import ENV_PREFIX, Config, mask_url, parse_pairs, validate
-from snapshots.store import write_durably
+from snapshots.files import write_durably
 
 log = logging.getLogger("dynalign.service")
 

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from aligner.run_settings import read_run_settings, started
-from snapshots.store import (SnapshotStore, encode_checkpoint, read_checkpoint_file, snapshot_from_bytes,
-                             snapshot_to_bytes, write_durably)
+from snapshots.checkpoint_codec import encode_checkpoint, read_checkpoint_file
+from snapshots.files import write_durably
+from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
+from snapshots.store import SnapshotStore
 
 FORMAT = "dynalign-savepoint/1"
 

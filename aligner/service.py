@@ -71,10 +71,11 @@ from aligner.factory import build_aligner
 from aligner.savepoint import open_savepoint, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
+from snapshots.files import StoreCorruption
 from snapshots.history import AlignmentHistory
 from snapshots.repair import RepairReport, recorded_policy, repair_snapshots
 from snapshots.snapshot import Snapshot
-from snapshots.store import SnapshotStore, StoreCorruption
+from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import Event, InvalidEvent, parse_event
 from stream.sources import KafkaSettings, Record, Source, check_source_url, open_source, parse_kafka_url

@@ -6,8 +6,17 @@ Plain numpy, no torch, so publishers, stores and clients can handle updates with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
+
+
+class AlignmentPath(StrEnum):
+    """Which way the aligner took on a snapshot (the ``path`` of its stats and of the ``snapshot aligned`` line):
+    fast adaptation of the meta-learned initialisation and a fresh alignment, or the incremental update."""
+
+    ADAPTATION = "adaptation"
+    INCREMENTAL = "incremental"
 
 
 @dataclass

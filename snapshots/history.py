@@ -29,10 +29,11 @@ from typing import Any, Iterable, Protocol
 import numpy as np
 
 from snapshots.delta import diff_keyed, patch_keyed
+from snapshots.files import StoreCorruption, read_verified, write_durably
 from snapshots.npz import npz_bytes
 from snapshots.snapshot import pair_key
-from snapshots.store import (DEFAULT_BASE_EVERY, Manifest, StoreCorruption, pack_strings, read_verified, unpack_strings,
-                             write_durably)
+from snapshots.snapshot_codec import pack_strings, unpack_strings
+from snapshots.store import DEFAULT_BASE_EVERY, Manifest
 
 
 class Direction(Protocol):

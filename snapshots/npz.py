@@ -17,7 +17,9 @@ True
 from __future__ import annotations
 
 import io
+import json
 import zipfile
+from typing import Any
 
 import numpy as np
 
@@ -36,3 +38,9 @@ def npz_bytes(arrays: dict[str, np.ndarray], compressed: bool) -> bytes:
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
     return buffer.getvalue()
+
+
+def json_array(obj: Any) -> np.ndarray:
+    """``obj`` as compact JSON in a uint8 array: how structure travels inside an npz."""
+    return np.frombuffer(json.dumps(obj, separators=(",", ":")).encode("utf-8"), np.uint8)
+

@@ -18,7 +18,8 @@ from typing import Any
 
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.snapshot import Snapshot
-from snapshots.store import SnapshotStore, snapshot_counts
+from snapshots.snapshot_codec import snapshot_counts
+from snapshots.store import SnapshotStore
 from stream.events import parse_event
 
 RECORDED = ("start_time", "end_time", "events", "networks", "anchors")

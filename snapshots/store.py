@@ -33,41 +33,30 @@ Offsets in the event log are absolute: when :meth:`SnapshotStore.compact` drops 
 file starts with a ``#dynalign-log`` header giving the byte offset and line number of its first event, and every
 offset recorded before stays valid.
 
-Checkpoints are JSON for the structure plus an uncompressed npz for numpy arrays and bytes, framed by a magic
-and a sha256, rather than pickle: loading needs no code execution (``allow_pickle=False``), the file does not
-name Python classes that later refactors would break, and it stays inspectable. The cost is that only plain
-data round-trips (None, bool, int, float, str, bytes, list, tuple, dict, numpy arrays and scalars).
+Encodings live beside it: snapshot files in :mod:`snapshots.snapshot_codec`, checkpoints in
+:mod:`snapshots.checkpoint_codec` (plain data, no pickle), whole-file writes and checked reads in
+:mod:`snapshots.files`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-import numpy as np
-
-from snapshots.delta import diff_dense, diff_keyed, patch_dense, patch_keyed
-from snapshots.npz import npz_bytes
-from snapshots.snapshot import NetworkSnapshot, Snapshot
+from snapshots.checkpoint_codec import encode_checkpoint, read_checkpoint_file
+from snapshots.files import StoreCorruption, complete_lines, fsync_dir, json_line, read_verified, trim_torn_tail, write_durably
+from snapshots.snapshot import Snapshot
+from snapshots.snapshot_codec import decode_snapshot, encode_snapshot, snapshot_counts
 
 log = logging.getLogger(__name__)
 
-_CHECKPOINT_MAGIC = b"DYNCKPT1"
-_DIGEST_BYTES = 32
 _EVENTS_LOG_SIZE = "events_log_size"
 _LOG_HEADER = b"#dynalign-log "
-_LOW_BITS = (1 << 32) - 1
 DEFAULT_BASE_EVERY = 10
-
-
-class StoreCorruption(RuntimeError):
-    """A file the store wrote is not what it recorded (torn write, disk damage, outside interference)."""
 
 
 class Manifest:
@@ -79,7 +68,7 @@ class Manifest:
 
     def entries(self) -> list[dict[str, Any]]:
         out = []
-        for line in _complete_lines(self.path):
+        for line in complete_lines(self.path):
             try:
                 out.append(json.loads(line))
             except ValueError:
@@ -87,17 +76,17 @@ class Manifest:
         return out
 
     def append(self, entry: dict[str, Any]) -> None:
-        _trim_torn_tail(self.path)
+        trim_torn_tail(self.path)
         with open(self.path, "ab") as f:
-            f.write(_json_line(entry))
+            f.write(json_line(entry))
             f.flush()
             os.fsync(f.fileno())
 
     def rewrite(self, entries: list[dict[str, Any]]) -> None:
-        write_durably(self.path, b"".join(_json_line(e) for e in entries))
+        write_durably(self.path, b"".join(json_line(e) for e in entries))
 
     def trim_torn_tail(self) -> None:
-        _trim_torn_tail(self.path)
+        trim_torn_tail(self.path)
 
 
 class SnapshotStore:
@@ -167,7 +156,7 @@ class SnapshotStore:
         files = [self._verified_bytes(entry) for entry in chain]  # the snapshot's own file is checked first
         snapshot = self._cache if chain[-1].get("parent") is not None else None
         for data in reversed(files):
-            snapshot = _decode_snapshot(data, snapshot)
+            snapshot = decode_snapshot(data, snapshot)
         self._cache = snapshot
         return snapshot
 
@@ -249,7 +238,7 @@ class SnapshotStore:
 
     def _write_snapshot(self, snapshot: Snapshot, parent: Snapshot | None, log_start: int,
                         model_version: str | None) -> dict[str, Any]:
-        data = _encode_snapshot(snapshot, parent)
+        data = encode_snapshot(snapshot, parent)
         digest = hashlib.sha256(data).hexdigest()
         path = self.snapshot_dir / f"{snapshot.id:08d}-{digest[:8]}.npz"
         write_durably(path, data)
@@ -360,7 +349,7 @@ class SnapshotStore:
             start_byte = self._log_start_byte
         if start_byte < self._log_start_byte:
             raise ValueError(f"event log bytes before {self._log_start_byte} were dropped by retention")
-        return _complete_lines(self.events_path, start_byte - self._log_start_byte + self._header_len)
+        return complete_lines(self.events_path, start_byte - self._log_start_byte + self._header_len)
 
     def read_lines(self, start_line: int = 0, end_line: int | None = None) -> Iterator[str]:
         """Event lines numbered ``[start_line, end_line)`` over the whole history (see ``Snapshot.arrived``);
@@ -416,7 +405,7 @@ class SnapshotStore:
             self._log = None
         header = b""
         if start_byte or start_line:
-            header = _LOG_HEADER + _json_line({"start_byte": start_byte, "start_line": start_line})
+            header = _LOG_HEADER + json_line({"start_byte": start_byte, "start_line": start_line})
         write_durably(self.events_path, header + tail)
         self._read_log_header()
         self._durable_log_size = self._log_size_on_disk()
@@ -441,7 +430,7 @@ class SnapshotStore:
             created = not self.events_path.exists()
             self._log = open(self.events_path, "ab", buffering=1 << 20)
             if created:
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
         return self._log
 
     # -- checkpoints and recovery ------------------------------------------------------------------------------
@@ -507,321 +496,3 @@ class SnapshotStore:
                 os.fsync(event_log.fileno())
         self._durable_log_size = keep
         return checkpoint
-
-
-def snapshot_counts(snapshot: Snapshot) -> dict[str, Any]:
-    """What a manifest entry records of a snapshot's content: per network nodes, alive nodes, edges and changed
-    nodes, and the anchor pairs per network pair."""
-    return {"networks": {name: {"nodes": net.num_nodes, "alive": int(net.alive.sum()), "edges": net.num_edges,
-                                "changed": int(len(net.changed))}
-                         for name, net in snapshot.networks.items()},
-            "anchors": [[a, b, int(len(pairs))] for (a, b), pairs in snapshot.anchors.items()]}
-
-
-def encode_checkpoint(state: dict[str, Any]) -> bytes:
-    """A checkpoint file's bytes: magic, sha256 of the payload, payload (see the module docstring)."""
-    payload = _encode_checkpoint(state)
-    return _CHECKPOINT_MAGIC + hashlib.sha256(payload).digest() + payload
-
-
-def snapshot_to_bytes(snapshot: Snapshot) -> bytes:
-    """A self-contained (base) snapshot file, to carry a snapshot outside its store (savepoints)."""
-    return _encode_snapshot(snapshot, None)
-
-
-def snapshot_from_bytes(data: bytes) -> Snapshot:
-    return _decode_snapshot(data, None)
-
-
-def read_checkpoint_file(path: Path) -> dict[str, Any] | None:
-    """The state in a checkpoint file (a checkpoint or a savepoint), or None if it is missing, torn or corrupt."""
-    payload = _verified_checkpoint_payload(path)
-    return None if payload is None else _decode_checkpoint(payload)
-
-
-def _json_line(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-# -- file primitives -------------------------------------------------------------------------------------------
-
-
-def read_verified(path: Path, entry: dict[str, Any], what: str) -> bytes:
-    """The bytes of ``path`` if they match the size and sha256 its manifest ``entry`` recorded, else
-    :class:`StoreCorruption` saying what is wrong: a torn or corrupt file is reported, never loaded."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StoreCorruption(f"{what} is in the manifest but {path} is missing") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != entry["bytes"] or digest != entry["sha256"]:
-        raise StoreCorruption(
-            f"{what}: file {path} is torn or corrupt: the manifest recorded {entry['bytes']} bytes with sha256 "
-            f"{entry['sha256'][:12]}…, the file has {len(data)} bytes with sha256 {digest[:12]}…")
-    return data
-
-
-def write_durably(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
-    """Atomically and durably make ``path`` hold ``data`` (temp file, fsync, rename, directory fsync); with ``keep_previous``, the old file is first renamed there."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _trim_torn_tail(path: Path) -> None:
-    """Cut a last line that lacks its newline, so the next append does not glue onto it."""
-    if not path.exists():
-        return
-    with open(path, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)
-        os.fsync(f.fileno())
-
-
-def _complete_lines(path: Path, start_byte: int = 0) -> Iterator[str]:
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        f.seek(start_byte)
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                return
-            yield raw[:-1].decode("utf-8")
-
-
-# -- snapshot files --------------------------------------------------------------------------------------------
-# A base holds every array. A delta holds, per network, the node ids added since its parent (registries only
-# grow), the edges removed and the edges added or re-weighted (keyed u << 32 | v), the nodes whose alive flag
-# or attribute row changed, and ``changed`` as is; per anchor pair, the pairs removed and added. A network new
-# since the parent, or whose attribute width changed, or whose ids are not an extension of the parent's, is
-# stored whole inside the delta.
-
-
-def _encode_snapshot(snapshot: Snapshot, parent: Snapshot | None) -> bytes:
-    arrays: dict[str, np.ndarray] = {}
-    networks = []
-    for i, (name, net) in enumerate(snapshot.networks.items()):
-        p = f"n{i}_"
-        old = parent.networks.get(name) if parent is not None else None
-        if old is not None and net.node_ids[:old.num_nodes] != old.node_ids:
-            old = None
-        spec = {"name": name, "has_attrs": net.attrs is not None, "delta": old is not None,
-                "attr_names": None if net.attr_names is None else list(net.attr_names), "nodes": net.num_nodes}
-        arrays[p + "changed"] = np.asarray(net.changed, np.int64)
-        keys, weights = _edge_keys(net.edge_index), np.asarray(net.edge_weight, np.float32)
-        if old is None:
-            arrays[p + "node_ids"], arrays[p + "node_id_ends"] = pack_strings(net.node_ids)
-            arrays[p + "edge_keys"], arrays[p + "edge_weight"] = keys, weights
-            arrays[p + "alive"] = np.asarray(net.alive, bool)
-        else:
-            arrays[p + "node_ids"], arrays[p + "node_id_ends"] = pack_strings(net.node_ids[old.num_nodes:])
-            removed, keys, (weights,) = diff_keyed(_edge_keys(old.edge_index), [old.edge_weight], keys, [weights])
-            arrays[p + "edge_removed"], arrays[p + "edge_keys"], arrays[p + "edge_weight"] = removed, keys, weights
-            arrays[p + "alive_idx"], arrays[p + "alive"] = diff_dense(old.alive, np.asarray(net.alive, bool))
-        if net.attrs is not None:
-            attrs = np.asarray(net.attrs, np.float32)
-            spec["attrs_delta"] = old is not None and old.attrs is not None and old.attrs.shape[1] == attrs.shape[1]
-            if spec["attrs_delta"]:
-                arrays[p + "attr_idx"], arrays[p + "attrs"] = diff_dense(old.attrs, attrs)
-            else:
-                arrays[p + "attrs"] = attrs
-        networks.append(spec)
-    for j, (key, pairs) in enumerate(snapshot.anchors.items()):
-        new_keys = _pair_keys(pairs)
-        old_pairs = parent.anchors.get(key) if parent is not None else None
-        old_keys = _pair_keys(old_pairs) if old_pairs is not None else np.zeros(0, np.int64)
-        arrays[f"a{j}_removed"], arrays[f"a{j}_keys"], _ = diff_keyed(old_keys, [], new_keys, [])
-    meta = {"id": snapshot.id, "start_time": snapshot.start_time, "end_time": snapshot.end_time,
-            "events": snapshot.events, "arrived": snapshot.arrived, "parent": None if parent is None else parent.id,
-            "networks": networks, "anchor_pairs": [list(key) for key in snapshot.anchors]}
-    return npz_bytes({"meta": _json_bytes(meta), **arrays}, compressed=True)
-
-
-def _decode_snapshot(data: bytes, parent: Snapshot | None) -> Snapshot:
-    """A snapshot file's content; a delta needs its parent (the snapshot its meta names)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        meta = json.loads(npz["meta"].tobytes())
-        if "parent" not in meta:
-            return _decode_legacy(npz, meta)
-        if meta["parent"] is not None and (parent is None or parent.id != meta["parent"]):
-            raise ValueError(f"snapshot {meta['id']} is a delta on {meta['parent']}, got parent "
-                             f"{None if parent is None else parent.id}")
-        networks = {}
-        for i, spec in enumerate(meta["networks"]):
-            p, n = f"n{i}_", spec["nodes"]
-            ids = unpack_strings(npz[p + "node_ids"], npz[p + "node_id_ends"])
-            if spec["delta"]:
-                old = parent.networks[spec["name"]]
-                ids = old.node_ids + ids
-                keys, (weights,) = patch_keyed(_edge_keys(old.edge_index), [old.edge_weight], npz[p + "edge_removed"],
-                                               npz[p + "edge_keys"], [npz[p + "edge_weight"]])
-                alive = patch_dense(old.alive, n, npz[p + "alive_idx"], npz[p + "alive"])
-            else:
-                old = None
-                keys, weights, alive = npz[p + "edge_keys"], npz[p + "edge_weight"], npz[p + "alive"]
-            attrs = None
-            if spec["has_attrs"]:
-                attrs = npz[p + "attrs"]
-                if spec.get("attrs_delta"):
-                    attrs = patch_dense(old.attrs, n, npz[p + "attr_idx"], attrs)
-            networks[spec["name"]] = NetworkSnapshot(
-                name=spec["name"], node_ids=ids, edge_index=np.stack([keys >> 32, keys & _LOW_BITS]),
-                edge_weight=weights, alive=alive, attrs=attrs,
-                attr_names=None if spec["attr_names"] is None else tuple(spec["attr_names"]),
-                changed=npz[p + "changed"])
-        anchors = {}
-        for j, (a, b) in enumerate(meta["anchor_pairs"]):
-            old_pairs = parent.anchors.get((a, b)) if parent is not None else None
-            old_keys = _pair_keys(old_pairs) if old_pairs is not None else np.zeros(0, np.int64)
-            keys, _ = patch_keyed(old_keys, [], npz[f"a{j}_removed"], npz[f"a{j}_keys"], [])
-            anchors[(a, b)] = np.stack([keys >> 32, keys & _LOW_BITS], axis=1).reshape(-1, 2)
-    return Snapshot(id=meta["id"], start_time=meta["start_time"], end_time=meta["end_time"], networks=networks,
-                    anchors=anchors, events=meta["events"], arrived=meta["arrived"])
-
-
-def _decode_legacy(npz: Any, meta: dict[str, Any]) -> Snapshot:
-    """A full snapshot written before deltas existed (arrays stored as the snapshot holds them)."""
-    networks = {}
-    for i, spec in enumerate(meta["networks"]):
-        networks[spec["name"]] = NetworkSnapshot(
-            name=spec["name"], node_ids=unpack_strings(npz[f"n{i}_node_ids"], npz[f"n{i}_node_id_ends"]),
-            edge_index=npz[f"n{i}_edge_index"], edge_weight=npz[f"n{i}_edge_weight"], alive=npz[f"n{i}_alive"],
-            attrs=npz[f"n{i}_attrs"] if spec["has_attrs"] else None,
-            attr_names=None if spec["attr_names"] is None else tuple(spec["attr_names"]), changed=npz[f"n{i}_changed"])
-    anchors = {(a, b): npz[f"a{j}"] for j, (a, b) in enumerate(meta["anchor_pairs"])}
-    return Snapshot(id=meta["id"], start_time=meta["start_time"], end_time=meta["end_time"], networks=networks,
-                    anchors=anchors, events=meta["events"])
-
-
-def _edge_keys(edge_index: np.ndarray) -> np.ndarray:
-    """``u << 32 | v`` per edge: sorted, since a snapshot's edges are in canonical (u, v) order."""
-    edge_index = np.asarray(edge_index, np.int64)
-    return (edge_index[0] << 32) | edge_index[1]
-
-
-def _pair_keys(pairs: np.ndarray) -> np.ndarray:
-    """Anchor pairs as ``a << 32 | b``: sorted, since pairs are sorted by their (unique) first column."""
-    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    return (pairs[:, 0] << 32) | pairs[:, 1]
-
-
-def pack_strings(strings: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 blob plus end offsets: exact for any id (numpy's unicode dtype drops trailing NULs) and unpadded."""
-    encoded = [s.encode("utf-8") for s in strings]
-    ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
-    return np.frombuffer(b"".join(encoded), np.uint8), ends
-
-
-def unpack_strings(blob: np.ndarray, ends: np.ndarray) -> tuple[str, ...]:
-    data = blob.tobytes()
-    bounds = [0, *ends.tolist()]
-    return tuple(data[bounds[k]:bounds[k + 1]].decode("utf-8") for k in range(len(ends)))
-
-
-def _json_bytes(obj: Any) -> np.ndarray:
-    return np.frombuffer(json.dumps(obj, separators=(",", ":")).encode("utf-8"), np.uint8)
-
-
-# -- checkpoint codec ------------------------------------------------------------------------------------------
-# Structure goes to JSON; arrays, numpy scalars and bytes become {"__tag__": member} references into the npz.
-# Tuples and dicts with non-str keys are tagged too, so the round trip is exact. A plain dict whose keys start
-# with "__" is stored as tagged items, so user keys never collide with tags.
-
-_ARRAY, _SCALAR, _BYTES, _TUPLE, _ITEMS = "__ndarray__", "__scalar__", "__bytes__", "__tuple__", "__items__"
-
-
-def _encode_checkpoint(state: dict[str, Any]) -> bytes:
-    arrays: dict[str, np.ndarray] = {}
-
-    def member(array: np.ndarray) -> str:
-        name = f"m{len(arrays)}"
-        arrays[name] = array
-        return name
-
-    def pack(obj: Any, path: str) -> Any:
-        if isinstance(obj, np.ndarray):
-            if obj.dtype.hasobject:
-                raise TypeError(f"checkpoint state at {path}: object arrays cannot be stored without pickle")
-            return {_ARRAY: member(obj)}
-        if isinstance(obj, np.generic):
-            return {_SCALAR: member(np.asarray(obj))}
-        if obj is None or type(obj) in (bool, int, float, str):
-            return obj
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            return {_BYTES: member(np.frombuffer(bytes(obj), np.uint8))}
-        if type(obj) is list:
-            return [pack(x, f"{path}[{i}]") for i, x in enumerate(obj)]
-        if type(obj) is tuple:
-            return {_TUPLE: [pack(x, f"{path}[{i}]") for i, x in enumerate(obj)]}
-        if type(obj) is dict:
-            if all(type(k) is str and not k.startswith("__") for k in obj):
-                return {k: pack(v, f"{path}.{k}") for k, v in obj.items()}
-            return {_ITEMS: [[pack(k, f"{path} key"), pack(v, f"{path}[{k!r}]")] for k, v in obj.items()]}
-        raise TypeError(f"checkpoint state at {path}: cannot store {type(obj).__name__} "
-                        "(use None, bool, int, float, str, bytes, list, tuple, dict or numpy arrays)")
-
-    tree = pack(state, "state")
-    return npz_bytes({"tree": _json_bytes(tree), **arrays}, compressed=False)
-
-
-def _decode_checkpoint(payload: bytes) -> dict[str, Any]:
-    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
-        members = {name: npz[name] for name in npz.files}
-    tags = {
-        _ARRAY: lambda name: members[name],
-        _SCALAR: lambda name: members[name][()],
-        _BYTES: lambda name: members[name].tobytes(),
-        _TUPLE: lambda items: tuple(unpack(x) for x in items),
-        _ITEMS: lambda items: {unpack(k): unpack(v) for k, v in items},
-    }
-
-    def unpack(obj: Any) -> Any:
-        if type(obj) is list:
-            return [unpack(x) for x in obj]
-        if type(obj) is dict:
-            if len(obj) == 1:
-                ((key, value),) = obj.items()
-                if key in tags:
-                    return tags[key](value)
-            return {k: unpack(v) for k, v in obj.items()}
-        return obj
-
-    return unpack(json.loads(members.pop("tree").tobytes()))
-
-
-def _verified_checkpoint_payload(path: Path) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    header = len(_CHECKPOINT_MAGIC) + _DIGEST_BYTES
-    if len(data) < header or not data.startswith(_CHECKPOINT_MAGIC):
-        return None
-    payload = data[header:]
-    if hashlib.sha256(payload).digest() != data[len(_CHECKPOINT_MAGIC):header]:
-        return None
-    return payload

@@ -27,9 +27,10 @@ from aligner import AlignmentClient
 from aligner.config import load_config
 from aligner.embedded_redis import EmbeddedRedis, free_port
 from aligner.service import AlignmentService, RunSummary
+from snapshots.checkpoint_codec import read_checkpoint_file
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.snapshot import Snapshot
-from snapshots.store import SnapshotStore, read_checkpoint_file
+from snapshots.store import SnapshotStore
 from stream.datasets import dataset_events, load_dataset, split_anchors
 from stream.events import InvalidEvent, parse_event
 from stream.producer import feed

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aligner.embedded_redis import free_port
 from aligner.config import mask_url
+from aligner.embedded_redis import free_port
 from aligner.status import _kafka, iso
 from snapshots.store import SnapshotStore
 from tests.aligner.test_service_guarantees import (Worker, config, dataset_lines,  # noqa: F401 (fixtures)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
+from snapshots.files import StoreCorruption
 from snapshots.history import AlignmentHistory
-from snapshots.store import SnapshotStore, StoreCorruption
+from snapshots.store import SnapshotStore
 from tests.snapshots.test_cutter import messy_stream
 from tests.snapshots.test_graph import assert_snapshots_equal
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
+from snapshots.files import StoreCorruption
 from snapshots.repair import repair_snapshots
-from snapshots.store import SnapshotStore, StoreCorruption
+from snapshots.store import SnapshotStore
 from tests.snapshots.test_cutter import messy_stream
 from tests.snapshots.test_durable_store import POLICY, ingest
 from tests.snapshots.test_graph import assert_snapshots_equal

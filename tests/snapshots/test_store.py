@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
-from snapshots.store import SnapshotStore, StoreCorruption
+from snapshots.files import StoreCorruption
+from snapshots.store import SnapshotStore
 from tests.snapshots.test_cutter import messy_stream, run
 from tests.snapshots.test_graph import anchor, assert_snapshots_equal, attr, build, edge, random_events
 

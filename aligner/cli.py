@@ -36,7 +36,7 @@ def _user_error(e: Exception) -> str | None:
     its traceback is shown). Library errors get a hint of what to do."""
     import redis
 
-    from stream.sources import SourceUnavailable
+    from stream.records import SourceUnavailable
 
     # Only loaded, and so only raised, once Kafka is used; kafka-python 3 has no NoBrokersAvailable any more.
     kafka_errors = sys.modules.get("kafka.errors")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from aligner.config import Config
+from aligner.embedded_redis import EmbeddedRedis
 from aligner.evaluation import load_aligner
 from aligner.redis_alignments import AlignmentClient
-from aligner.embedded_redis import EmbeddedRedis
 from aligner.service import AlignmentService
 from stream.datasets import dataset_events, load_dataset, write_events
 

@@ -25,8 +25,8 @@ from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.history import AlignmentHistory, RecordedAlignment
 from snapshots.snapshot import pair_key
 from snapshots.store import SnapshotStore
+from stream.kafka_settings import KafkaSettings
 from stream.producer import FeedSummary, feed_lines
-from stream.sources import KafkaSettings
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ on publishing; the copy then replaces the aligner and catches up on the snapshot
 step, whose alignments are published as usual (``service.refresh``: ``live`` by default, ``always``, ``never``).
 
 With Kafka, a worker publishes a pair only while it owns, caught up, every partition that carried the two
-networks' events (see :class:`stream.sources.KafkaSource`): a pair is published by one worker at a time, and
+networks' events (see :class:`stream.kafka_source.KafkaSource`): a pair is published by one worker at a time, and
 never from a partial history.
 """
 
@@ -78,7 +78,9 @@ from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import Event, InvalidEvent, parse_event
-from stream.sources import KafkaSettings, Record, Source, check_source_url, open_source, parse_kafka_url
+from stream.kafka_settings import KafkaSettings, parse_kafka_url
+from stream.records import Record, Source
+from stream.sources import check_source_url, open_source
 
 if TYPE_CHECKING:
     from aligner.engine import Aligner
@@ -747,7 +749,7 @@ class AlignmentService:
             self.source.resume()
 
     def _group_backlog(self) -> dict[int, int]:
-        """What :meth:`stream.sources.KafkaSource.group_backlog` says (nothing for a file), announced once per set of
+        """What :meth:`stream.kafka_source.KafkaSource.group_backlog` says (nothing for a file), announced once per set of
         partitions: ``--until-idle`` waits for it, so a worker restarted beside members killed without leaving (or
         beside slower live ones) does not take its share of the topic for the end of the input."""
         backlog_of = getattr(self.source, "group_backlog", None)

@@ -22,7 +22,7 @@ from aligner.redis_alignments import AlignmentClient
 from aligner.run_settings import recorded_redis_url
 from snapshots.history import AlignmentHistory
 from snapshots.store import SnapshotStore
-from stream.sources import parse_kafka_url, unreachable
+from stream.kafka_settings import parse_kafka_url, unreachable
 
 PROBE_TIMEOUT_S = 2.0
 

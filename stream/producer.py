@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from stream.events import InvalidEvent, parse_event
-from stream.sources import KafkaSettings, SourceUnavailable, parse_kafka_url, wait_for_brokers
+from stream.kafka_settings import KafkaSettings, parse_kafka_url, wait_for_brokers
+from stream.records import SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class _NoClose:
 
 
 def _lines(stream: BinaryIO) -> Iterator[bytes]:
-    """Non-blank lines without their line break, as :class:`stream.sources.FileSource` reads them."""
+    """Non-blank lines without their line break, as :class:`stream.file_source.FileSource` reads them."""
     for raw in stream:
         line = raw.rstrip(b"\r\n")
         if line.strip():

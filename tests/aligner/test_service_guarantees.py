@@ -33,8 +33,8 @@ from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.datasets import dataset_events, load_dataset, split_anchors
 from stream.events import InvalidEvent, parse_event
+from stream.kafka_settings import KafkaSettings
 from stream.producer import feed
-from stream.sources import KafkaSettings
 from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, read_topic, start_tansu
 from tests.logs import our_messages, record_fields
 from tests.synthetic import write_pair_dataset
@@ -324,7 +324,7 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_consumer_neve
     align_s = [r for r in caplog.records if r.name == "dynalign.service" and r.getMessage() == "snapshot aligned"]
     slowest = max(record_fields(r).get("meta_s", 0.0) for r in align_s)  # incremental steps have none
     assert slowest > 1.0, f"the warm-up ({slowest:.2f} s) must outlast max_poll_interval_ms for this test to mean anything"
-    ours = [r.getMessage() for r in caplog.records if r.name == "stream.sources"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "stream.kafka_source"]
     assert sum(": assigned partitions" in m for m in ours) == 1  # never left the group
     assert not [m for m in our_messages(caplog.records) if "lost partitions" in m]
 

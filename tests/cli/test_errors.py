@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from aligner.cli import cli
 from aligner.embedded_redis import EmbeddedRedis
 from aligner.savepoint import read_savepoint
-from stream.sources import FileSource
+from stream.file_source import FileSource
 from tests.aligner.test_service import FAST
 from tests.brokers import free_port
 from tests.synthetic import write_pair_dataset

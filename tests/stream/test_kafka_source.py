@@ -13,7 +13,10 @@ import uuid
 import pytest
 
 from stream.deadletter import DeadLetterSink
-from stream.sources import KafkaSettings, KafkaSource, Record, SourceUnavailable, open_source, parse_kafka_url
+from stream.kafka_settings import KafkaSettings, parse_kafka_url
+from stream.kafka_source import KafkaSource
+from stream.records import Record, SourceUnavailable
+from stream.sources import open_source
 from tests.brokers import TEST_GROUP_SETTINGS, Broker, EXTERNAL_ENV, create_topic, free_port, kafka_broker, start_tansu
 from tests.logs import our_messages
 
@@ -128,7 +131,7 @@ def test_a_failed_commit_is_logged_not_raised(caplog):
         src = open_source(own.url("events"), kafka=KafkaSettings(**TEST_GROUP_SETTINGS, commit_timeout_s=1))
         (record,) = consume(src, 1)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="stream.sources"):
+    with caplog.at_level(logging.WARNING, logger="stream.kafka_source"):
         src.commit(record.position)
         assert time.monotonic() - started < 1  # asynchronous: an outage does not stall the caller
         while not any("the next commit will cover it" in m for m in our_messages(caplog.records)):
@@ -211,7 +214,7 @@ def test_lines_of_a_message_lag_and_pausing_without_leaving_the_group(broker, ca
                                                     (b"bad", origin + "#4")]
     assert all(r.position == {"topic": topic, "offsets": {"0": 1}} and r.partition == 0 for r in first)
     assert src.lag() == {0: 2}
-    with caplog.at_level(logging.INFO, logger="stream.sources"):
+    with caplog.at_level(logging.INFO, logger="stream.kafka_source"):
         before = len(caplog.records)
         src.pause()
         until = time.monotonic() + 4.5

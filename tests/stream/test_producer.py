@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from aligner.cli import cli
 from stream.events import parse_event
+from stream.kafka_settings import KafkaSettings
 from stream.producer import feed
-from stream.sources import KafkaSettings
 from tests.brokers import TEST_GROUP_SETTINGS, create_topic, kafka_broker, read_topic
 
 SETTINGS = KafkaSettings(**TEST_GROUP_SETTINGS, connect_timeout_s=20)

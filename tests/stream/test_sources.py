@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.sources import FileSource, Record, Source, collector_paused, open_source
+from stream.file_source import FileSource
+from stream.records import Record, Source, collector_paused
+from stream.sources import open_source
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WHEEL_CACHE ?= $(HOME)/.cache/dynalign/wheels
 STAMP := $(VENV)/.dynalign-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-unit bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The unit tests alone (no broker, no Redis): a few minutes less, for the edit-test loop.
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not kafka and not redis"
 
 clean:
 	rm -rf $(VENV) .dynalign

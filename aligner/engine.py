@@ -39,6 +39,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -55,7 +56,7 @@ from aligner.model import AlignmentEncoder, anchor_loss
 from aligner.ranking import ranking_metrics, ranks
 from aligner.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
-from aligner.state_codec import decode, encode
+from aligner.state_codec import StateFormatError, decode, encode
 from aligner.update import AlignmentPath, AlignmentUpdate, PairTopK
 from snapshots.snapshot import Snapshot, pair_key
 from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
@@ -122,6 +123,18 @@ class AlignmentTask:
                 total = total + anchor_loss(emb[a][0], emb[b][0], rows, graphs[a].alive, graphs[b].alive,
                                             self.temperature)
         return total
+
+
+# Attributes stored as they are (plain data for the state codec), written and read back from this one list;
+# the learner, matchers, monitor, task pools, random streams and calibration are encoded by their owners.
+PLAIN_STATE = ("fast", "hidden", "hidden_in", "entities", "pseudo_seeds", "sketches", "position_inputs",
+               "embeddings", "node_ids", "alive", "edges", "attrs", "aligned_edges", "known_anchors",
+               "anchors_at_adaptation", "since_adaptation", "meta_due", "deferred", "meta_iterations",
+               "anchors_at_calibration")
+# Those states written by older versions may lack, with the value they stand for then (no aligned edges: the
+# next join realigns; no meta-update owed; never calibrated).
+OPTIONAL_STATE: dict[str, Callable[[], object]] = {"pseudo_seeds": dict, "aligned_edges": dict, "meta_due": int,
+                                                   "deferred": lambda: None, "anchors_at_calibration": int}
 
 
 class Aligner:
@@ -770,33 +783,14 @@ class Aligner:
             "attr_dim": None if self.learner is None else self.learner.model.attr_dim,
             "model_cfg": dataclasses.asdict(self.model_cfg),
             "algorithm": self.meta_cfg.algorithm,
-            "fast": self.fast,
-            "hidden": self.hidden,
-            "hidden_in": self.hidden_in,
-            "entities": self.entities,
-            "pseudo_seeds": self.pseudo_seeds,
-            "sketches": self.sketches,
-            "position_inputs": self.position_inputs,
-            "embeddings": self.embeddings,
-            "node_ids": self.node_ids,
-            "alive": self.alive,
-            "edges": self.edges,
-            "attrs": self.attrs,
+            **{name: getattr(self, name) for name in PLAIN_STATE},
             "matchers": {pair: m.state() for pair, m in self.matchers.items()},
-            "aligned_edges": self.aligned_edges,
             "monitor": self.monitor.state(),
-            "known_anchors": self.known_anchors,
-            "anchors_at_adaptation": self.anchors_at_adaptation,
-            "since_adaptation": self.since_adaptation,
             "pool": [_pool_entry_to_state(entry) for entry in self.pool],
             "meta_pool": [_pool_entry_to_state(entry) for entry in self.meta_pool],
-            "meta_due": self.meta_due,
-            "deferred": self.deferred,
             "rng": self.rng.bit_generator.state,
             "meta_rng": self.meta_rng.bit_generator.state,
-            "meta_iterations": self.meta_iterations,
             "calibrated": None if self.calibrated is None else self.calibrated.as_dict(),
-            "anchors_at_calibration": self.anchors_at_calibration,
         })
 
     def load_state_bytes(self, data: bytes) -> None:
@@ -811,26 +805,25 @@ class Aligner:
             self.learner = self._new_learner(state["attr_dim"])
             self.learner.load_state_dict(state["learner"])
             self.learner.optimizer.load_state_dict(state["optimizer"])
-        for name in ("fast", "hidden", "hidden_in", "entities", "sketches", "position_inputs", "embeddings", "node_ids", "alive",
-                     "edges", "attrs", "monitor", "known_anchors", "anchors_at_adaptation", "since_adaptation",
-                     "meta_iterations"):
-            setattr(self, name, state[name])
+        for name in PLAIN_STATE:
+            if name in state:
+                setattr(self, name, state[name])
+            elif name in OPTIONAL_STATE:
+                setattr(self, name, OPTIONAL_STATE[name]())
+            else:
+                raise StateFormatError(f"aligner state: {name!r} is missing")
+        self.monitor = state["monitor"]
         self.positions = {net: pos[:, :-2].contiguous() for net, pos in self.position_inputs.items()}
         self.adjacency = {net: adjacency_csr(e, len(self.node_ids[net])) for net, e in self.edges.items()}
         self.matchers = {pair: PairMatcher.from_state(m, self._view(pair[0]), self._view(pair[1]))
                          for pair, m in state["matchers"].items()}
-        self.aligned_edges = state.get("aligned_edges", {})  # none (an older state): the next join realigns
-        self.pseudo_seeds = state.get("pseudo_seeds", {})
         self.rng.bit_generator.state = state["rng"]
         if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
             self.meta_rng.bit_generator.state = state["meta_rng"]
-        self.meta_due = state.get("meta_due", 0)
-        self.deferred = state.get("deferred")
         calibrated = state.get("calibrated")  # none (never calibrated, or an older state): the configured settings
         self.calibrated = None if calibrated is None else RefineSetting(**calibrated)
         if self.calibrated is not None:
             self.refine_cfg = self.calibrated.applied(self.refine_cfg)
-        self.anchors_at_calibration = state.get("anchors_at_calibration", 0)
         self.pool.clear()
         self.pool.extend(self._pool_entry(entry) for entry in state["pool"])
         self.meta_pool = [self._pool_entry(entry) for entry in state.get("meta_pool", [])]

@@ -10,7 +10,9 @@ and then once per fault, each with its own topic, consumer group, state dir and 
 - the broker cut for 30 s (every connection of worker and producer dropped, new ones refused: the tests'
   :class:`tests.brokers.TcpProxy`);
 - the newest checkpoint, then the newest snapshot, truncated to half or with bytes overwritten in the middle,
-  while the worker is down after a SIGKILL.
+  while the worker is down after a SIGKILL;
+- the oldest retained snapshot overwritten in the middle after the run, then the worker started again (it
+  checks every snapshot file at start-up and rebuilds damaged ones from the event log).
 
 After each, the end state is compared with the uninterrupted run's: the event log (every accepted event once,
 none lost), the final graph, the snapshots (ids, windows, counts), the dead-letter file, and what Redis serves
@@ -164,6 +166,18 @@ def run_scenario(rig: Rig, scenario: Scenario, kind: str) -> None:
         time.sleep(30.0)
         rig.broker.proxy.up()
         finish(proc, scenario)
+    elif kind == "retained":  # an old snapshot damaged on disk after the run: the next start repairs it
+        finish(rig.worker(scenario, topic), scenario)
+        victim = state / "snapshots" / SnapshotStore(state).list_snapshots()[0]["file"]
+        damage(victim, "corrupted")
+        scenario.notes.append(f"corrupted: {victim.relative_to(rig.workdir)}")
+        finish(rig.worker(scenario, topic), scenario)
+        verify = subprocess.run([DYNALIGN, "snapshots", "verify", "--state", str(state)], capture_output=True,
+                                text=True)
+        scenario.notes.append(f"snapshots verify: exit {verify.returncode}: {verify.stdout.strip()}")
+        warned = [line for line in (rig.workdir / f"{scenario.name}.worker.log").read_text().splitlines()
+                  if "damaged on disk" in line]
+        scenario.notes += [line[line.index("msg="):] for line in warned]
     else:  # "checkpoint truncated" and the like: damage the newest file while the worker is down
         target, how = kind.split()
         proc = rig.worker(scenario, topic)
@@ -253,7 +267,8 @@ SCHEDULES = {"live": {}, "ordered": {"DYNALIGN_SERVICE_COALESCE": "never", "DYNA
 SCENARIOS = [("uninterrupted", "none"), ("uninterrupted-again", "none"), ("sigkill-x10", "sigkill"),
              ("redis-stopped-30s", "redis"), ("broker-cut-30s", "broker"),
              ("checkpoint-truncated", "checkpoint truncated"), ("checkpoint-corrupted", "checkpoint corrupted"),
-             ("snapshot-truncated", "snapshot truncated"), ("snapshot-corrupted", "snapshot corrupted")]
+             ("snapshot-truncated", "snapshot truncated"), ("snapshot-corrupted", "snapshot corrupted"),
+             ("retained-snapshot-corrupted", "retained")]
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ and then once per fault, each with its own topic, consumer group, state dir and 
   :class:`tests.brokers.TcpProxy`);
 - the newest checkpoint, then the newest snapshot, truncated to half or with bytes overwritten in the middle,
   while the worker is down after a SIGKILL;
-- the oldest retained snapshot overwritten in the middle after the run, then the worker started again (it
+- the oldest retained snapshot and the one before the newest overwritten in the middle after the run, then the
+  worker started again (it
   checks every snapshot file at start-up and rebuilds damaged ones from the event log).
 
 After each, the end state is compared with the uninterrupted run's: the event log (every accepted event once,
@@ -168,9 +169,11 @@ def run_scenario(rig: Rig, scenario: Scenario, kind: str) -> None:
         finish(proc, scenario)
     elif kind == "retained":  # an old snapshot damaged on disk after the run: the next start repairs it
         finish(rig.worker(scenario, topic), scenario)
-        victim = state / "snapshots" / SnapshotStore(state).list_snapshots()[0]["file"]
-        damage(victim, "corrupted")
-        scenario.notes.append(f"corrupted: {victim.relative_to(rig.workdir)}")
+        listed = SnapshotStore(state).list_snapshots()
+        for entry in (listed[0], listed[-2]):  # a base and a delta well inside the history
+            victim = state / "snapshots" / entry["file"]
+            damage(victim, "corrupted")
+            scenario.notes.append(f"corrupted: {victim.relative_to(rig.workdir)}")
         finish(rig.worker(scenario, topic), scenario)
         verify = subprocess.run([DYNALIGN, "snapshots", "verify", "--state", str(state)], capture_output=True,
                                 text=True)

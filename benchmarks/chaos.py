@@ -12,8 +12,8 @@ and then once per fault, each with its own topic, consumer group, state dir and 
 - the newest checkpoint, then the newest snapshot, truncated to half or with bytes overwritten in the middle,
   while the worker is down after a SIGKILL;
 - the oldest retained snapshot and the one before the newest overwritten in the middle after the run, then the
-  worker started again (it
-  checks every snapshot file at start-up and rebuilds damaged ones from the event log).
+  worker started again (it checks every snapshot file at start-up and rebuilds damaged ones from the event
+  log).
 
 After each, the end state is compared with the uninterrupted run's: the event log (every accepted event once,
 none lost), the final graph, the snapshots (ids, windows, counts), the dead-letter file, and what Redis serves

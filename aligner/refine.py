@@ -13,7 +13,7 @@ softmax over a row turns it into a confidence.
 >>> import torch, scipy.sparse as sp
 >>> sim = torch.tensor([[0.9, 0.8], [0.85, 0.1]])
 >>> adjacency = sp.csr_matrix(([1.0, 1.0], ([0, 1], [1, 0])), shape=(2, 2), dtype="float32")
->>> plan = refine(sim, adjacency, adjacency, tau=0.05, beta=0.3, rounds=5, sinkhorn_iters=20)
+>>> plan = solve_plan(sim, adjacency, adjacency, tau=0.05, beta=0.3, rounds=5, sinkhorn_iters=20).log_plan
 >>> plan.argmax(dim=1).tolist()   # one-to-one: node 1 takes 0, so node 0 goes to 1 despite its raw scores
 [1, 0]
 """

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -65,9 +66,15 @@ def test_metrics_and_health_of_a_running_service(tmp_path):
             assert (code, kind, health["status"], health["reasons"]) == (200, "application/json", "ok", [])
             assert health["redis_reachable"] is True and health["kafka_reachable"] is None  # a file: no Kafka
             assert health["last_alignment_age_s"] is not None
-            code, kind, body = get(f"{base}/metrics")
+            # Redis shows the version a moment before the service counts the publication: wait for the count.
+            deadline = time.monotonic() + 10
+            while True:
+                code, kind, body = get(f"{base}/metrics")
+                live = samples(body)
+                if live[("dynalign_publications_total", ())] >= 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert code == 200 and kind.startswith("text/plain")
-            live = samples(body)
             assert live[("dynalign_publications_total", ())] >= 1
             assert live[("dynalign_dead_letters_total", ())] == len(BAD_LINES)
             assert live[("dynalign_published_version", (("pair", "left|right"),))] == 1

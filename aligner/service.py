@@ -61,13 +61,13 @@ from redis.retry import Retry
 
 from aligner.config import Config, mask_url, parse_pairs
 from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
+from aligner.factory import build_aligner
 from aligner.metrics import ServiceMetrics, Step
 from aligner.redis_alignments import RedisPublisher
 from aligner.replay import record_update
-from aligner.runtime import aligner_threads
 from aligner.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
                                   write_run_settings)
-from aligner.factory import build_aligner
+from aligner.runtime import aligner_threads
 from aligner.savepoint import open_savepoint, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy

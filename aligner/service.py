@@ -73,7 +73,7 @@ from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.files import StoreCorruption
 from snapshots.history import AlignmentHistory
-from snapshots.repair import RepairReport, recorded_policy, repair_snapshots
+from snapshots.repair import RepairReport, repair_snapshots
 from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
@@ -322,7 +322,9 @@ class AlignmentService:
         store.forget_after(checkpoint.get("snapshot_id"))  # cut after the checkpoint: they are cut again
         self.history = AlignmentHistory(self.state_dir / "history", cfg.store.base_every)
         policy = SnapshotPolicy(**dataclasses.asdict(cfg.snapshots))  # the same fields, by design
-        report_repair(repair_snapshots(store, recorded_policy(store, policy)))
+        # The policy the history was cut with is the checkpoint's (already read), not necessarily today's config.
+        report_repair(repair_snapshots(store, SnapshotPolicy(**checkpoint["cutter"]["policy"]) if checkpoint
+                                       else policy))
         self.cutter = SnapshotCutter.from_state(checkpoint["cutter"], policy) if checkpoint else SnapshotCutter(policy)
         self.late_before = self.cutter.stats["late"]  # the run's own late events are counted and warned about
         self.duplicates_before = self.cutter.stats["duplicates"]

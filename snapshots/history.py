@@ -30,7 +30,7 @@ import numpy as np
 
 from snapshots.delta import diff_keyed, patch_keyed
 from snapshots.files import StoreCorruption, read_verified, write_durably
-from snapshots.npz import npz_bytes
+from snapshots.npz import json_array, npz_bytes
 from snapshots.snapshot import pair_key
 from snapshots.snapshot_codec import pack_strings, unpack_strings
 from snapshots.store import DEFAULT_BASE_EVERY, Manifest
@@ -212,7 +212,7 @@ def _encode(record: RecordedAlignment, parent: RecordedAlignment | None) -> byte
         arrays[f"n{i}_ids"], arrays[f"n{i}_ends"] = pack_strings(record.node_ids[net][len(old):])
     meta = {"parent": None if parent is None else parent.entry.get("version"), "networks": nets,
             "directions": directions}
-    return npz_bytes({"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays}, compressed=True)
+    return npz_bytes({"meta": json_array(meta), **arrays}, compressed=True)
 
 
 def _decode(data: bytes, parent: RecordedAlignment | None, entry: dict[str, Any]) -> RecordedAlignment:

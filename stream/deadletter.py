@@ -77,12 +77,15 @@ def reason_kind(reason: str) -> str:
     return " ".join(clause.split())[:80] or OTHER_KIND
 
 
-def _text_or_b64(payload: bytes) -> str:
-    """How a byte payload is stored: its UTF-8 text, or base64 where it is not UTF-8."""
+def _stored_payload(payload: bytes | str) -> tuple[str, str]:
+    """The field and value a payload is stored under: ``payload`` with its text, or ``payload_b64`` where it is
+    bytes that are not UTF-8."""
+    if isinstance(payload, str):
+        return "payload", payload
     try:
-        return bytes(payload).decode("utf-8")
+        return "payload", bytes(payload).decode("utf-8")
     except UnicodeDecodeError:
-        return base64.b64encode(payload).decode("ascii")
+        return "payload_b64", base64.b64encode(payload).decode("ascii")
 
 
 class DeadLetterSink:
@@ -136,21 +139,14 @@ class DeadLetterSink:
         file was cut back to an older one. Only in the second case, the cut having removed it, is it written.
         """
         if restored:
-            key = (origin, payload if isinstance(payload, str) else _text_or_b64(payload))
+            key = (origin, _stored_payload(payload)[1])
             if key not in self._rolled_back:
                 return
             self._rolled_back.discard(key)
         if len(reason) > MAX_REASON_CHARS:  # a reason may quote the input: it must not grow with it
             reason = f"{reason[:MAX_REASON_CHARS]}… ({len(reason) - MAX_REASON_CHARS} more characters)"
-        entry: dict[str, Any] = {"reason": reason, "origin": origin}
-        if isinstance(payload, str):
-            entry["payload"] = payload
-        else:
-            try:
-                entry["payload"] = bytes(payload).decode("utf-8")
-            except UnicodeDecodeError:
-                entry["payload_b64"] = base64.b64encode(payload).decode("ascii")
-        entry["at"] = time.time()
+        field, stored = _stored_payload(payload)
+        entry: dict[str, Any] = {"reason": reason, "origin": origin, field: stored, "at": time.time()}
         # ensure_ascii keeps lone surrogates (possible in str payloads) from breaking the UTF-8 file.
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":"))
         self._file.write(line + "\n")

@@ -143,6 +143,10 @@ def in_own_process(fn, *args):
     return result
 
 
+# What a seed's summary keeps of the ranking metrics (aligner.ranking.ranking_metrics), in each direction.
+RANKING_KEYS = ("hits@1", "hits@5", "hits@10", "mrr", "hits@1_shared", "tied@1")
+
+
 def mean_std(values) -> dict:
     values = list(values)
     return {"mean": round(statistics.fmean(values), 4), "std": round(statistics.pstdev(values), 4)}
@@ -162,11 +166,10 @@ def bench_static(dataset_dir: str | Path, cfg: Config, seeds: int = 3, train_rat
     summary = {}
     for variant in variants:
         summary[variant] = {}
-        for key in ("hits@1", "hits@5", "hits@10", "mrr", "train_s", "total_s"):
+        for key in (*RANKING_KEYS, "train_s", "total_s"):
             summary[variant][key] = mean_std(r[variant][key] for r in per_seed)
         summary[variant]["target_to_source"] = {
-            key: mean_std(r[variant]["target_to_source"][key] for r in per_seed)
-            for key in ("hits@1", "hits@5", "hits@10", "mrr")}
+            key: mean_std(r[variant]["target_to_source"][key] for r in per_seed) for key in RANKING_KEYS}
     if "fast" in variants:
         summary["fast"]["evidence_agreement"] = round(statistics.fmean(
             r["fast"]["evidence_agreement"] for r in per_seed), 4)

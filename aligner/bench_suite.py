@@ -147,7 +147,7 @@ def _pair_row(folder: Path, cfg: Config, seeds: int, train_ratio: float | None, 
         "diff_hits@1": None if baseline is None or baseline.hits1 is None else round(s2t["hits@1"] - baseline.hits1, 4),
         "per_seed": result["per_seed"],
     })
-    notes = [calibration_note(result["per_seed"])]
+    notes = [calibration_note(result["per_seed"]), tie_note(fast)]
     if baseline is not None and baseline.hits1 is None:
         notes.append(f"baseline: {baseline.note}")
     row["note"] = "; ".join(n for n in notes if n)
@@ -165,6 +165,20 @@ def calibration_note(per_seed: list[dict]) -> str:
 
     chosen = Counter(RefineSetting(**r["fast"]["calibrated"]).label for r in per_seed if "calibrated" in r["fast"])
     return "calibrated " + ", ".join(f"{label} x{n}" for label, n in chosen.most_common()) if chosen else ""
+
+
+def tie_note(summary: dict) -> str:
+    """Says how often the true partner shares first place (Hits@1 counts such a tie as a miss) and the Hits@1
+    that random tie-breaking would give; empty below 1% of the pairs.
+
+    >>> tie_note({"tied@1": {"mean": 0.044}, "hits@1_shared": {"mean": 0.978}})
+    'ties: 4.4% of true partners share first place (Hits@1 0.978 with ties broken at random)'
+    """
+    tied = summary.get("tied@1", {}).get("mean", 0.0)
+    if not tied or tied < 0.01:
+        return ""
+    return (f"ties: {tied:.1%} of true partners share first place "
+            f"(Hits@1 {summary['hits@1_shared']['mean']:.3f} with ties broken at random)")
 
 
 def bench_suite(folders: list[Path], cfg: Config, seeds: int = 3, baseline: dict[str, Baseline] | None = None,

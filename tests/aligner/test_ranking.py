@@ -37,3 +37,22 @@ def test_a_nan_score_ranks_last_not_first():
             return scores[index]
 
     assert ranks(Dense(), torch.tensor([[0, 1]]), torch.ones(3, dtype=torch.bool)).tolist() == [1]
+
+
+def test_twins_share_first_place_and_the_shared_hits_count_them_in_expectation():
+    # Rows 0 and 1 are structural twins: both score their two candidates alike. Row 2 ranks its partner first
+    # alone; row 3 ranks it second behind a tie of two.
+    scores = torch.tensor([[0.9, 0.9, 0.1, 0.0],
+                           [0.9, 0.9, 0.1, 0.0],
+                           [0.1, 0.2, 0.8, 0.3],
+                           [0.7, 0.7, 0.1, 0.5]])
+
+    class Dense:
+        def rows(self, index):
+            return scores[index]
+
+    pairs = torch.tensor([[0, 0], [1, 1], [2, 2], [3, 3]])
+    m = ranking_metrics(Dense(), pairs, torch.ones(4, dtype=torch.bool))
+    assert m["hits@1"] == 0.25  # the twins count as misses
+    assert m["tied@1"] == 0.5
+    assert m["hits@1_shared"] == (0.5 + 0.5 + 1 + 0) / 4

@@ -3,7 +3,7 @@
 
 import warnings
 
-from aligner.redis_alignments import Announcement, AlignmentClient, Candidate
+from aligner.publish.redis_alignments import Announcement, AlignmentClient, Candidate
 
 # CSR matrix products (the encoder's propagation, the plan's structure bonus) are what dynalign uses of torch's
 # sparse support; torch's "beta" notice on every such tensor says nothing a user can act on.

@@ -144,7 +144,7 @@ class RefineConfig:
     # times; 0 rounds: off.
     pseudo_anchor_confidence: float = 0.5
     pseudo_anchor_rounds: int = 1
-    # Self-calibration (aligner.calibration): at adaptation, hold back this fraction of the known anchors, adapt
+    # Self-calibration (aligner.matching.calibration): at adaptation, hold back this fraction of the known anchors, adapt
     # on the rest and keep the candidate marginal_weight x beta whose plan ranks the held-back ones best; again
     # once the anchors have grown calibration_growth times since. Off, or fewer than calibration_min_anchors held
     # back: the settings above stand. Candidates are comma lists ("none": exact marginals); empty: the setting

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from aligner import AlignmentClient  # noqa: E402
-from aligner.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from aligner.publish.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from hostile import DEAD, KINDS, SMALL, final_graph, mix, same_graph, valid_events  # noqa: E402
 from snapshots.store import SnapshotStore  # noqa: E402
 from tests.brokers import create_topic, start_tansu  # noqa: E402

@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aligner.embedded_redis import EmbeddedRedis  # noqa: E402
-from aligner.redis_alignments import AlignmentClient  # noqa: E402
+from aligner.publish.embedded_redis import EmbeddedRedis  # noqa: E402
+from aligner.publish.redis_alignments import AlignmentClient  # noqa: E402
 from stream.datasets import dataset_events, load_dataset  # noqa: E402
 
 

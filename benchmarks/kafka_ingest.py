@@ -70,8 +70,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aligner import AlignmentClient  # noqa: E402
 from aligner.config import load_config  # noqa: E402
-from aligner.embedded_redis import EmbeddedRedis  # noqa: E402
-from aligner.service import AlignmentService  # noqa: E402
+from aligner.publish.embedded_redis import EmbeddedRedis  # noqa: E402
+from aligner.service.alignment_service import AlignmentService  # noqa: E402
 from stream.datasets import dataset_events, load_dataset, split_anchors  # noqa: E402
 from stream.producer import kafka_producer  # noqa: E402
 from tests.brokers import create_topic, start_tansu  # noqa: E402

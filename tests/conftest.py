@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aligner.embedded_redis import EmbeddedRedis
+from aligner.publish.embedded_redis import EmbeddedRedis
 from aligner.runtime import release_freed_tensors
 
 release_freed_tensors()  # as every `dynalign` process does: long training loops otherwise grow the heap

@@ -11,6 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("stream", "snapshots", "aligner")  # each may import only the ones before it
+# Inside aligner/, lowest first: a part may import its own modules and those of the parts before it. The shared
+# vocabulary (config, logs, runtime, update) sits at the bottom; the package's __init__ re-exports the client.
+ALIGNER_PARTS = (("config", "logs", "runtime", "update"), ("model", "matching"), ("engine", "publish"), ("tools",),
+                 ("service",), ("bench",), ("cli",))
 
 
 def module_imports() -> dict[str, set[str]]:
@@ -87,4 +91,25 @@ def test_no_module_imports_itself_back(edges):
 def test_data_flows_one_way_stream_snapshots_aligner(edges):
     layer = {name: LAYERS.index(name.split(".")[0]) for name in edges}
     upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if layer[b] > layer[a])
+    assert upward == []
+
+
+def aligner_part(module: str) -> int | None:
+    """The rank of an aligner module's part in ALIGNER_PARTS; None for modules outside aligner/ and its __init__."""
+    parts = module.split(".")
+    if parts[0] != "aligner" or len(parts) == 1:
+        return None
+    return next(rank for rank, names in enumerate(ALIGNER_PARTS) if parts[1] in names)
+
+
+def test_every_aligner_module_belongs_to_a_part():
+    modules = [p for p in (REPO / "aligner").iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()]
+    named = {name for names in ALIGNER_PARTS for name in names}
+    assert sorted(p.stem for p in modules if p.stem != "__init__" and p.stem not in named) == []
+
+
+def test_aligner_parts_import_downward_only(edges):
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
+                    if aligner_part(a) is not None and aligner_part(b) is not None
+                    and aligner_part(b) > aligner_part(a))
     assert upward == []

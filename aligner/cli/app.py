@@ -117,8 +117,8 @@ class redis_url_for:
     def __enter__(self) -> str:
         if self.cfg.publish.redis_url:
             return self.cfg.publish.redis_url
-        from aligner.embedded_redis import EmbeddedRedis
-        from aligner.run_settings import recorded_redis_url
+        from aligner.publish.embedded_redis import EmbeddedRedis
+        from aligner.service.run_settings import recorded_redis_url
 
         recorded = recorded_redis_url(Path(self.cfg.service.state_dir))
         if recorded:

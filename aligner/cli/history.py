@@ -142,7 +142,7 @@ def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint
            as_json) -> None:
     """Go back over the snapshots [--from, --to] of a state dir: re-feed their events to Kafka, re-align them, or
     export them. Never touches the live alignments."""
-    from aligner.replay import parse_bound, select
+    from aligner.tools.replay import parse_bound, select
     from snapshots.store import SnapshotStore
 
     if not (kafka_url or realign or export_dir):
@@ -165,8 +165,8 @@ def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint
                                    f"{len(store.list_snapshots())})")
     out: dict = {"snapshots": [entries[0]["id"], entries[-1]["id"]]}
     if kafka_url:
-        from aligner.replay import replay_to_kafka
-        from aligner.service import kafka_settings
+        from aligner.tools.replay import replay_to_kafka
+        from aligner.service.alignment_service import kafka_settings
 
         summary = replay_to_kafka(store, entries, kafka_url, settings=kafka_settings(cfg), rate=rate)
         out["kafka"] = {"events": summary.events, "messages": summary.messages, "failed": summary.failed,
@@ -191,8 +191,8 @@ def _realign(cfg: Config, root: Path, entries: list, name: str | None, savepoint
              publish_url: str | None, quiet: bool) -> dict:
     import time
 
-    from aligner.replay import realign
-    from aligner.savepoint import read_savepoint
+    from aligner.tools.replay import realign
+    from aligner.service.savepoint import read_savepoint
 
     name = name or time.strftime("realign-%Y%m%dT%H%M%S")
     state = None
@@ -205,7 +205,7 @@ def _realign(cfg: Config, root: Path, entries: list, name: str | None, savepoint
     if publish_url:
         import redis
 
-        from aligner.redis_alignments import RedisPublisher
+        from aligner.publish.redis_alignments import RedisPublisher
 
         namespace = f"{cfg.publish.namespace}:replay:{name}"
         publisher = RedisPublisher(redis.Redis.from_url(publish_url), namespace, cfg.publish.retain_versions,
@@ -229,7 +229,7 @@ def savepoint(state_dir, output, as_json) -> None:
     and drift state, graph, stream offsets, snapshot id) into one file for `run --from-savepoint`."""
     import time
 
-    from aligner.savepoint import write_savepoint
+    from aligner.service.savepoint import write_savepoint
     from snapshots.store import SnapshotStore
 
     root = existing_state(state_dir)

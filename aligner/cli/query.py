@@ -36,7 +36,7 @@ def query(ctx, nodes, net, to, k, version, at, snapshot_id, redis_url, state_dir
     A NODE without candidates is reported as such; the exit status is 1 only when none of the NODEs has any."""
     import redis
 
-    from aligner.redis_alignments import AlignmentClient
+    from aligner.publish.redis_alignments import AlignmentClient
 
     cfg = config_for(ctx, **{"publish.redis_url": redis_url, "service.state_dir": state_dir})
     if at is not None or snapshot_id is not None:
@@ -105,7 +105,7 @@ def _show_candidates(nodes: tuple[str, ...], net: str, to: str, found: dict[str,
 
 def _query_history(cfg: Config, nodes: tuple[str, ...], net: str, to: str, k: int, at: str | None,
                    snapshot_id: int | None, as_json: bool) -> None:
-    from aligner.replay import parse_time
+    from aligner.tools.replay import parse_time
     from snapshots.files import StoreCorruption
     from snapshots.history import AlignmentHistory
 

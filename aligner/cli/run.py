@@ -36,7 +36,7 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
     A file source ends the run at end of file; Kafka runs until SIGINT/SIGTERM (or --until-idle). Restarting with
     the same --state resumes from the last checkpoint.
     """
-    from aligner.service import AlignmentService
+    from aligner.service.alignment_service import AlignmentService
 
     cfg = config_for(ctx, **{
         "service.state_dir": state_dir, "publish.redis_url": redis_url, "snapshots.window_seconds": window_seconds,
@@ -83,7 +83,7 @@ def run(ctx, source, state_dir, redis_url, window_seconds, every_events, latenes
 @click.pass_context
 def demo(ctx, state_dir, windows) -> None:
     """Stream the bundled sample through the service with embedded Redis and print quality, speed and queries."""
-    from aligner.demo import run_demo
+    from aligner.bench.demo import run_demo
 
     cfg = config_for(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
     run_demo(cfg, windows=windows, echo=click.echo)
@@ -99,7 +99,7 @@ def demo(ctx, state_dir, windows) -> None:
 def status(ctx, state_dir, redis_url, as_json) -> None:
     """A worker's state: pairs and their current versions, newest snapshot and event-time range, checkpoint, lag,
     online quality, dead letters, Redis and Kafka health (read-only; starts nothing)."""
-    from aligner.status import format_status, state_status
+    from aligner.service.status import format_status, state_status
 
     cfg = config_for(ctx, **{"publish.redis_url": redis_url, **ctx.obj["log_overrides"]})
     report = state_status(existing_state(state_dir), cfg)

@@ -21,7 +21,7 @@ from aligner.cli.app import cli, config_for
 @click.pass_context
 def evaluate(ctx, state_dir, anchors_file, net, to, as_json) -> None:
     """Hits@1/5/10 and MRR of the latest alignments on held-out pairs, ranking against all alive nodes."""
-    from aligner.evaluation import evaluate_state
+    from aligner.tools.evaluation import evaluate_state
 
     cfg = config_for(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
     metrics = evaluate_state(Path(cfg.service.state_dir), Path(anchors_file), net, to, cfg)
@@ -43,8 +43,8 @@ def evaluate(ctx, state_dir, anchors_file, net, to, as_json) -> None:
 @click.pass_context
 def explain(ctx, node, net, to, k, state_dir, as_json) -> None:
     """Why NODE is matched to its candidates: shared anchors, attribute and position agreement, scores."""
-    from aligner.evaluation import load_aligner_and_snapshot
-    from aligner.explain import Explainer, describe
+    from aligner.tools.evaluation import load_aligner_and_snapshot
+    from aligner.tools.explain import Explainer, describe
 
     cfg = config_for(ctx, **{"service.state_dir": state_dir, **ctx.obj["log_overrides"]})
     aligner, snapshot = load_aligner_and_snapshot(Path(cfg.service.state_dir), cfg)
@@ -94,7 +94,7 @@ def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation
     if not suite and (only or skip or baseline_file):
         raise click.UsageError("--only, --skip and --baseline go with --suite")
     if suite:
-        from aligner.bench_suite import bench_suite, format_suite_table, load_baseline, suite_folders
+        from aligner.bench.suite import bench_suite, format_suite_table, load_baseline, suite_folders
 
         if protocol != "static":
             raise click.UsageError("--suite runs the static protocol only")
@@ -107,7 +107,7 @@ def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation
                              validation=validation, echo=echo)
         click.echo(format_suite_table(result))
     elif protocol == "stream":
-        from aligner.stream_bench import VARIANTS, bench_stream, format_stream_table, plot_stream
+        from aligner.bench.stream import VARIANTS, bench_stream, format_stream_table, plot_stream
 
         chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
         unknown = sorted(set(chosen) - set(VARIANTS))
@@ -120,7 +120,7 @@ def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation
         if plot_out:
             plot_stream(result, plot_out)
     else:
-        from aligner.bench import bench_static, format_table
+        from aligner.bench.static import bench_static, format_table
 
         result = bench_static(dataset_dir, cfg, seeds=seeds, train_ratio=train_ratio, full_steps=full_steps,
                               validation=validation, echo=echo)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.bench import in_own_process
+from aligner.bench.static import in_own_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def test_a_seed_process_ends_with_a_killed_bench(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from aligner.bench import in_own_process
+        from aligner.bench.static import in_own_process
         if __name__ == "__main__":
             in_own_process(time.sleep, 120)
     """))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from aligner.bench_suite import parse_baseline_table, skip_reason
+from aligner.bench.suite import parse_baseline_table, skip_reason
 from aligner.cli import cli
 from tests.aligner.test_service import FAST
 from tests.synthetic import write_pair_dataset

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from aligner.bench import static_snapshot
-from aligner.calibration import RefineSetting
+from aligner.bench.static import static_snapshot
+from aligner.matching.calibration import RefineSetting
 from aligner.config import AdaptConfig, ConfigError, MetaConfig, ModelConfig, RefineConfig, load_config
-from aligner.engine import Aligner
+from aligner.engine.aligner import Aligner
 from stream.datasets import load_dataset
 from tests.synthetic import write_pair_dataset
 
@@ -41,7 +41,7 @@ def test_calibration_keeps_the_candidate_that_ranks_held_back_anchors_best(pair)
     scores = update.stats["calibration_mrr"]
     assert list(scores) == ["marginal=0.1 beta=0.3", "marginal=1 beta=0.3", "marginal=exact beta=0.3"]
     chosen = RefineSetting(**update.stats["calibrated"])
-    # The configured setting stands unless the best beat it clearly (aligner.calibration.choose).
+    # The configured setting stands unless the best beat it clearly (aligner.matching.calibration.choose).
     assert chosen.label in ("marginal=0.1 beta=0.3", max(scores, key=scores.get))
     assert all(0.0 < s <= 1.0 for s in scores.values())
     assert (aligner.refine_cfg.marginal_weight, aligner.refine_cfg.beta) == (chosen.marginal_weight, chosen.beta)

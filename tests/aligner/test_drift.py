@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aligner.drift import QualityMonitor
+from aligner.engine.drift import QualityMonitor
 
 
 def ranks(rng: np.random.Generator, hit_rate: float, n: int) -> list[int]:

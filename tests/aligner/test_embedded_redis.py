@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aligner.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
+from aligner.publish.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
 
 
 def test_data_survives_a_stop_and_restart(tmp_path):
@@ -70,7 +70,7 @@ def test_a_stale_server_file_does_not_make_another_server_trusted(tmp_path):
 
 
 def test_a_killed_owner_leaves_no_server_behind(tmp_path):
-    script = ("import sys, time; from aligner.embedded_redis import EmbeddedRedis; "
+    script = ("import sys, time; from aligner.publish.embedded_redis import EmbeddedRedis; "
               f"s = EmbeddedRedis({str(tmp_path)!r}).start(); print(s.process.pid, flush=True); time.sleep(60)")
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig
-from aligner.engine import Aligner
+from aligner.engine.aligner import Aligner
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from stream.datasets import dataset_events, load_dataset
 from tests.synthetic import write_pair_dataset
@@ -102,7 +102,7 @@ def test_configured_pairs_are_validated(dataset):
 
 
 def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_more_often_than_top_1(tmp_path):
-    from aligner.bench import static_snapshot
+    from aligner.bench.static import static_snapshot
     from aligner.config import RefineConfig
     from stream.datasets import split_anchors
 

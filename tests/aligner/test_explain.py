@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from aligner.config import AdaptConfig, MetaConfig
-from aligner.engine import Aligner
-from aligner.explain import Explainer, describe, evidence_agreement
+from aligner.engine.aligner import Aligner
+from aligner.tools.explain import Explainer, describe, evidence_agreement
 from tests.aligner.test_engine import SMALL_MODEL, snapshots_of
 from tests.synthetic import write_pair_dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aligner.features import GraphTensors, position_sketch
+from aligner.model.features import GraphTensors, position_sketch
 from snapshots.snapshot import NetworkSnapshot
 
 

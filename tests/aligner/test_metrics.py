@@ -16,8 +16,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aligner import AlignmentClient
-from aligner.embedded_redis import EmbeddedRedis, free_port
-from aligner.metrics import Freshness, WeightedHistogram
+from aligner.publish.embedded_redis import EmbeddedRedis, free_port
+from aligner.service.metrics import Freshness, WeightedHistogram
 from stream.events import parse_event
 from tests.deploy.test_deploy import worker_healthcheck
 from tests.aligner.test_service_guarantees import (WINDOW, Worker, config, dataset_lines,  # noqa: F401 (fixtures)

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 from torch_geometric_temporal.nn.recurrent import GConvGRU
 
-from aligner.model import AlignmentEncoder, LaplacianCache, SparseGConvGRU
+from aligner.model.encoder import AlignmentEncoder, LaplacianCache, SparseGConvGRU
 
 
 def _graph(n: int = 60, m: int = 240, seed: int = 0):

@@ -1,6 +1,6 @@
 import torch
 
-from aligner.ranking import ranking_metrics, ranks
+from aligner.matching.ranking import ranking_metrics, ranks
 
 
 class Cosine:

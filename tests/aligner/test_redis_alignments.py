@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from aligner import AlignmentClient
-from aligner.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
-from aligner.redis_alignments import CHANGED_INLINE, PENDING_TTL_S, RedisPublisher
+from aligner.publish.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
+from aligner.publish.redis_alignments import CHANGED_INLINE, PENDING_TTL_S, RedisPublisher
 from aligner.update import AlignmentUpdate, PairTopK
 from tests.logs import our_messages
 from tests.brokers import TcpProxy
@@ -255,7 +255,7 @@ def test_follow_waits_longer_than_a_read_timeout_for_the_next_version(redis_url,
     meanwhile (a read timeout as short as the block made every quiet read reconnect)."""
     pub = RedisPublisher(redis.Redis.from_url(redis_url))
     pub.publish(make_update(1))
-    with caplog.at_level(logging.WARNING, logger="aligner.redis_alignments"):
+    with caplog.at_level(logging.WARNING, logger="aligner.publish.redis_alignments"):
         follower = Follower(AlignmentClient.from_url(redis_url), until=2)
         time.sleep(8)
     assert not [m for m in our_messages(caplog.records) if "lost the connection" in m]

@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.incremental import sparse_structure
-from aligner.refine import WarmStart, solve_plan
+from aligner.matching.incremental import sparse_structure
+from aligner.matching.refine import WarmStart, solve_plan
 
 
 def noisy_copy(n: int = 150, seed: int = 0) -> tuple[torch.Tensor, sp.csr_matrix, sp.csr_matrix]:
@@ -40,7 +40,7 @@ def test_warm_start_from_a_solved_plan_agrees_with_a_cold_solve_in_a_fraction_of
 
 def test_warm_start_grows_with_the_networks():
     """Nodes that appeared since the last plan have no structure yet and a neutral potential."""
-    from aligner.incremental import NetworkView, PairMatcher
+    from aligner.matching.incremental import NetworkView, PairMatcher
 
     sim, a, b = noisy_copy(60)
     plan = solve_plan(sim, a, b, rounds=3)
@@ -61,7 +61,7 @@ def test_warm_start_grows_with_the_networks():
 def test_ranking_from_the_solved_similarity_equals_ranking_from_scratch():
     """The engine hands the matcher the similarity it solved the plan from; ranking with it must be the ranking
     the matcher computes on its own (dense path and row-chunk path alike)."""
-    from aligner.incremental import NetworkView, PairMatcher, similarity_block
+    from aligner.matching.incremental import NetworkView, PairMatcher, similarity_block
 
     _, a, b = noisy_copy(80)
     gen = torch.Generator().manual_seed(0)

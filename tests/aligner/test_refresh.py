@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from aligner.config import MetaConfig, RefineConfig
-from aligner.engine import Aligner
+from aligner.engine.aligner import Aligner
 from tests.aligner.test_incremental import NEVER_ADAPT, SMALL_MODEL, small_changes
 
 # Each configuration makes a different heavy step due on the later snapshots of ``small_changes``.

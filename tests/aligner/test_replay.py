@@ -16,7 +16,7 @@ import redis
 from click.testing import CliRunner
 
 from aligner.cli import cli
-from aligner.redis_alignments import AlignmentClient
+from aligner.publish.redis_alignments import AlignmentClient
 from snapshots.export import load_signal
 from snapshots.history import AlignmentHistory
 from snapshots.store import SnapshotStore

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from aligner.config import load_config
-from aligner.drift import QualityMonitor
-from aligner.engine import Aligner
-from aligner.evaluation import load_aligner
-from aligner.state_codec import StateFormatError, decode, encode
+from aligner.engine.drift import QualityMonitor
+from aligner.engine.aligner import Aligner
+from aligner.tools.evaluation import load_aligner
+from aligner.engine.state_codec import StateFormatError, decode, encode
 from snapshots.store import SnapshotStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_equal_states_encode_to_equal_bytes_at_any_time(monkeypatch):
 
     import numpy as np
 
-    from aligner.state_codec import encode
+    from aligner.engine.state_codec import encode
 
     state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": 3}
     first = encode(state)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from aligner.cli import cli
-from aligner.redis_alignments import AlignmentClient
+from aligner.publish.redis_alignments import AlignmentClient
 from snapshots.store import SnapshotStore
 from tests.synthetic import write_pair_dataset
 

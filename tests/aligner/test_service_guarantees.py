@@ -25,8 +25,8 @@ import pytest
 
 from aligner import AlignmentClient
 from aligner.config import load_config
-from aligner.embedded_redis import EmbeddedRedis, free_port
-from aligner.service import AlignmentService, RunSummary
+from aligner.publish.embedded_redis import EmbeddedRedis, free_port
+from aligner.service.alignment_service import AlignmentService, RunSummary
 from snapshots.checkpoint_codec import read_checkpoint_file
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.snapshot import Snapshot
@@ -610,7 +610,7 @@ def test_a_source_with_nothing_to_give_is_not_polled_in_a_loop_while_the_aligner
     """While a job runs the loop polls the source briefly, so events are cut as they come; a source that is
     exhausted (or paused) answers at once, and then the loop must wait on the job instead (a spinning loop held
     the GIL and made the aligner several times slower)."""
-    import aligner.service as service_module
+    import aligner.service.alignment_service as service_module
 
     lines = dataset_lines(tmp_path, n=40, windows=2, seed=13)
     source = tmp_path / "events.jsonl"

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from kafka import KafkaProducer
 
 from aligner.cli import cli
-from aligner.redis_alignments import AlignmentClient
+from aligner.publish.redis_alignments import AlignmentClient
 from snapshots.store import SnapshotStore
 from tests.brokers import create_topic, kafka_broker, read_topic
 from tests.synthetic import write_pair_dataset

@@ -11,7 +11,7 @@ import sys
 import redis
 
 from aligner.cli.app import SERVICE_MODULES
-from aligner.redis_alignments import RedisPublisher
+from aligner.publish.redis_alignments import RedisPublisher
 from tests.aligner.test_redis_alignments import make_update
 from tests.terminal import REPO, in_terminal
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from aligner.cli import cli
-from aligner.embedded_redis import EmbeddedRedis
-from aligner.savepoint import read_savepoint
+from aligner.publish.embedded_redis import EmbeddedRedis
+from aligner.service.savepoint import read_savepoint
 from stream.file_source import FileSource
 from tests.aligner.test_service import FAST
 from tests.brokers import free_port

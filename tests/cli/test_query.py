@@ -14,8 +14,8 @@ import redis
 from click.testing import CliRunner
 
 from aligner.cli import cli
-from aligner.embedded_redis import free_port
-from aligner.redis_alignments import RedisPublisher
+from aligner.publish.embedded_redis import free_port
+from aligner.publish.redis_alignments import RedisPublisher
 from snapshots.history import AlignmentHistory
 from tests.aligner.test_redis_alignments import big_update, make_update
 from tests.terminal import dynalign, in_terminal

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from aligner.config import mask_url
-from aligner.embedded_redis import free_port
-from aligner.status import _kafka, iso
+from aligner.publish.embedded_redis import free_port
+from aligner.service.status import _kafka, iso
 from snapshots.store import SnapshotStore
 from tests.aligner.test_service_guarantees import (Worker, config, dataset_lines,  # noqa: F401 (fixtures)
                                                    no_worker_outlives_its_test, one_torch_thread)

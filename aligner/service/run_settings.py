@@ -8,7 +8,7 @@ environment variable or file sets. One that is set to something else is refused 
 with the command that starts afresh; for Redis the new one is followed, with a warning (the first version a
 restarted worker publishes lists every node, so a new Redis misses nothing). A file source whose first bytes
 differ from the recorded one's is another file: it is read from its first line, not from the old one's offset.
-Savepoints carry the same record (:mod:`aligner.savepoint`).
+Savepoints carry the same record (:mod:`aligner.service.savepoint`).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class QualityMonitor:
                                          "mrr": round(mrr.get(), 4)} for pair, (hits, mrr) in self.by_pair.items()},
         }
 
-    # -- state as plain data (aligner.state_codec: no pickle) --------------------------------------------------
+    # -- state as plain data (aligner.engine.state_codec: no pickle) --------------------------------------------------
     def state(self) -> dict:
         """Numbers, strings and bytes from which :meth:`from_state` rebuilds this monitor exactly: running means
         as ``(n, mean)``, the rolling window's values, Page-Hinkley's sums, and ADWIN's window as the bytes its

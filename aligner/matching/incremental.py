@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.refine import TransportPlan, WarmStart
+from aligner.matching.refine import TransportPlan, WarmStart
 
 STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
 ROW_CHUNK = 1024
@@ -158,7 +158,7 @@ class PairMatcher:
 
     def rows(self, direction: Direction, index: torch.Tensor) -> torch.Tensor:
         """Confidences (softmax over all destinations) of the given source rows: the scorer protocol of
-        :mod:`aligner.ranking`."""
+        :mod:`aligner.matching.ranking`."""
         raw = self.scores(direction, index, torch.arange(self._dst(direction).n))
         return torch.exp(raw.double() - self.ranked[direction].lse[index][:, None]).float()
 
@@ -314,7 +314,7 @@ class PairMatcher:
 
 
 class DirectionScorer:
-    """One direction of a :class:`PairMatcher` as a scorer for :mod:`aligner.ranking`."""
+    """One direction of a :class:`PairMatcher` as a scorer for :mod:`aligner.matching.ranking`."""
 
     def __init__(self, matcher: PairMatcher, direction: Direction):
         self.matcher, self.direction = matcher, direction

@@ -11,7 +11,7 @@ checkpoint's file format (magic, sha256, no pickles) and is written atomically.
 
 ``dynalign run --from-savepoint FILE --state NEW_DIR`` seeds a state dir that has no checkpoint with it; the
 run then resumes exactly as a restart of the original worker would. The savepoint carries the original's run
-settings (:mod:`aligner.run_settings`), so the resume needs none of its flags; the file, the new dir and the
+settings (:mod:`aligner.service.run_settings`), so the resume needs none of its flags; the file, the new dir and the
 settings are all checked (:func:`open_savepoint`) before anything is written.
 """
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aligner.run_settings import read_run_settings, started
+from aligner.service.run_settings import read_run_settings, started
 from snapshots.checkpoint_codec import encode_checkpoint, read_checkpoint_file
 from snapshots.files import write_durably
 from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes

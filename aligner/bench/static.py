@@ -67,8 +67,8 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     anchors in both directions."""
     import torch
 
-    from aligner.explain import evidence_agreement
-    from aligner.factory import build_aligner
+    from aligner.tools.explain import evidence_agreement
+    from aligner.engine.factory import build_aligner
     from stream.datasets import load_dataset, split_anchors
 
     started = time.perf_counter()
@@ -143,7 +143,7 @@ def in_own_process(fn, *args):
     return result
 
 
-# What a seed's summary keeps of the ranking metrics (aligner.ranking.ranking_metrics), in each direction.
+# What a seed's summary keeps of the ranking metrics (aligner.matching.ranking.ranking_metrics), in each direction.
 RANKING_KEYS = ("hits@1", "hits@5", "hits@10", "mrr", "hits@1_shared", "tied@1")
 
 

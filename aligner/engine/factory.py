@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 from aligner.config import AdaptConfig, Config, MetaConfig
 
 if TYPE_CHECKING:
-    from aligner.engine import Aligner
+    from aligner.engine.aligner import Aligner
 
 
 def build_aligner(cfg: Config, *, seed: int | None = None, meta: MetaConfig | None = None,
                   adapt: AdaptConfig | None = None) -> Aligner:
     """A fresh aligner as ``cfg`` describes it; ``seed``, ``meta`` and ``adapt`` replace the configured ones (the
     benchmarks' seeds and variants)."""
-    from aligner.engine import Aligner
+    from aligner.engine.aligner import Aligner
 
     return Aligner(cfg.model, meta or cfg.meta, adapt or cfg.adapt, cfg.service.pairs, cfg.publish.top_k,
                    cfg.service.seed if seed is None else seed, cfg.refine)

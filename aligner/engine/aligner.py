@@ -3,7 +3,7 @@
 Per snapshot (``Aligner.on_snapshot``):
 
 1. turn every aligned network into tensors; score the anchors that are new since the last snapshot against the
-   alignments currently published (prequential quality, river drift detectors, :mod:`aligner.drift`);
+   alignments currently published (prequential quality, river drift detectors, :mod:`aligner.engine.drift`);
 2. choose a path. The **adaptation path** runs on the first snapshot, every ``adapt.every_snapshots``, when the
    known anchors grew by ``adapt.anchor_growth`` since the last adaptation, or on drift:
 
@@ -12,13 +12,13 @@ Per snapshot (``Aligner.on_snapshot``):
      *labels* (support and query pairs the encoder must rank first);
    - **fast-adapt** a clone of the initialisation with a few steps (Meta-SGD: learned per-parameter rates);
    - embed every network, all known anchors as seeds, advance the temporal state, solve the transport plan
-     (:mod:`aligner.refine`) and rank every node;
+     (:mod:`aligner.matching.refine`) and rank every node;
 
    otherwise the **incremental path** keeps the adapted weights, the anchor coordinate system, the temporal
    state and the transport context, recomputes the positions of nodes whose edges, attributes or anchors
    changed, re-encodes only nodes within the encoder's receptive field of them (``2 (cheb_k - 1)`` hops: the
    recurrent cell convolves its reset-gated state) on the subgraph that covers it, and re-ranks only the rows
-   and columns that changed (:mod:`aligner.incremental`); once ``refine.warm_max_change`` of a network's edges
+   and columns that changed (:mod:`aligner.matching.incremental`); once ``refine.warm_max_change`` of a network's edges
    changed since everything was last aligned, it aligns everything afresh under the same weights instead;
 3. return top-k per alive node, both directions of every aligned pair, as an :class:`AlignmentUpdate`;
    publishing it is someone else's job.
@@ -27,7 +27,7 @@ A live service cannot wait a second or more for the heavy steps (adaptation, rea
 the coordinates and the plan solved again) without every event behind them waiting too. ``on_snapshot(...,
 defer=True)`` takes the incremental path regardless and notes what was due in :attr:`Aligner.deferred`; the
 caller then runs :meth:`Aligner.refresh` on a :meth:`Aligner.fork` in the background while this aligner keeps
-the alignments fresh, and swaps the refreshed one in once it has caught up (:mod:`aligner.service`).
+the alignments fresh, and swaps the refreshed one in once it has caught up (:mod:`aligner.service.alignment_service`).
 """
 
 from __future__ import annotations
@@ -45,18 +45,18 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.calibration import RefineSetting, candidates, choose, holdout_split
+from aligner.matching.calibration import RefineSetting, candidates, choose, holdout_split
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
-from aligner.drift import QualityMonitor
-from aligner.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
+from aligner.engine.drift import QualityMonitor
+from aligner.model.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
                               position_sketch, rwr_positions)
-from aligner.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
-from aligner.meta import FastWeights, MetaLearner
-from aligner.model import AlignmentEncoder, anchor_loss
-from aligner.ranking import ranking_metrics, ranks
-from aligner.refine import WarmStart, solve_plan
+from aligner.matching.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
+from aligner.model.meta import FastWeights, MetaLearner
+from aligner.model.encoder import AlignmentEncoder, anchor_loss
+from aligner.matching.ranking import ranking_metrics, ranks
+from aligner.matching.refine import WarmStart, solve_plan
 from aligner.runtime import return_free_heap
-from aligner.state_codec import StateFormatError, decode, encode
+from aligner.engine.state_codec import StateFormatError, decode, encode
 from aligner.update import AlignmentPath, AlignmentUpdate, PairTopK
 from snapshots.snapshot import Snapshot, pair_key
 from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
@@ -184,7 +184,7 @@ class Aligner:
         # Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path (the
         # incremental one's heavy branches run then) and why.
         self.deferred: tuple[AlignmentPath, str] | None = None
-        # The refine setting self-calibration chose (aligner.calibration) and the anchor count it chose on.
+        # The refine setting self-calibration chose (aligner.matching.calibration) and the anchor count it chose on.
         self.calibrated: RefineSetting | None = None
         self.anchors_at_calibration = 0
 
@@ -328,7 +328,7 @@ class Aligner:
 
     def _calibrate(self, fit: SnapshotInputs, heldout: dict[tuple[str, str], np.ndarray]) -> dict:
         """Adapt on ``fit``, solve every pair's plan under each candidate setting, rank the ``heldout`` anchors
-        under each (both directions, pooled over pairs) and keep what :func:`aligner.calibration.choose` says.
+        under each (both directions, pooled over pairs) and keep what :func:`aligner.matching.calibration.choose` says.
         Returns the step's stats: the choice and each candidate's held-out MRR."""
         started = time.perf_counter()
         base = self.refine_cfg
@@ -632,7 +632,7 @@ class Aligner:
         return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
 
     def _full_match(self, a: str, b: str, warm: WarmStart | None = None) -> PairMatcher:
-        """Solve the structure-consistent transport plan (:mod:`aligner.refine`) when it fits in
+        """Solve the structure-consistent transport plan (:mod:`aligner.matching.refine`) when it fits in
         ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks.
         From ``warm`` (an earlier plan's context) ``refine.warm_rounds`` rounds replace ``refine.rounds``."""
         cfg = self.refine_cfg
@@ -657,7 +657,7 @@ class Aligner:
 
     def scorers(self, a: str, b: str) -> dict[tuple[str, str], DirectionScorer]:
         """How candidates are scored for both directions of an aligned pair: confidences under the current
-        transport context (:mod:`aligner.incremental`)."""
+        transport context (:mod:`aligner.matching.incremental`)."""
         key = pair_key(a, b)
         matcher = self.matchers.get(key)
         if matcher is None:
@@ -794,8 +794,8 @@ class Aligner:
         })
 
     def load_state_bytes(self, data: bytes) -> None:
-        """Restore :meth:`state_bytes`. Plain data only (:mod:`aligner.state_codec`): a state in any other form,
-        an older dynalign's pickled one included, raises :class:`aligner.state_codec.StateFormatError` and loads nothing."""
+        """Restore :meth:`state_bytes`. Plain data only (:mod:`aligner.engine.state_codec`): a state in any other form,
+        an older dynalign's pickled one included, raises :class:`aligner.engine.state_codec.StateFormatError` and loads nothing."""
         state = decode(data)
         state["monitor"] = QualityMonitor.from_state(state["monitor"])
         # The checkpoint's architecture wins over the current configuration: weights only fit the shapes they had.

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from aligner.config import Config
-from aligner.embedded_redis import EmbeddedRedis
-from aligner.evaluation import load_aligner
-from aligner.redis_alignments import AlignmentClient
-from aligner.service import AlignmentService
+from aligner.publish.embedded_redis import EmbeddedRedis
+from aligner.tools.evaluation import load_aligner
+from aligner.publish.redis_alignments import AlignmentClient
+from aligner.service.alignment_service import AlignmentService
 from stream.datasets import dataset_events, load_dataset, write_events
 
-SAMPLE_DIR = Path(__file__).parent / "sample"
+SAMPLE_DIR = Path(__file__).parents[1] / "sample"
 WINDOW_SECONDS = 3600.0
 
 

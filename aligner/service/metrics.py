@@ -2,7 +2,7 @@
 
 ``dynalign run`` with ``service.metrics_port`` set serves, on ``service.metrics_host`` (loopback by default):
 
-- ``/metrics``: the Prometheus text format. Counts the service keeps anyway (:class:`aligner.service.RunSummary`,
+- ``/metrics``: the Prometheus text format. Counts the service keeps anyway (:class:`aligner.service.alignment_service.RunSummary`,
   the dead-letter sink, the backlog, the lag) are read when scraped, not counted a second time; step and publish
   durations, event → Redis freshness and online quality are recorded where they arise.
 - ``/healthz``: JSON ``{"status": "ok" | "degraded", "reasons": [...], ...}`` (HTTP 200 or 503): Redis answers a
@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from aligner.service import AlignmentService
+    from aligner.service.alignment_service import AlignmentService
     from aligner.update import AlignmentUpdate
     from snapshots.snapshot import Snapshot
 

@@ -60,15 +60,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from aligner.config import Config, mask_url, parse_pairs
-from aligner.embedded_redis import EmbeddedRedis, redis_server_binary
-from aligner.factory import build_aligner
-from aligner.metrics import ServiceMetrics, Step
-from aligner.redis_alignments import RedisPublisher
-from aligner.replay import record_update
-from aligner.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
+from aligner.publish.embedded_redis import EmbeddedRedis, redis_server_binary
+from aligner.engine.factory import build_aligner
+from aligner.service.metrics import ServiceMetrics, Step
+from aligner.publish.redis_alignments import RedisPublisher
+from aligner.tools.replay import record_update
+from aligner.service.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
                                   write_run_settings)
 from aligner.runtime import aligner_threads
-from aligner.savepoint import open_savepoint, seed_state_dir
+from aligner.service.savepoint import open_savepoint, seed_state_dir
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.files import StoreCorruption
@@ -83,7 +83,7 @@ from stream.records import Record, Source
 from stream.sources import check_source_url, open_source
 
 if TYPE_CHECKING:
-    from aligner.engine import Aligner
+    from aligner.engine.aligner import Aligner
 
 log = logging.getLogger("dynalign.service")
 
@@ -210,7 +210,7 @@ class AlignmentService:
     every owned Kafka partition is caught up (backfills, benchmarks, tests); a file source ends at its end anyway.
 
     ``explicit``: the ``"section.key"`` settings the user gave (flags, environment, file); a resume takes the state
-    dir's recorded settings for the others (:mod:`aligner.run_settings`). ``None``: every setting counts as given.
+    dir's recorded settings for the others (:mod:`aligner.service.run_settings`). ``None``: every setting counts as given.
     """
 
     def __init__(self, cfg: Config, source_url: str, progress: bool = False, until_idle_s: float | None = None,

@@ -33,7 +33,7 @@ class TransportPlan:
     """A solved plan and what its last round was built from, so rows and columns can be re-scored later.
 
     ``log_plan[i, j] = (similarity + beta * A_src @ structure @ A_dst.T)[i, j] / tau + u[i] + v[j]``, where
-    ``structure`` is the row-normalised plan of the round before the last; :mod:`aligner.incremental` keeps
+    ``structure`` is the row-normalised plan of the round before the last; :mod:`aligner.matching.incremental` keeps
     ``structure``, ``u`` and ``v`` fixed and re-scores only what changed.
     """
 

@@ -1,7 +1,7 @@
 """Ranking metrics: how high each true partner ranks among all alive candidates (Hits@k, MRR).
 
 A *scorer* yields rows of scores (source nodes x all destination nodes) on demand, so a 10k x 10k pair never
-needs more than one chunk of rows at a time (:class:`aligner.incremental.DirectionScorer` is the aligner's).
+needs more than one chunk of rows at a time (:class:`aligner.matching.incremental.DirectionScorer` is the aligner's).
 
 >>> import torch
 >>> class Dense:  # a scorer over a score matrix held in full

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aligner.bench import FULL_STEPS, in_own_process, mean_std, validation_split
+from aligner.bench.static import FULL_STEPS, in_own_process, mean_std, validation_split
 from aligner.config import Config
 
 VARIANTS = ("dynalign", "retrain", "frozen", "init:meta", "init:pretrained", "init:random")
@@ -56,8 +56,8 @@ def run_stream_seed(dataset_dir: str, seed: int, windows: int, cfg: Config, full
                     variants: tuple[str, ...], validation: bool = False) -> dict:
     import torch
 
-    from aligner.engine import Aligner
-    from aligner.factory import build_aligner
+    from aligner.engine.aligner import Aligner
+    from aligner.engine.factory import build_aligner
     from stream.datasets import load_dataset, split_anchors
 
     started = time.perf_counter()

@@ -18,8 +18,8 @@ import redis
 
 from aligner.config import Config, mask_url
 from aligner.logs import iso_time
-from aligner.redis_alignments import AlignmentClient
-from aligner.run_settings import recorded_redis_url
+from aligner.publish.redis_alignments import AlignmentClient
+from aligner.service.run_settings import recorded_redis_url
 from snapshots.history import AlignmentHistory
 from snapshots.store import SnapshotStore
 from stream.kafka_settings import parse_kafka_url, unreachable

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from aligner.config import Config
-from aligner.engine import Aligner
-from aligner.factory import aligner_from_state
+from aligner.engine.aligner import Aligner
+from aligner.engine.factory import aligner_from_state
 from snapshots.snapshot import pair_key
 from snapshots.store import SnapshotStore
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from aligner.engine import Aligner
+from aligner.engine.aligner import Aligner
 from aligner.logs import printable
 from snapshots.snapshot import Snapshot
 

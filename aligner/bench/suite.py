@@ -1,7 +1,7 @@
 """``dynalign bench DIR --suite``: one table of accuracy, time and memory over every pair of a development suite.
 
 A suite is a folder of datasets in the exchange format (``../shared/data``). Every pair runs through
-:func:`aligner.bench.bench_static` with the same settings, the ``fast`` model only (``full`` would double the cost
+:func:`aligner.bench.static.bench_static` with the same settings, the ``fast`` model only (``full`` would double the cost
 and is not what the service runs), each seed in its own process. Per pair: Hits@1, Hits@10 and MRR source→target
 and target→source (mean over seeds) and the mean of both directions, the PlanetAlign benchmark's convention; wall
 time and peak memory per seed. Beside them, the baseline figures of a markdown table (by default the suite's
@@ -20,10 +20,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable
 
-from aligner.bench import bench_static
+from aligner.bench.static import bench_static
 from aligner.config import Config
 
-METRICS = ("hits@1", "hits@10", "mrr")
+METRICS = ("hits@1", "hits@1_shared", "hits@10", "mrr")
 BASELINE_COLUMNS = {"dataset": "dataset", "hits@1": "hits@1", "hits@10": "hits@10", "mrr": "mrr", "wall": "wall_s",
                     "peak": "peak_gb"}
 
@@ -161,24 +161,21 @@ def calibration_note(per_seed: list[dict]) -> str:
     >>> calibration_note([{"fast": {"calibrated": {"marginal_weight": None, "beta": 0.3}}}, {"fast": {}}])
     'calibrated marginal=exact beta=0.3 x1'
     """
-    from aligner.calibration import RefineSetting
+    from aligner.matching.calibration import RefineSetting
 
     chosen = Counter(RefineSetting(**r["fast"]["calibrated"]).label for r in per_seed if "calibrated" in r["fast"])
     return "calibrated " + ", ".join(f"{label} x{n}" for label, n in chosen.most_common()) if chosen else ""
 
 
 def tie_note(summary: dict) -> str:
-    """Says how often the true partner shares first place (Hits@1 counts such a tie as a miss) and the Hits@1
-    that random tie-breaking would give; empty below 1% of the pairs.
+    """Says how often the true partner shares first place (Hits@1 counts such a tie as a miss, "H@1 shared" as
+    a fraction); empty below 1% of the pairs.
 
-    >>> tie_note({"tied@1": {"mean": 0.044}, "hits@1_shared": {"mean": 0.978}})
-    'ties: 4.4% of true partners share first place (Hits@1 0.978 with ties broken at random)'
+    >>> tie_note({"tied@1": {"mean": 0.044}})
+    'ties: 4.4% of true partners share first place'
     """
     tied = summary.get("tied@1", {}).get("mean", 0.0)
-    if not tied or tied < 0.01:
-        return ""
-    return (f"ties: {tied:.1%} of true partners share first place "
-            f"(Hits@1 {summary['hits@1_shared']['mean']:.3f} with ties broken at random)")
+    return f"ties: {tied:.1%} of true partners share first place" if tied >= 0.01 else ""
 
 
 def bench_suite(folders: list[Path], cfg: Config, seeds: int = 3, baseline: dict[str, Baseline] | None = None,
@@ -199,6 +196,7 @@ def bench_suite(folders: list[Path], cfg: Config, seeds: int = 3, baseline: dict
     if compared:
         mean = {"pairs": [r["pair"] for r in compared],
                 "hits@1": round(statistics.fmean(r["source_to_target"]["hits@1"] for r in compared), 4),
+                "hits@1_shared": round(statistics.fmean(r["source_to_target"]["hits@1_shared"] for r in compared), 4),
                 "hits@10": round(statistics.fmean(r["source_to_target"]["hits@10"] for r in compared), 4),
                 "mrr": round(statistics.fmean(r["source_to_target"]["mrr"] for r in compared), 4),
                 "both_hits@1": round(statistics.fmean(r["both"]["hits@1"] for r in compared), 4),
@@ -213,8 +211,9 @@ def bench_suite(folders: list[Path], cfg: Config, seeds: int = 3, baseline: dict
 
 def format_suite_table(result: dict) -> str:
     """The suite as one fixed-width table; metrics are means over seeds, "both" the mean of the two directions."""
-    head = ("pair", "H@1 s→t", "H@10", "MRR", "H@1 both", "baseline H@1", "diff", "s/seed", "peak GB", "note")
-    widths = (18, 8, 7, 7, 9, 13, 8, 8, 8, 0)
+    head = ("pair", "H@1 s→t", "H@1 shared", "H@10", "MRR", "H@1 both", "baseline H@1", "diff", "s/seed", "peak GB",
+            "note")
+    widths = (18, 8, 10, 7, 7, 9, 13, 8, 8, 8, 0)
 
     def fmt(v: float | None, spec: str = ".3f") -> str:
         return "-" if v is None else format(v, spec)
@@ -225,20 +224,23 @@ def format_suite_table(result: dict) -> str:
 
     lines = [f"suite: {len(result['rows'])} folders, fast model, {result['seeds']} seed(s), scored on "
              f"{result['scored_on']}; H@1/H@10/MRR source→target, 'both' = mean of both directions, diff = H@1 s→t "
-             "minus baseline", line(head)]
+             "minus baseline; 'shared': ties for first place count as 1/(number tied), the expected Hits@1 under "
+             "random tie-breaking (plain Hits@1 counts them as misses)", line(head)]
     for r in result["rows"]:
         b = r["baseline"] or {}
         if r["status"] != Status.OK.value:
-            lines.append(line((r["pair"], *["-"] * 4, fmt(b.get("hits1")), "-", "-", "-",
+            lines.append(line((r["pair"], *["-"] * 5, fmt(b.get("hits1")), "-", "-", "-",
                                f"{r['status']}: {r['note']}")))
             continue
         s2t = r["source_to_target"]
-        lines.append(line((r["pair"], fmt(s2t["hits@1"]), fmt(s2t["hits@10"]), fmt(s2t["mrr"]),
+        lines.append(line((r["pair"], fmt(s2t["hits@1"]), fmt(s2t.get("hits@1_shared")), fmt(s2t["hits@10"]),
+                           fmt(s2t["mrr"]),
                            fmt(r["both"]["hits@1"]), fmt(b.get("hits1")), fmt(r["diff_hits@1"], "+.3f"), fmt(r["wall_s"]["mean"], ".0f"),
                            fmt(r["peak_rss_mb"]["max"] / 1024, ".2f"), r["note"])))
     m = result["suite_mean"]
     if m:
-        lines.append(line(("suite mean", fmt(m["hits@1"]), fmt(m["hits@10"]), fmt(m["mrr"]), fmt(m["both_hits@1"]),
+        lines.append(line(("suite mean", fmt(m["hits@1"]), fmt(m.get("hits@1_shared")), fmt(m["hits@10"]),
+                           fmt(m["mrr"]), fmt(m["both_hits@1"]),
                            fmt(m["baseline_hits@1"]), fmt(m["diff_hits@1"], "+.3f"), fmt(m["wall_s"], ".0f"),
                            fmt(m["peak_rss_mb"] / 1024, ".2f"), f"over {len(m['pairs'])} pair(s) with a baseline")))
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Self-calibration: the transport settings that suit *this* pair of networks, chosen on the user's own anchors.
 
-No single setting of the structure-consistent matching (:mod:`aligner.refine`) serves every pair. Where most of
+No single setting of the structure-consistent matching (:mod:`aligner.matching.refine`) serves every pair. Where most of
 one network has no counterpart in the other (douban's online network, a cross-platform pair with a third of its
 nodes anchored), relaxed marginals let that mass vanish instead of forcing it onto wrong partners; where nearly
 every node has one, exact marginals can be what makes the plan one-to-one, and relaxing them then costs most of

@@ -109,7 +109,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
     snapshot."""
     import torch
 
-    from aligner.factory import build_aligner
+    from aligner.engine.factory import build_aligner
     from aligner.runtime import aligner_threads
 
     torch.set_num_threads(aligner_threads(cfg.service.threads))

@@ -1,0 +1,1 @@
+"""Benchmarks and the demo: static and stream protocols, the suite table, and the quick demo."""

@@ -1,0 +1,1 @@
+"""Alignments out to Redis: the publisher and the client users query with, and the embedded redis-server."""

@@ -52,7 +52,7 @@ def feed(ctx, file, to, rate, loop, count, key, batch) -> None:
     import signal
     import threading
 
-    from aligner.service.alignment_service import kafka_settings
+    from aligner.service.connections import kafka_settings
     from stream.producer import feed as produce
 
     cfg = config_for(ctx, **ctx.obj["log_overrides"])

@@ -166,7 +166,7 @@ def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint
     out: dict = {"snapshots": [entries[0]["id"], entries[-1]["id"]]}
     if kafka_url:
         from aligner.tools.replay import replay_to_kafka
-        from aligner.service.alignment_service import kafka_settings
+        from aligner.service.connections import kafka_settings
 
         summary = replay_to_kafka(store, entries, kafka_url, settings=kafka_settings(cfg), rate=rate)
         out["kafka"] = {"events": summary.events, "messages": summary.messages, "failed": summary.failed,

@@ -50,35 +50,31 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, NamedTuple
-
-import numpy as np
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Collection, Iterable, Iterator
 
 from aligner.config import Config, mask_url, parse_pairs
-from aligner.publish.embedded_redis import EmbeddedRedis, redis_server_binary
 from aligner.engine.factory import build_aligner
-from aligner.service.metrics import ServiceMetrics, Step
+from aligner.publish.embedded_redis import redis_server_binary
 from aligner.publish.redis_alignments import RedisPublisher
-from aligner.tools.replay import record_update
-from aligner.service.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
-                                  write_run_settings)
 from aligner.runtime import aligner_threads
+from aligner.service.connections import kafka_settings, redis_for
+from aligner.service.jobs import JobResult, Queued, coalesce
+from aligner.service.metrics import ServiceMetrics, Step
+from aligner.service.publishing import UpdatePublisher
+from aligner.service.recovery import loadable, report_repair, update_from_state, update_to_state
+from aligner.service.run_settings import (is_other_file, read_run_settings, resume_config, run_record, started,
+                                          write_run_settings)
+from aligner.service.run_summary import RunSummary
 from aligner.service.savepoint import open_savepoint, seed_state_dir
-from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
-from snapshots.files import StoreCorruption
 from snapshots.history import AlignmentHistory
-from snapshots.repair import RepairReport, repair_snapshots
+from snapshots.repair import repair_snapshots
 from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import Event, InvalidEvent, parse_event
-from stream.kafka_settings import KafkaSettings, parse_kafka_url
+from stream.kafka_settings import parse_kafka_url
 from stream.records import Record, Source
 from stream.sources import check_source_url, open_source
 
@@ -110,63 +106,6 @@ GIL_SWITCH_S = 0.0005
 # JSON logs): which path and why, how good the published alignments are on the anchors that arrived, how long.
 ALIGNED_HEADLINE = ("path", "reason", "deferred", "anchors", "pseudo_anchors", "prequential_hits@1",
                     "prequential_mrr", "drifts")
-PUBLISH_BACKOFF_S = (0.5, 10.0)  # retry delays while Redis is away: first, then doubling up to the last
-
-
-class Queued(NamedTuple):
-    """A snapshot waiting for the aligner: the partitions live when it was cut (``None``: not Kafka, or
-    recovered), and when it was queued (``time.monotonic()``)."""
-
-    snapshot: Snapshot
-    live_partitions: set[int] | None
-    cut_at: float
-
-
-@dataclass
-class JobResult:
-    """What the aligner thread hands back: the update (``None`` for a meta-update), the aligner's serialised state
-    if a checkpoint is near (else ``None``), the model version, and the seconds it took."""
-
-    update: AlignmentUpdate | None
-    state: bytes | None
-    model_version: str | None
-    seconds: float
-
-
-@dataclass
-class RunSummary:
-    records: int = 0  # records read, restored ones included
-    accepted: int = 0  # events accepted as new work
-    restored: int = 0  # events re-applied to rebuild partitions other workers processed (Kafka)
-    dead_letters: int = 0
-    snapshots: int = 0
-    published: int = 0
-    wall_s: float = 0.0
-    align_s: float = 0.0
-    learn_s: float = 0.0  # meta-update iterations run while nothing waited to be aligned
-    refresh_s: float = 0.0  # heavy steps done in the background (service.refresh)
-    ingest_s: float = 0.0
-    state_s: float = 0.0  # serialising the aligner's state for checkpoints (once per checkpoint period)
-    publish_s: float = 0.0  # Redis and the on-disk alignment history
-    checkpoint_s: float = 0.0
-    redis_url: str = ""
-    redis_error: str | None = None  # why the newest alignments are still unpublished, if Redis was unreachable
-    last_version: int | None = None
-    versions: dict[str, int] = field(default_factory=dict)  # newest version per pair "A|B"
-    lag: dict[int, int] = field(default_factory=dict)  # records behind per partition (Kafka)
-    late: int = 0  # events applied to the open window because theirs was already cut (beyond lateness)
-    duplicates: int = 0  # redeliveries dropped (same network, id and content as an event seen before)
-    cutter: dict = field(default_factory=dict)
-
-    @property
-    def events_per_s(self) -> float:
-        """End to end: ingestion, snapshots, alignment and publishing."""
-        return self.records / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def ingest_events_per_s(self) -> float:
-        """Validation, event logging and graph maintenance alone (``ingest_s``)."""
-        return self.records / self.ingest_s if self.ingest_s else 0.0
 
 
 def _lower_priority() -> None:
@@ -177,32 +116,6 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFRESH_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: the refresh competes evenly
         pass
-
-
-def redis_for(cfg: Config) -> tuple[redis.Redis, EmbeddedRedis | None]:
-    """The configured Redis, or the embedded server under the state dir when none is configured.
-
-    One attempt per command and short timeouts: the service retries publications itself, with backoff, and
-    must not stall its poll loop waiting for a Redis that is away.
-    """
-    options = {"socket_connect_timeout": 2.0, "socket_timeout": 10.0, "retry": Retry(NoBackoff(), 0)}
-    if cfg.publish.redis_url:
-        return redis.Redis.from_url(cfg.publish.redis_url, **options), None
-    server = EmbeddedRedis(Path(cfg.service.state_dir) / "redis").start()
-    return redis.Redis.from_url(server.url, **options), server
-
-
-def kafka_settings(cfg: Config) -> KafkaSettings:
-    s = cfg.stream
-    return KafkaSettings(
-        group_id=s.kafka_group, group_instance_id=s.kafka_instance_id, security_protocol=s.kafka_security_protocol,
-        sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-        sasl_plain_password=s.kafka_sasl_password, ssl_cafile=s.kafka_ssl_cafile, ssl_certfile=s.kafka_ssl_certfile,
-        ssl_keyfile=s.kafka_ssl_keyfile, ssl_password=s.kafka_ssl_password,
-        session_timeout_ms=s.kafka_session_timeout_ms, heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-        max_poll_interval_ms=s.kafka_max_poll_interval_ms, check_crcs=s.kafka_check_crcs,
-        connect_timeout_s=s.kafka_connect_timeout_s,
-    )
 
 
 class AlignmentService:
@@ -224,7 +137,6 @@ class AlignmentService:
         self.state_dir = Path(cfg.service.state_dir)
         self.stop_requested = False
         self.summary = RunSummary()  # live counts; complete when run() returns
-        self.pending: AlignmentUpdate | None = None  # the newest update Redis has not accepted yet
         self.metrics = ServiceMetrics(self)  # recorded always, served over HTTP when service.metrics_port is set
 
     def request_stop(self, signum=None, frame=None) -> None:
@@ -270,7 +182,7 @@ class AlignmentService:
         summary.cutter = dict(self.cutter.stats)
         summary.late = self.cutter.stats["late"] - self.late_before
         summary.duplicates = self.cutter.stats["duplicates"] - self.duplicates_before
-        if self.pending is None:
+        if self.publisher.pending is None:
             summary.redis_error = None
         self._warn_about_the_run()
         return summary
@@ -352,8 +264,7 @@ class AlignmentService:
         self.pairs_named = parse_pairs(cfg.service.pairs)
         self.net_partitions: dict[str, set[int]] = {
             net: set(parts) for net, parts in (checkpoint.get("net_partitions") or {}).items()}
-        if checkpoint.get("pending_update"):
-            self.pending = update_from_state(checkpoint["pending_update"])
+        pending = update_from_state(checkpoint["pending_update"]) if checkpoint.get("pending_update") else None
         # Snapshots cut before the checkpoint but not aligned then: aligned again, in order.
         self.backlog: deque[Queued] = deque(
             Queued(snapshot, None, time.monotonic()) for snapshot in loadable(
@@ -362,7 +273,7 @@ class AlignmentService:
         if checkpoint:
             log.info("resuming from checkpoint", extra={"fields": {
                 "snapshot": self.last_snapshot, "aligned_through": self.aligned_through, "position": self.position,
-                "to_align": len(self.backlog), "unpublished": self.pending is not None}})
+                "to_align": len(self.backlog), "unpublished": pending is not None}})
 
         client, self.redis_server = redis_for(cfg)
         self.summary.redis_url = self.redis_server.url if self.redis_server else cfg.publish.redis_url
@@ -371,13 +282,15 @@ class AlignmentService:
             log.info(f"embedded Redis at {mask_url(self.redis_server.url)} (connect: {cli} -p "
                      f"{self.redis_server.port} --askpass, password in {self.redis_server.directory / 'password'}); "
                      f"data in {self.redis_server.directory}")
-        self.publisher = RedisPublisher(client, cfg.publish.namespace, cfg.publish.retain_versions,
-                                        worker=f"{socket.gethostname()}/{os.getpid()}/{self.state_dir.name}")
+        redis_publisher = RedisPublisher(client, cfg.publish.namespace, cfg.publish.retain_versions,
+                                         worker=f"{socket.gethostname()}/{os.getpid()}/{self.state_dir.name}")
         # No checkpoint: every record is read again, so the dead letters start over too (else they double);
         # a checkpoint from before dead-letter sizes were recorded leaves the file as it is.
         self.dead = self._dead_letter_sink(checkpoint.get("deadletter_size", None if checkpoint else 0))
         self.source: Source = open_source(self.source_url, position=self.position, kafka=kafka_settings(cfg),
                                           on_revoke=self._on_revoke)
+        self.publisher = UpdatePublisher(redis_publisher, self.history, self.source, self.net_partitions,
+                                         self.summary, self.metrics, pending)
         write_run_settings(self.state_dir, run_record(cfg, self.source_url))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self.job: Future | None = None
@@ -401,10 +314,6 @@ class AlignmentService:
         self.bar = _progress(self.progress)
         self.dirty = False  # events applied since the last checkpoint
         self.last_checkpoint = self.last_lag_report = time.monotonic()
-        self.redis_down_since: float | None = None
-        self.next_publish = 0.0
-        self.publish_delay = PUBLISH_BACKOFF_S[0]
-        self.warned_pairs: set[tuple[str, str]] = set()  # (pair, reason) already logged
         if cfg.service.metrics_port is not None:
             port = self.metrics.serve(cfg.service.metrics_host, cfg.service.metrics_port)
             log.info(f"metrics at http://{cfg.service.metrics_host}:{port}/metrics, health at /healthz")
@@ -666,10 +575,7 @@ class AlignmentService:
             self.backlog.appendleft(Queued(coalesce([q.snapshot for q in caught_up]), last.live_partitions,
                                            last.cut_at))
             return
-        owned = self._owned_pairs(result.update, point.live_partitions)
-        if owned is not None:
-            self.pending = owned
-            self._publish_pending(now=True)
+        self.publisher.offer(result.update, point.live_partitions, self.model_version)
 
     def _account(self, result: JobResult) -> None:
         """Count a refresh-thread job; the first (the heavy step) is what the ``snapshot refreshed`` line reports."""
@@ -732,13 +638,8 @@ class AlignmentService:
             log.info("snapshot aligned", extra={
                 "fields": {**fields, **{k: stats[k] for k in ALIGNED_HEADLINE if k in stats}},
                 "detail": {**detail, **{k: v for k, v in stats.items() if k not in ALIGNED_HEADLINE}}})
-            owned = self._owned_pairs(update, live_at_cut)
-            if live_at_cut is not None:
-                self._skipped([t for t in update.pairs if not self._within(t, live_at_cut)],
-                              "its partitions were not caught up here when the snapshot was cut")
-            if owned is not None:
-                self.pending = owned  # newest wins: an older unpublished update is superseded
-                self._publish_pending(now=True)
+            self.publisher.offer(update, live_at_cut, self.model_version,
+                                 skipped_why="its partitions were not caught up here when the snapshot was cut")
         self.dirty = True  # durable with the next periodic checkpoint: until then a restart aligns it again
         self._throttle()
 
@@ -773,89 +674,9 @@ class AlignmentService:
         owned, lag = self.source.assigned, lag_of()
         return bool(owned) and set(lag) == owned and not any(lag.values()) and self.source.live_partitions() == owned
 
-    # -- publishing -----------------------------------------------------------------------------------------------
-
-    def _within(self, t: PairTopK, partitions: set[int]) -> bool:
-        """Whether every event of both networks of ``t`` seen here came from ``partitions``."""
-        return all(parts and parts <= partitions
-                   for parts in (self.net_partitions.get(t.src), self.net_partitions.get(t.dst)))
-
-    def _owned_pairs(self, update: AlignmentUpdate, live: set[int] | None) -> AlignmentUpdate | None:
-        """The part of ``update`` whose networks' events all came from ``live`` partitions (``None``: all)."""
-        if live is None:
-            return update
-        pairs = [t for t in update.pairs if self._within(t, live)]
-        return dataclasses.replace(update, pairs=pairs) if pairs else None
-
-    def _skipped(self, pairs: list[PairTopK], why: str) -> None:
-        """Say once per pair and reason why this worker does not publish it."""
-        for t in pairs:
-            tag = "|".join(sorted((t.src, t.dst)))
-            if (tag, why) not in self.warned_pairs:
-                self.warned_pairs.add((tag, why))
-                came_from = ", ".join(f"{net} from {sorted(self.net_partitions.get(net, ())) or 'none seen here'}"
-                                      for net in sorted((t.src, t.dst)))
-                log.info(f"not publishing {tag} from this worker: {why} (partitions: {came_from})")
-
     def _publish_pending(self, now: bool = False) -> None:
-        """Publish the newest unpublished update; while Redis is away, retry with backoff and keep ingesting."""
-        if self.pending is None or (not now and time.monotonic() < self.next_publish):
-            return
-        ready, waiting = self._sort_pending(self.pending.pairs)
-        if not ready and len(waiting) == len(self.pending.pairs):
-            return  # nothing this worker may publish yet
-        if ready:
-            started = time.perf_counter()
-            update = dataclasses.replace(self.pending, pairs=ready)
-            try:
-                versions = self.publisher.publish(update)
-            except redis.RedisError as e:
-                self.summary.redis_error = f"{type(e).__name__}: {e}"
-                if self.redis_down_since is None:
-                    self.redis_down_since = time.monotonic()
-                    log.warning(f"Redis unavailable ({e}); keeping snapshot {update.snapshot_id}'s alignments (the "
-                                "newest update wins) and publishing them when Redis answers; ingestion goes on")
-                self.next_publish = time.monotonic() + self.publish_delay
-                self.publish_delay = min(self.publish_delay * 2, PUBLISH_BACKOFF_S[1])
-                return
-            if self.redis_down_since is not None:
-                log.info(f"Redis is back after {time.monotonic() - self.redis_down_since:.0f} s; published snapshot "
-                         f"{update.snapshot_id}")
-                self.redis_down_since = None
-            self.publish_delay = PUBLISH_BACKOFF_S[0]
-            self.summary.redis_error = None
-            # on disk too, so every published version can be read back after Redis retired it
-            record_update(self.history, update, versions, self.model_version)
-            self.summary.published += 1
-            self.summary.versions.update(versions)
-            self.summary.last_version = max(self.summary.versions.values())
-            self.summary.publish_s += time.perf_counter() - started
-            self.metrics.published(update, time.perf_counter() - started)
-        self.pending = dataclasses.replace(self.pending, pairs=waiting) if waiting else None
-        self.dirty = True  # the checkpoint must record what is left to publish
-
-    def _sort_pending(self, pairs: list[PairTopK]) -> tuple[list[PairTopK], list[PairTopK]]:
-        """Pairs to publish now, and pairs to keep for later; the rest is dropped.
-
-        With Kafka a pair is published once its partitions are live here (they may have moved since it was
-        aligned); it waits while this worker is joining its group or catching up on them, and is dropped when
-        another worker owns them: that one publishes it.
-        """
-        live = self.source.live_partitions()
-        if live is None:
-            return pairs, []
-        assigned = self.source.assigned
-        ready, waiting, dropped = [], [], []
-        for t in pairs:
-            if self._within(t, live):
-                ready.append(t)
-            elif not assigned or self._within(t, assigned):
-                waiting.append(t)
-            else:
-                dropped.append(t)
-        self._skipped(dropped, "another worker owns its partitions now, or the pair spans workers (feed networks "
-                               "aligned together with one key)")
-        return ready, waiting
+        if self.publisher.publish(self.model_version, now=now):
+            self.dirty = True  # the checkpoint must record what is left to publish
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -875,7 +696,7 @@ class AlignmentService:
             "model_version": self.state_version,
             "snapshot_id": self.last_snapshot,
             "position": self.position,
-            "pending_update": update_to_state(self.pending) if self.pending is not None else None,
+            "pending_update": None if self.publisher.pending is None else update_to_state(self.publisher.pending),
             "net_partitions": {net: sorted(parts) for net, parts in self.net_partitions.items()},
             "deadletter_size": self.dead.durable_size,
             "written_at": time.time(),
@@ -943,85 +764,15 @@ class AlignmentService:
             "lag": {str(p): n for p, n in sorted(s.lag.items())},
             "assigned": sorted(getattr(self.source, "assigned", set())), "live": None if live is None else sorted(live),
             "kafka_reachable": getattr(self.source, "reachable", None),
-            "redis_pending": self.pending is not None,
+            "redis_pending": self.publisher.pending is not None,
             "quality": self.metrics.quality,  # prequential, per pair, as of the last alignment
-            "redis_down_s": (None if self.redis_down_since is None
-                             else round(time.monotonic() - self.redis_down_since, 1)),
+            "redis_down_s": (None if self.publisher.down_since is None
+                             else round(time.monotonic() - self.publisher.down_since, 1)),
         }
         path = self.state_dir / "metrics.json"
         temp = path.with_name(".metrics.json.tmp")
         temp.write_text(json.dumps(metrics, indent=1))
         os.replace(temp, path)
-
-
-def report_repair(report: RepairReport) -> None:
-    """One warning per damaged snapshot file found at start-up: rebuilt, or why not."""
-    for snapshot_id in report.repaired:
-        how = "byte for byte" if snapshot_id in report.exact else "matching every count its manifest entry recorded"
-        log.warning(f"snapshot {snapshot_id} was damaged on disk: rebuilt from the event log ({how})")
-    for snapshot_id, why in report.unrepairable.items():
-        log.warning(f"snapshot {snapshot_id} is damaged on disk and was not rebuilt: {why}; it cannot be loaded "
-                    "(replay, time travel) until it is restored from a backup")
-
-
-def loadable(store: SnapshotStore, ids: list[int]) -> Iterator[Snapshot]:
-    """The snapshots ``ids`` that load; one that does not (damaged beyond repair) is skipped with a warning: the
-    next snapshot holds the whole graph, so aligning it loses that snapshot's own version, not its events."""
-    for snapshot_id in ids:
-        try:
-            yield store.load_snapshot(snapshot_id)
-        except StoreCorruption as e:
-            log.warning(f"{e}: snapshot {snapshot_id} is not aligned again; the next one covers its events")
-
-
-def coalesce(snapshots: list[Snapshot]) -> Snapshot:
-    """Consecutive snapshots as one catch-up step for the aligner: the newest graph state, whose ``changed``
-    nodes are every node changed since the snapshot before the first. Aligning it costs about as much as aligning
-    the newest alone (the receptive field of a few changes is most of what many changes reach), so an aligner
-    that fell behind catches up at once instead of working through stale states one by one.
-
-    >>> import numpy as np
-    >>> from snapshots.snapshot import NetworkSnapshot
-    >>> def snap(i, changed):
-    ...     net = NetworkSnapshot("a", ("x", "y", "z"), np.zeros((2, 0), np.int64), np.zeros(0, np.float32),
-    ...                           np.ones(3, bool), changed=np.array(changed, np.int64))
-    ...     return Snapshot(i, float(i), float(i + 1), {"a": net}, {}, events=2)
-    >>> both = coalesce([snap(1, [0]), snap(2, [2, 0])])
-    >>> both.id, both.start_time, both.end_time, both.events, both.networks["a"].changed.tolist()
-    (2, 1.0, 3.0, 4, [0, 2])
-    """
-    newest = snapshots[-1]
-    if len(snapshots) == 1:
-        return newest
-    networks = {}
-    for name, net in newest.networks.items():
-        changed = [s.networks[name].changed for s in snapshots if name in s.networks]
-        networks[name] = dataclasses.replace(net, changed=np.unique(np.concatenate(changed)))
-    return dataclasses.replace(newest, networks=networks, start_time=snapshots[0].start_time,
-                               events=sum(s.events for s in snapshots))
-
-
-def update_to_state(update: AlignmentUpdate) -> dict[str, Any]:
-    """An update as plain data for the checkpoint (see :mod:`snapshots.store`), so a restart still publishes it.
-
-    >>> import numpy as np
-    >>> topk = PairTopK("a", "b", np.array([0]), np.array([[1, 0]]), np.array([[0.9, 0.1]]))
-    >>> back = update_from_state(update_to_state(AlignmentUpdate(3, 7.0, {"a": ("x",), "b": ("y", "z")}, [topk])))
-    >>> back.snapshot_id, back.node_ids, back.pairs[0].src, back.pairs[0].candidates.tolist()
-    (3, {'a': ('x',), 'b': ('y', 'z')}, 'a', [[1, 0]])
-    """
-    return {
-        "snapshot_id": update.snapshot_id, "end_time": update.end_time,
-        "node_ids": {net: list(ids) for net, ids in update.node_ids.items()},
-        "pairs": [{"src": t.src, "dst": t.dst, "src_index": t.src_index, "candidates": t.candidates,
-                   "scores": t.scores} for t in update.pairs],
-    }
-
-
-def update_from_state(state: dict[str, Any]) -> AlignmentUpdate:
-    return AlignmentUpdate(int(state["snapshot_id"]), float(state["end_time"]),
-                           {net: tuple(ids) for net, ids in state["node_ids"].items()},
-                           [PairTopK(**pair) for pair in state["pairs"]])
 
 
 def _progress(enabled: bool):

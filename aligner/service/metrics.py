@@ -2,7 +2,7 @@
 
 ``dynalign run`` with ``service.metrics_port`` set serves, on ``service.metrics_host`` (loopback by default):
 
-- ``/metrics``: the Prometheus text format. Counts the service keeps anyway (:class:`aligner.service.alignment_service.RunSummary`,
+- ``/metrics``: the Prometheus text format. Counts the service keeps anyway (:class:`aligner.service.run_summary.RunSummary`,
   the dead-letter sink, the backlog, the lag) are read when scraped, not counted a second time; step and publish
   durations, event → Redis freshness and online quality are recorded where they arise.
 - ``/healthz``: JSON ``{"status": "ok" | "degraded", "reasons": [...], ...}`` (HTTP 200 or 503): Redis answers a
@@ -211,7 +211,7 @@ class ServiceMetrics:
         s = self.service
         reasons = []
         if self.redis_probe is None and hasattr(s, "publisher"):
-            self.redis_probe = _probe(s.publisher.r)
+            self.redis_probe = _probe(s.publisher.redis_publisher.r)
         redis_error = _ping(self.redis_probe) if self.redis_probe is not None else "not connected yet"
         if redis_error:
             reasons.append(f"Redis unreachable: {redis_error}")
@@ -270,6 +270,7 @@ class _ServiceCollector(Collector):
         s = self.service
         summary = s.summary
         dead = getattr(s, "dead", None)
+        publisher = getattr(s, "publisher", None)
         for name, doc, value in (
                 ("records", "Records read, restored ones included.", summary.records),
                 ("events_accepted", "Events accepted as new work.", summary.accepted),
@@ -297,8 +298,8 @@ class _ServiceCollector(Collector):
         yield GaugeMetricFamily("dynalign_snapshots_waiting", "Snapshots cut and waiting for the aligner.",
                                 value=len(getattr(s, "backlog", ())))
         yield GaugeMetricFamily("dynalign_redis_pending", "1 while an update waits for Redis to take it.",
-                                value=int(getattr(s, "pending", None) is not None))
-        down_since = getattr(s, "redis_down_since", None)
+                                value=int(getattr(publisher, "pending", None) is not None))
+        down_since = getattr(publisher, "down_since", None)
         yield GaugeMetricFamily("dynalign_redis_up", "0 while publishing to Redis fails.",
                                 value=int(down_since is None))
         kafka = getattr(getattr(s, "source", None), "reachable", None)

@@ -181,9 +181,9 @@ def test_restart_with_restored_task_pool_continues_bit_identically(tmp_path):
 
 
 def test_catching_up_on_several_snapshots_at_once_equals_a_full_recomputation():
-    """The service aligns snapshots that queued up as one step (:func:`aligner.service.alignment_service.coalesce`): the union of
+    """The service aligns snapshots that queued up as one step (:func:`aligner.service.jobs.coalesce`): the union of
     their changes is all the incremental path needs to be exact for the newest one."""
-    from aligner.service.alignment_service import coalesce
+    from aligner.service.jobs import coalesce
 
     snaps = small_changes()
     aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=10), NEVER_ADAPT, top_k=10, seed=0)

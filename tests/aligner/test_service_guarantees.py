@@ -26,7 +26,8 @@ import pytest
 from aligner import AlignmentClient
 from aligner.config import load_config
 from aligner.publish.embedded_redis import EmbeddedRedis, free_port
-from aligner.service.alignment_service import AlignmentService, RunSummary
+from aligner.service.alignment_service import AlignmentService
+from aligner.service.run_summary import RunSummary
 from snapshots.checkpoint_codec import read_checkpoint_file
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.snapshot import Snapshot
@@ -556,7 +557,7 @@ def test_redis_going_away_loses_no_update_and_ingestion_goes_on(tmp_path):
         # Redis away: both snapshots are cut and aligned all the same; the newest update waits.
         wait_until(lambda: worker.summary.snapshots == 3 and worker.service.aligned_through == 3, what="ingestion",
                    workers=[worker])
-        assert worker.summary.published == 1 and worker.service.pending.snapshot_id == 3
+        assert worker.summary.published == 1 and worker.service.publisher.pending.snapshot_id == 3
         server = EmbeddedRedis(tmp_path / "redis", port=port).start()  # back, same port, its data saved
         wait_until(lambda: client.current_version("left", "right") == 2, 30, "the kept update", [worker])
         assert client.meta("left", "right")["snapshot"] == "3"  # newest wins: snapshot 2 was never shown

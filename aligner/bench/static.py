@@ -120,10 +120,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child(queue, parent: int, fn, *args) -> None:
-    from aligner.runtime import release_freed_tensors
+    from aligner.runtime import configure_process
 
     _die_with_parent(parent)
-    release_freed_tensors()
+    configure_process()
     try:
         queue.put(("ok", fn(*args)))
     except BaseException as e:  # the parent reports it; a child must not die silently

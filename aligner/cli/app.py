@@ -92,9 +92,9 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log
         debug: bool) -> None:
     """dynalign: streaming alignment of dynamic networks (events in, alignments out to Redis)."""
     from aligner.logs import setup_logging
-    from aligner.runtime import release_freed_tensors
+    from aligner.runtime import configure_process
 
-    release_freed_tensors()
+    configure_process()
 
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path

@@ -37,26 +37,27 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.matching.calibration import RefineSetting, candidates, choose, holdout_split
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
 from aligner.engine.drift import QualityMonitor
-from aligner.model.features import (GraphTensors, NodePPR, anchor_entities, anchors_of, position_features,
-                              position_sketch, rwr_positions)
-from aligner.matching.incremental import DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr, similarity_block
-from aligner.model.meta import FastWeights, MetaLearner
-from aligner.model.encoder import AlignmentEncoder, anchor_loss
+from aligner.engine.local_encoding import closure, edge_keys, encode_rows
+from aligner.engine.state_codec import StateFormatError, decode, encode
+from aligner.engine.meta_schedule import MetaSchedule
+from aligner.engine.tasks import SnapshotInputs, draw_task
+from aligner.matching.calibration import RefineSetting, candidates, choose, holdout_split
+from aligner.matching.incremental import (DENSE_CELLS, DirectionScorer, NetworkView, PairMatcher, adjacency_csr,
+                                          similarity_block)
 from aligner.matching.ranking import ranking_metrics, ranks
 from aligner.matching.refine import WarmStart, solve_plan
+from aligner.model.encoder import AlignmentEncoder
+from aligner.model.features import GraphTensors, anchor_entities, anchors_of, position_features, position_sketch
+from aligner.model.meta import FastWeights, MetaLearner
 from aligner.runtime import return_free_heap
-from aligner.engine.state_codec import StateFormatError, decode, encode
 from aligner.update import AlignmentPath, AlignmentUpdate, PairTopK
 from snapshots.snapshot import Snapshot, pair_key
 from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
@@ -64,76 +65,15 @@ from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SnapshotInputs:
-    """What tasks need from one snapshot: tensors, the temporal state before it, and its anchors."""
-
-    snapshot: Snapshot
-    graphs: dict[str, GraphTensors]
-    hidden: dict[str, torch.Tensor | None]
-    anchors: dict[tuple[str, str], np.ndarray]
-    encoded: bytes | None = None  # the snapshot in the store's encoding, once the state has been saved
-    ppr: dict[str, NodePPR | None] = field(default_factory=dict)  # per network, computed on first use
-
-    def node_ppr(self, net: str, restart: float, steps: int) -> NodePPR | None:
-        """Personalised PageRank of every anchored node of ``net``, shared by every task drawn from this
-        snapshot (``None`` where it would not fit in memory: sketches then walk on their own)."""
-        if net not in self.ppr:
-            nodes = {i for pair, rows in self.anchors.items() for col, name in enumerate(pair) if name == net
-                     for i in rows[:, col].tolist()}
-            g = self.graphs[net]
-            self.ppr[net] = NodePPR(g, nodes, restart, steps) if NodePPR.fits(g, len(nodes)) else None
-        return self.ppr[net]
-
-
-class AlignmentTask:
-    """One snapshot with its anchors split into seeds and support/query labels (or all labels, for adaptation)."""
-
-    def __init__(self, inputs: SnapshotInputs, seeds: dict, labels: dict, model_cfg: ModelConfig, query_fraction: float,
-                 rng: np.random.Generator):
-        self.inputs = inputs
-        self.temperature = model_cfg.temperature
-        entities = anchor_entities(inputs.snapshot, seeds)
-        self.positions = {
-            net: rwr_positions(g, entities.get(net, []), model_cfg.position_dim, model_cfg.rwr_restart,
-                               model_cfg.rwr_steps, cache=inputs.node_ppr(net, model_cfg.rwr_restart, model_cfg.rwr_steps))
-            for net, g in inputs.graphs.items()
-        }
-        self.labels: dict[str, dict[tuple[str, str], torch.Tensor]] = {"all": {}, "support": {}, "query": {}}
-        for pair, rows in labels.items():
-            rows = torch.from_numpy(rows)
-            n_query = int(round(len(rows) * query_fraction))
-            perm = torch.from_numpy(rng.permutation(len(rows)))
-            self.labels["all"][pair] = rows
-            self.labels["query"][pair] = rows[perm[:n_query]]
-            self.labels["support"][pair] = rows[perm[n_query:]]
-
-    def embed(self, encoder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        out = {}
-        for net, g in self.inputs.graphs.items():
-            out[net] = encoder(g.attrs, self.positions[net], g.edge_index, g.edge_weight, self.inputs.hidden[net])
-        return out
-
-    def loss(self, fast: FastWeights, split: str) -> torch.Tensor:
-        emb = self.embed(fast)
-        graphs = self.inputs.graphs
-        total = torch.zeros(())
-        for (a, b), rows in self.labels[split].items():
-            if len(rows):
-                total = total + anchor_loss(emb[a][0], emb[b][0], rows, graphs[a].alive, graphs[b].alive,
-                                            self.temperature)
-        return total
-
-
 # Attributes stored as they are (plain data for the state codec), written and read back from this one list;
 # the learner, matchers, monitor, task pools, random streams and calibration are encoded by their owners.
 PLAIN_STATE = ("fast", "hidden", "hidden_in", "entities", "pseudo_seeds", "sketches", "position_inputs",
                "embeddings", "node_ids", "alive", "edges", "attrs", "aligned_edges", "known_anchors",
-               "anchors_at_adaptation", "since_adaptation", "meta_due", "deferred", "meta_iterations",
+               "anchors_at_adaptation", "since_adaptation", "deferred",
                "anchors_at_calibration")
 # Those states written by older versions may lack, with the value they stand for then (no aligned edges: the
 # next join realigns; no meta-update owed; never calibrated).
-OPTIONAL_STATE: dict[str, Callable[[], object]] = {"pseudo_seeds": dict, "aligned_edges": dict, "meta_due": int,
+OPTIONAL_STATE: dict[str, Callable[[], object]] = {"pseudo_seeds": dict, "aligned_edges": dict,
                                                    "deferred": lambda: None, "anchors_at_calibration": int}
 
 
@@ -143,15 +83,13 @@ class Aligner:
 
     def __init__(self, model: ModelConfig, meta: MetaConfig, adapt: AdaptConfig, pairs: str = "auto",
                  top_k: int = 10, seed: int = 0, refine: RefineConfig | None = None):
-        self.model_cfg, self.meta_cfg, self.adapt_cfg = model, meta, adapt
+        self.model_cfg, self.adapt_cfg = model, adapt
         self.refine_cfg = refine or RefineConfig()
         self.pairs_spec = pairs
         self.k = top_k
         self.seed = seed
         self.rng = np.random.default_rng(seed)
-        # Meta-learning draws its tasks from its own stream, so when it runs (now, or in the service's idle
-        # time) never changes what adaptation draws.
-        self.meta_rng = np.random.default_rng([seed, 1])
+        self.meta = MetaSchedule(meta, seed)
         self.learner: MetaLearner | None = None
         self.fast: dict[str, torch.Tensor] | None = None  # the adapted weights the incremental path encodes with
         self.hidden: dict[str, torch.Tensor] = {}  # temporal state for the next adaptation
@@ -170,17 +108,12 @@ class Aligner:
         self.attrs: dict[str, torch.Tensor | None] = {}
         self.adjacency: dict[str, sp.csr_matrix] = {}
         self.matchers: dict[tuple[str, str], PairMatcher] = {}
-        # Per network: its edges (as :func:`_edge_keys`) when everything was last aligned afresh.
+        # Per network: its edges (as :func:`aligner.engine.local_encoding.edge_keys`) when everything was last aligned afresh.
         self.aligned_edges: dict[str, np.ndarray] = {}
         self.monitor = QualityMonitor(adapt.drift_delta, adapt.shift_threshold)
         self.known_anchors: set[tuple[str, str, int, int]] = set()
         self.anchors_at_adaptation = 0
         self.since_adaptation = 0
-        self.pool: deque[SnapshotInputs] = deque(maxlen=max(1, meta.task_pool))
-        self.meta_iterations = 0
-        # Meta-update iterations an adaptation asked for and not yet run, with the task pool as it was then.
-        self.meta_due = 0
-        self.meta_pool: list[SnapshotInputs] = []
         # Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path (the
         # incremental one's heavy branches run then) and why.
         self.deferred: tuple[AlignmentPath, str] | None = None
@@ -210,7 +143,7 @@ class Aligner:
         self._ensure_learner(graphs)
         scored = self._score_new_anchors(snapshot, anchors)
         inputs = SnapshotInputs(snapshot, graphs, {n: self._hidden_for(n, graphs[n].num_nodes) for n in nets}, anchors)
-        self.pool.append(inputs)
+        self.meta.pool.append(inputs)
         reason = self._adaptation_reason(anchors)
         if reason and defer and self._can_defer(anchors):
             self._defer(AlignmentPath.ADAPTATION, reason)
@@ -233,7 +166,7 @@ class Aligner:
             raise ValueError("nothing was deferred: refresh follows on_snapshot(..., defer=True)")
         started = time.perf_counter()
         (path, reason), self.deferred = self.deferred, None
-        inputs = self.pool[-1]
+        inputs = self.meta.pool[-1]
         self.since_adaptation -= 1  # the snapshot's incremental step counted it already
         if path == AlignmentPath.ADAPTATION:
             stats = self._adaptation_path(inputs, reason)
@@ -251,7 +184,7 @@ class Aligner:
     def fork(self) -> "Aligner":
         """An independent copy to refresh in the background while this one goes on. Snapshots in the task pool
         never change once pooled, so the copy shares them (their lazily filled caches too) instead of copying."""
-        memo: dict[int, object] = {id(entry): entry for entry in (*self.pool, *self.meta_pool)}
+        memo: dict[int, object] = {id(entry): entry for entry in (*self.meta.pool, *self.meta.due_pool)}
         return copy.deepcopy(self, memo)
 
     def _can_defer(self, anchors: dict) -> bool:
@@ -294,19 +227,20 @@ class Aligner:
         t0 = time.perf_counter()
         split = self._calibration_split(inputs)
         fit = None if split is None else dataclasses.replace(inputs, anchors=split[0], ppr={}, encoded=None)
-        if self.meta_iterations == 0:
+        if self.meta.iterations == 0:
             # Warming up on the fit anchors only keeps the held-back ones out of the initialisation too.
-            meta_stats = self.meta_train(self.meta_cfg.warmup_iterations, [fit] if fit else list(self.pool))
+            meta_stats = self.meta.train(self.learner, self.model_cfg, self.meta.cfg.warmup_iterations,
+                                         [fit] if fit else list(self.meta.pool))
         else:
             meta_stats = self.learn()
-        self.meta_due, self.meta_pool = self.meta_cfg.iterations_per_snapshot, list(self.pool)
+        self.meta.owe()
         t_meta = time.perf_counter()
         calibration = {} if split is None else self._calibrate(fit, split[1])
         t_calibrated = time.perf_counter()
         self.anchors_at_adaptation = int(sum(len(r) for r in inputs.anchors.values()))
         pseudo, adapt_s = self._align_rounds(inputs, self.adapt_cfg.steps)
         self.since_adaptation = 0
-        return {"path": AlignmentPath.ADAPTATION, "reason": reason, **meta_stats, "meta_due": self.meta_due, **calibration,
+        return {"path": AlignmentPath.ADAPTATION, "reason": reason, **meta_stats, "meta_due": self.meta.due, **calibration,
                 "pseudo_anchors": pseudo, "meta_s": round(t_meta - t0, 3), "adapt_s": round(adapt_s, 3),
                 "align_s": round(time.perf_counter() - t_calibrated - adapt_s, 3)}
 
@@ -392,7 +326,7 @@ class Aligner:
             self.matchers = {pair: self._full_match(*pair, self._warm_start(pair) if round_ or warm_first else None)
                              for pair in inputs.anchors}
         self.pseudo_seeds = {net: len(seeds) - real_seeds.get(net, 0) for net, seeds in self.entities.items()}
-        self.aligned_edges = {net: _edge_keys(g.edge_index) for net, g in inputs.graphs.items()}
+        self.aligned_edges = {net: edge_keys(g.edge_index) for net, g in inputs.graphs.items()}
         return pseudo, adapt_s
 
     def _with_pseudo_anchors(self, inputs: SnapshotInputs) -> tuple[SnapshotInputs, int] | None:
@@ -483,11 +417,11 @@ class Aligner:
             self.sketches[net] = sketch
             pos = position_features(sketch, g)
             hops = 2 * (self.model_cfg.cheb_k - 1)
-            reach = _closure(adjacency, changed, hops)
+            reach = closure(adjacency, changed, hops)
             hidden = self._pad(self.hidden_in.get(net), g.num_nodes)
             z = self._grow(self.embeddings[net], g.num_nodes)
             with torch.no_grad():
-                z_reach = _encode_rows(fast, g, pos, hidden, reach, adjacency, hops)
+                z_reach = encode_rows(fast, g, pos, hidden, reach, adjacency, hops)
             old = reach[reach < n_old]
             if len(old):
                 shifts.append(float((1.0 - (z_reach[: len(old)] * z[old]).sum(1)).mean()))
@@ -550,7 +484,7 @@ class Aligner:
         """
         share = 0.0
         for net, g in graphs.items():
-            now, before = _edge_keys(g.edge_index), self.aligned_edges.get(net)
+            now, before = edge_keys(g.edge_index), self.aligned_edges.get(net)
             changed = len(now) if before is None else len(np.setxor1d(now, before, assume_unique=True))
             share = max(share, changed / max(len(now), 1))
         return share
@@ -561,32 +495,20 @@ class Aligner:
         with torch.no_grad():
             for name, p in self.learner.model.named_parameters():
                 p.copy_(self.fast[name])
-        self.meta_cfg = dataclasses.replace(self.meta_cfg, iterations_per_snapshot=0)
+        self.meta.cfg = dataclasses.replace(self.meta.cfg, iterations_per_snapshot=0)
         self.adapt_cfg = dataclasses.replace(self.adapt_cfg, steps=0, incremental=False)
 
     def learn(self, iterations: int | None = None) -> dict[str, float]:
         """Run up to ``iterations`` (default: all) of the meta-update iterations owed; returns the last stats."""
-        run = self.meta_due if iterations is None else min(iterations, self.meta_due)
-        stats = self.meta_train(run, self.meta_pool) if run else {}
-        self.meta_due -= run
-        if not self.meta_due:
-            self.meta_pool = []
-        return stats
+        return self.meta.learn(self.learner, self.model_cfg, iterations)
 
-    def meta_train(self, iterations: int, pool: list[SnapshotInputs]) -> dict[str, float]:
-        stats: dict[str, float] = {}
-        for _ in range(iterations):
-            tasks = [self._task(pool[self._pick_pool_index(len(pool))], 0.5, self.meta_rng)
-                     for _ in range(self.meta_cfg.tasks_per_iteration)]
-            tasks = [t for t in tasks if t is not None]
-            if not tasks:
-                break
-            stats = self.learner.meta_update(tasks, self.meta_cfg.inner_steps)
-            self.meta_iterations += 1
-        return stats
+    @property
+    def meta_due(self) -> int:
+        """Meta-update iterations owed (:mod:`aligner.engine.meta_schedule`): the service runs them when idle."""
+        return self.meta.due
 
     def adapt(self, inputs: SnapshotInputs, steps: int) -> FastWeights:
-        task = self._task(inputs, 0.0, self.rng)
+        task = draw_task(inputs, self.meta.cfg.seed_fraction, self.model_cfg, 0.0, self.rng)
         if task is None or steps == 0:
             return self.learner.clone(second_order=False)
         return self.learner.adapted(task, steps)
@@ -709,8 +631,8 @@ class Aligner:
         torch.manual_seed(self.seed)
         m = self.model_cfg
         encoder = AlignmentEncoder(attr_dim, m.position_dim, m.hidden, m.embedding_dim, m.cheb_k)
-        return MetaLearner(encoder, self.meta_cfg.algorithm, self.meta_cfg.inner_lr, self.meta_cfg.meta_lr,
-                           self.meta_cfg.reptile_step)
+        meta = self.meta.cfg
+        return MetaLearner(encoder, meta.algorithm, meta.inner_lr, meta.meta_lr, meta.reptile_step)
 
     def _hidden_for(self, net: str, n: int) -> torch.Tensor | None:
         return self._pad(self.hidden.get(net), n)
@@ -725,26 +647,6 @@ class Aligner:
     @staticmethod
     def _grow(x: torch.Tensor, n: int) -> torch.Tensor:
         return torch.cat([x, torch.zeros(n - x.shape[0], x.shape[1])]) if x.shape[0] < n else x.clone()
-
-    def _pick_pool_index(self, size: int) -> int:
-        # Half the tasks come from the newest snapshot, the rest from the recent past, so the initialisation
-        # tracks the present without forgetting what recent snapshots taught it.
-        if size == 1 or self.meta_rng.random() < 0.5:
-            return size - 1
-        return int(self.meta_rng.integers(0, size - 1))
-
-    def _task(self, inputs: SnapshotInputs, query_fraction: float, rng: np.random.Generator) -> AlignmentTask | None:
-        seeds, labels = {}, {}
-        for pair, rows in inputs.anchors.items():
-            if len(rows) < 3:
-                continue
-            perm = rng.permutation(len(rows))
-            n_seed = min(len(rows) - 2, max(1, int(round(len(rows) * self.meta_cfg.seed_fraction))))
-            seeds[pair] = rows[perm[:n_seed]]
-            labels[pair] = rows[perm[n_seed:]]
-        if not labels:
-            return None
-        return AlignmentTask(inputs, seeds, labels, self.model_cfg, query_fraction, rng)
 
     def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
         """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes this
@@ -782,14 +684,16 @@ class Aligner:
             "optimizer": None if self.learner is None else self.learner.optimizer.state_dict(),
             "attr_dim": None if self.learner is None else self.learner.model.attr_dim,
             "model_cfg": dataclasses.asdict(self.model_cfg),
-            "algorithm": self.meta_cfg.algorithm,
+            "algorithm": self.meta.cfg.algorithm,
             **{name: getattr(self, name) for name in PLAIN_STATE},
             "matchers": {pair: m.state() for pair, m in self.matchers.items()},
             "monitor": self.monitor.state(),
-            "pool": [_pool_entry_to_state(entry) for entry in self.pool],
-            "meta_pool": [_pool_entry_to_state(entry) for entry in self.meta_pool],
+            "meta_due": self.meta.due,
+            "meta_iterations": self.meta.iterations,
+            "pool": [_pool_entry_to_state(entry) for entry in self.meta.pool],
+            "meta_pool": [_pool_entry_to_state(entry) for entry in self.meta.due_pool],
             "rng": self.rng.bit_generator.state,
-            "meta_rng": self.meta_rng.bit_generator.state,
+            "meta_rng": self.meta.rng.bit_generator.state,
             "calibrated": None if self.calibrated is None else self.calibrated.as_dict(),
         })
 
@@ -800,7 +704,7 @@ class Aligner:
         state["monitor"] = QualityMonitor.from_state(state["monitor"])
         # The checkpoint's architecture wins over the current configuration: weights only fit the shapes they had.
         self.model_cfg = ModelConfig(**state["model_cfg"])
-        self.meta_cfg = dataclasses.replace(self.meta_cfg, algorithm=state["algorithm"])
+        self.meta.cfg = dataclasses.replace(self.meta.cfg, algorithm=state["algorithm"])
         if state["learner"] is not None:
             self.learner = self._new_learner(state["attr_dim"])
             self.learner.load_state_dict(state["learner"])
@@ -819,14 +723,18 @@ class Aligner:
                          for pair, m in state["matchers"].items()}
         self.rng.bit_generator.state = state["rng"]
         if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
-            self.meta_rng.bit_generator.state = state["meta_rng"]
+            self.meta.rng.bit_generator.state = state["meta_rng"]
+        self.meta.due = state.get("meta_due", 0)
+        if "meta_iterations" not in state:
+            raise StateFormatError("aligner state: 'meta_iterations' is missing")
+        self.meta.iterations = state["meta_iterations"]
         calibrated = state.get("calibrated")  # none (never calibrated, or an older state): the configured settings
         self.calibrated = None if calibrated is None else RefineSetting(**calibrated)
         if self.calibrated is not None:
             self.refine_cfg = self.calibrated.applied(self.refine_cfg)
-        self.pool.clear()
-        self.pool.extend(self._pool_entry(entry) for entry in state["pool"])
-        self.meta_pool = [self._pool_entry(entry) for entry in state.get("meta_pool", [])]
+        self.meta.pool.clear()
+        self.meta.pool.extend(self._pool_entry(entry) for entry in state["pool"])
+        self.meta.due_pool = [self._pool_entry(entry) for entry in state.get("meta_pool", [])]
 
     def _pool_entry(self, state: tuple[bytes, dict]) -> SnapshotInputs:
         snapshot, hidden = snapshot_from_bytes(state[0]), state[1]
@@ -840,45 +748,3 @@ def _pool_entry_to_state(entry: SnapshotInputs) -> tuple[bytes, dict]:
     if entry.encoded is None:
         entry.encoded = snapshot_to_bytes(entry.snapshot)
     return entry.encoded, entry.hidden
-
-
-def _edge_keys(edge_index: torch.Tensor) -> np.ndarray:
-    """The distinct undirected edges of an edge index, as sorted int64 keys ``min * 2**32 + max``."""
-    ei = edge_index.numpy().astype(np.int64, copy=False)
-    return np.unique(np.minimum(ei[0], ei[1]) << 32 | np.maximum(ei[0], ei[1]))
-
-
-def _closure(adjacency: sp.csr_matrix, nodes: torch.Tensor, hops: int) -> torch.Tensor:
-    """``nodes`` and every node within ``hops`` of them, sorted."""
-    mask = np.zeros(adjacency.shape[0], dtype=bool)
-    mask[nodes.numpy()] = True
-    frontier = mask.copy()
-    for _ in range(hops):
-        frontier = (adjacency @ frontier.astype(np.float32)) > 0
-        frontier &= ~mask
-        if not frontier.any():
-            break
-        mask |= frontier
-    return torch.from_numpy(np.flatnonzero(mask))
-
-
-def _encode_rows(fast: FastWeights, g: GraphTensors, positions: torch.Tensor, hidden: torch.Tensor | None,
-                 rows: torch.Tensor, adjacency: sp.csr_matrix, hops: int) -> torch.Tensor:
-    """Embeddings of ``rows`` computed on the smallest subgraph that gives the same values as the whole graph:
-    the nodes within ``hops`` of ``rows`` with all their edges (so their degrees, which the Chebyshev
-    normalisation uses, are exact)."""
-    if len(rows) == 0:
-        return torch.zeros(0, fast.learner.model.readout.out_features)
-    inner = np.zeros(g.num_nodes, dtype=bool)
-    inner[_closure(adjacency, rows, hops).numpy()] = True
-    ei = g.edge_index.numpy()
-    keep = inner[ei[0]] | inner[ei[1]]
-    nodes = np.flatnonzero(inner | np.isin(np.arange(g.num_nodes), ei[:, keep].ravel()))
-    local = np.full(g.num_nodes, -1, dtype=np.int64)
-    local[nodes] = np.arange(len(nodes))
-    idx = torch.from_numpy(nodes)
-    sub_edges = torch.from_numpy(local[ei[:, keep]])
-    attrs = None if g.attrs is None else g.attrs[idx]
-    z, _ = fast(attrs, positions[idx], sub_edges, g.edge_weight[torch.from_numpy(keep)],
-                None if hidden is None else hidden[idx])
-    return z[torch.from_numpy(local[rows.numpy()])]

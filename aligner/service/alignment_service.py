@@ -94,13 +94,12 @@ BUSY_POLL_S = 0.02
 GROUP_RECHECK_S = 2.0  # --until-idle with partitions of the topic left to the group: how often to look again
 LAG_REPORT_EVERY_S = 30.0
 # Added to the background refresh thread's niceness: the most there is, so it takes only the CPU left over
-# (p99 freshness, 5 runs each: 0.87-1.12 s at +10, 0.79-1.00 s at +19; docs/benchmarks.md).
+# (freshness at +10 and +19: docs/benchmarks.md, Freshness).
 REFRESH_NICENESS = 19
 REFRESH_CATCH_UPS = 3  # at most this many catch-up steps of a refreshed fork in the background
 # The GIL's switch interval while the service runs (Python's default: 5 ms). Incremental steps, ingestion and a
 # background refresh share it; at 5 ms an incremental step's many short torch calls each waited up to that for
-# the GIL whenever the refresh held it. Freshness at 2,000 events/s on 2 cores, p99 over 3 runs each:
-# 0.99-1.05 s at 5 ms, 0.87-0.93 s at 0.5 ms (docs/benchmarks.md).
+# the GIL whenever the refresh held it (freshness at 5 ms and 0.5 ms: docs/benchmarks.md, Freshness).
 GIL_SWITCH_S = 0.0005
 # What a text log line of an aligned snapshot shows at INFO (the rest of the step's stats only at DEBUG and in
 # JSON logs): which path and why, how good the published alignments are on the anchors that arrived, how long.
@@ -111,7 +110,7 @@ ALIGNED_HEADLINE = ("path", "reason", "deferred", "anchors", "pseudo_anchors", "
 def _lower_priority() -> None:
     """Run the calling thread at a lower scheduling priority (Linux niceness applies per thread), so that the
     background refresh takes only the CPU that ingestion and incremental steps leave: they decide freshness.
-    (Measured on 2 cores, collegemsg at 2,000 events/s: see docs/benchmarks.md, Freshness.)"""
+    (docs/benchmarks.md, Freshness.)"""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFRESH_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: the refresh competes evenly
@@ -540,7 +539,7 @@ class AlignmentService:
         """Once the refresh is done, the fork catches up on the snapshots aligned since it was made: in the
         background too while that leaves more than one to the aligner (up to ``REFRESH_CATCH_UPS`` rounds), so
         the incremental path is held back as little as possible. (Chasing every last snapshot in the background
-        kept the refresh thread busy and the incremental steps slower: p99 1.0 s against 0.83-1.08 s.) Then,
+        kept the refresh thread busy and the incremental steps slower: docs/benchmarks.md, Freshness.) Then,
         with no alignment in flight, the fork becomes the aligner. If nothing is left to catch up on, its
         alignments are published (a refinement of the snapshot last published); else it aligns what is left as
         one step at the head of the backlog, and that step publishes."""
@@ -588,7 +587,8 @@ class AlignmentService:
     def _state_if_due(self) -> bytes | None:
         """The aligner's state when the next checkpoint is near and no job has serialised it since the last
         one, or when the run ends; else ``None`` (not needed yet). Once per checkpoint: at several alignments a
-        second, every job of the last second serialising the state added ~50 ms to each of them."""
+        second, every job of the last second serialising the state held each of them back (docs/benchmarks.md,
+        Freshness)."""
         near = (time.monotonic() - self.last_checkpoint >= STATE_AFTER_S
                 and self.state_through_at < self.last_checkpoint)
         return self._serialise_state() if self.stop_requested or near else None

@@ -95,7 +95,7 @@ def test_calibrates_again_only_once_the_anchors_have_grown_enough(pair):
     first = aligner.on_snapshot(few)
     assert "calibrated" in first.stats
     again = aligner._calibration_split  # what the next adaptation would do on the same anchors
-    inputs_few = aligner.pool[-1]
+    inputs_few = aligner.meta.pool[-1]
     assert again(inputs_few) is None
     aligner.on_snapshot(snapshot)
     assert aligner.anchors_at_calibration == len(ds.train)

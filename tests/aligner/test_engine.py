@@ -112,7 +112,7 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
     off = RefineConfig(pseudo_anchor_rounds=0, pseudo_anchor_confidence=0.5)
     aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=20), AdaptConfig(steps=5), seed=0, refine=off)
     assert aligner.on_snapshot(snapshot).stats["pseudo_anchors"] == 0
-    inputs = aligner.pool[-1]
+    inputs = aligner.meta.pool[-1]
     (pair,) = inputs.anchors
     known = inputs.anchors[pair]
     expanded, added = aligner._with_pseudo_anchors(inputs)

@@ -174,7 +174,7 @@ def test_restart_with_restored_task_pool_continues_bit_identically(tmp_path):
         one.on_snapshot(s)
     two = Aligner(SMALL_MODEL, meta, adapt, seed=0)
     two.load_state_bytes(one.state_bytes())
-    assert [e.snapshot.id for e in two.pool] == [e.snapshot.id for e in one.pool]
+    assert [e.snapshot.id for e in two.meta.pool] == [e.snapshot.id for e in one.meta.pool]
     a, b = one.on_snapshot(snaps[3]), two.on_snapshot(snaps[3])  # meta-learning draws tasks from the pool
     for x, y in zip(a.pairs, b.pairs):
         assert np.array_equal(x.candidates, y.candidates) and np.array_equal(x.scores, y.scores)
@@ -321,7 +321,7 @@ def test_when_the_owed_meta_update_runs_changes_no_alignment(tmp_path):
         for x, y in zip(a.pairs, b.pairs):
             assert np.array_equal(x.candidates, y.candidates) and np.array_equal(x.scores, y.scores)
     assert max(owed) == 3 and eager.meta_due == 0 and lazy.meta_due == 3
-    assert eager.meta_iterations == lazy.meta_iterations + 3
+    assert eager.meta.iterations == lazy.meta.iterations + 3
 
 
 def test_a_warm_realignment_lands_near_a_cold_one_for_fewer_rounds():

@@ -1,0 +1,94 @@
+"""What the aligner learns from: one snapshot's tensors, temporal state and anchors (:class:`SnapshotInputs`,
+kept in the meta-learning task pool), and a task drawn from it, its anchors split into seeds and support/query
+labels (:class:`AlignmentTask`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from aligner.config import ModelConfig
+from aligner.model.encoder import anchor_loss
+from aligner.model.features import GraphTensors, NodePPR, anchor_entities, rwr_positions
+from aligner.model.meta import FastWeights
+from snapshots.snapshot import Snapshot
+
+
+@dataclass
+class SnapshotInputs:
+    """What tasks need from one snapshot: tensors, the temporal state before it, and its anchors."""
+
+    snapshot: Snapshot
+    graphs: dict[str, GraphTensors]
+    hidden: dict[str, torch.Tensor | None]
+    anchors: dict[tuple[str, str], np.ndarray]
+    encoded: bytes | None = None  # the snapshot in the store's encoding, once the state has been saved
+    ppr: dict[str, NodePPR | None] = field(default_factory=dict)  # per network, computed on first use
+
+    def node_ppr(self, net: str, restart: float, steps: int) -> NodePPR | None:
+        """Personalised PageRank of every anchored node of ``net``, shared by every task drawn from this
+        snapshot (``None`` where it would not fit in memory: sketches then walk on their own)."""
+        if net not in self.ppr:
+            nodes = {i for pair, rows in self.anchors.items() for col, name in enumerate(pair) if name == net
+                     for i in rows[:, col].tolist()}
+            g = self.graphs[net]
+            self.ppr[net] = NodePPR(g, nodes, restart, steps) if NodePPR.fits(g, len(nodes)) else None
+        return self.ppr[net]
+
+
+class AlignmentTask:
+    """One snapshot with its anchors split into seeds and support/query labels (or all labels, for adaptation)."""
+
+    def __init__(self, inputs: SnapshotInputs, seeds: dict, labels: dict, model_cfg: ModelConfig, query_fraction: float,
+                 rng: np.random.Generator):
+        self.inputs = inputs
+        self.temperature = model_cfg.temperature
+        entities = anchor_entities(inputs.snapshot, seeds)
+        self.positions = {
+            net: rwr_positions(g, entities.get(net, []), model_cfg.position_dim, model_cfg.rwr_restart,
+                               model_cfg.rwr_steps, cache=inputs.node_ppr(net, model_cfg.rwr_restart, model_cfg.rwr_steps))
+            for net, g in inputs.graphs.items()
+        }
+        self.labels: dict[str, dict[tuple[str, str], torch.Tensor]] = {"all": {}, "support": {}, "query": {}}
+        for pair, rows in labels.items():
+            rows = torch.from_numpy(rows)
+            n_query = int(round(len(rows) * query_fraction))
+            perm = torch.from_numpy(rng.permutation(len(rows)))
+            self.labels["all"][pair] = rows
+            self.labels["query"][pair] = rows[perm[:n_query]]
+            self.labels["support"][pair] = rows[perm[n_query:]]
+
+    def embed(self, encoder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for net, g in self.inputs.graphs.items():
+            out[net] = encoder(g.attrs, self.positions[net], g.edge_index, g.edge_weight, self.inputs.hidden[net])
+        return out
+
+    def loss(self, fast: FastWeights, split: str) -> torch.Tensor:
+        emb = self.embed(fast)
+        graphs = self.inputs.graphs
+        total = torch.zeros(())
+        for (a, b), rows in self.labels[split].items():
+            if len(rows):
+                total = total + anchor_loss(emb[a][0], emb[b][0], rows, graphs[a].alive, graphs[b].alive,
+                                            self.temperature)
+        return total
+
+
+def draw_task(inputs: SnapshotInputs, seed_fraction: float, model_cfg: ModelConfig, query_fraction: float,
+              rng: np.random.Generator) -> AlignmentTask | None:
+    """A task from ``inputs``: per pair with at least 3 anchors, ``seed_fraction`` of them (at least one, and
+    two left over) as seeds, the rest as labels; ``None`` when no pair has enough."""
+    seeds, labels = {}, {}
+    for pair, rows in inputs.anchors.items():
+        if len(rows) < 3:
+            continue
+        perm = rng.permutation(len(rows))
+        n_seed = min(len(rows) - 2, max(1, int(round(len(rows) * seed_fraction))))
+        seeds[pair] = rows[perm[:n_seed]]
+        labels[pair] = rows[perm[n_seed:]]
+    if not labels:
+        return None
+    return AlignmentTask(inputs, seeds, labels, model_cfg, query_fraction, rng)

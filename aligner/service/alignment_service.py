@@ -67,6 +67,7 @@ from aligner.service.run_settings import (is_other_file, read_run_settings, resu
                                           write_run_settings)
 from aligner.service.run_summary import RunSummary
 from aligner.service.savepoint import open_savepoint, seed_state_dir
+from aligner.update import AlignmentUpdate
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from snapshots.history import AlignmentHistory
 from snapshots.repair import repair_snapshots
@@ -202,14 +203,30 @@ class AlignmentService:
     # -- start and stop ----------------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        """Recover the state dir and connect everything; the attributes set here are the run's state."""
-        # Before anything is written or loaded: the savepoint is intact and may seed this dir, and a resume
-        # takes the state dir's (or savepoint's) recorded settings or refuses a real change of them.
+        """Recover the state dir and connect everything, in this order: 1. settle the configuration (a
+        savepoint's or the state dir's recorded settings), 2. the process and state-dir settings, 3. recover the
+        store, cutter and aligner from the newest checkpoint, 4. connect Redis, the dead-letter sink and the
+        source, 5. the worker threads and the loop's bookkeeping. The attributes set here are the run's state."""
+        seed, recorded = self._settle_config()
+        self._prepare_process()
+        checkpoint, pending = self._recover(seed, recorded)
+        self._connect(checkpoint, pending)
+        self._start_workers()
+
+    def _settle_config(self) -> tuple[dict | None, dict | None]:
+        """Before anything is written or loaded: the savepoint is intact and may seed this dir, and a resume
+        takes the state dir's (or savepoint's) recorded settings or refuses a real change of them. Returns the
+        savepoint's contents (``None``: none given) and the recorded run settings."""
         check_source_url(self.source_url)
         seed = open_savepoint(self.savepoint, self.state_dir) if self.savepoint is not None else None
         recorded = seed.get("run") if seed is not None else read_run_settings(self.state_dir)
         if recorded and (seed is not None or started(self.state_dir)):
             self.cfg = resume_config(self.cfg, recorded, self.explicit, self.state_dir, self.source_url)
+        return seed, recorded
+
+    def _prepare_process(self) -> None:
+        """Torch's threads and the GIL's switch interval for this run (the latter restored by :meth:`_close`),
+        and an owner-only state dir."""
         import torch  # loaded when a run starts, not by commands that share this module
 
         cfg = self.cfg
@@ -224,6 +241,12 @@ class AlignmentService:
         except OSError as e:  # not ours (a shared mount): say so, run on
             log.warning(f"could not make the state dir {self.state_dir} owner-only ({e}): other local users may "
                         "read the events and alignments in it")
+
+    def _recover(self, seed: dict | None, recorded: dict | None) -> tuple[dict, AlignmentUpdate | None]:
+        """The store (seeded from the savepoint, if any), its damaged snapshots repaired, and the cutter, the
+        aligner and the loop's position as of the newest checkpoint; returns the checkpoint ({}: none) and the
+        update it had not published yet."""
+        cfg = self.cfg
         self.store = store = SnapshotStore(self.state_dir, cfg.store.base_every, cfg.store.retain_snapshots)
         if self.savepoint is not None:
             seeded = seed_state_dir(seed, store)
@@ -273,7 +296,12 @@ class AlignmentService:
             log.info("resuming from checkpoint", extra={"fields": {
                 "snapshot": self.last_snapshot, "aligned_through": self.aligned_through, "position": self.position,
                 "to_align": len(self.backlog), "unpublished": pending is not None}})
+        return checkpoint, pending
 
+    def _connect(self, checkpoint: dict, pending: AlignmentUpdate | None) -> None:
+        """Redis (configured or embedded) and the publisher, the dead-letter sink, the source at the checkpoint's
+        position; then the run settings are recorded."""
+        cfg = self.cfg
         client, self.redis_server = redis_for(cfg)
         self.summary.redis_url = self.redis_server.url if self.redis_server else cfg.publish.redis_url
         if self.redis_server:
@@ -291,6 +319,10 @@ class AlignmentService:
         self.publisher = UpdatePublisher(redis_publisher, self.history, self.source, self.net_partitions,
                                          self.summary, self.metrics, pending)
         write_run_settings(self.state_dir, run_record(cfg, self.source_url))
+
+    def _start_workers(self) -> None:
+        """The aligner and refresh threads, and what the loop keeps track of between its steps."""
+        cfg = self.cfg
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
         self.job: Future | None = None
         self.source_paused = False

@@ -11,12 +11,14 @@ never changes what adaptation draws.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any, Callable
 
 import numpy as np
 
 from aligner.config import MetaConfig, ModelConfig
 from aligner.engine.tasks import SnapshotInputs, draw_task
 from aligner.model.meta import MetaLearner
+from snapshots.snapshot import Snapshot
 
 
 class MetaSchedule:
@@ -63,3 +65,22 @@ class MetaSchedule:
         if size == 1 or self.rng.random() < 0.5:
             return size - 1
         return int(self.rng.integers(0, size - 1))
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: the counts, the random stream and both pools (:meth:`SnapshotInputs.to_state`)."""
+        return {"meta_due": self.due, "meta_iterations": self.iterations,
+                "pool": [entry.to_state() for entry in self.pool],
+                "meta_pool": [entry.to_state() for entry in self.due_pool],
+                "meta_rng": self.rng.bit_generator.state}
+
+    def load(self, state: dict[str, Any], anchors: Callable[[Snapshot], dict[tuple[str, str], np.ndarray]]) -> None:
+        """Restore :meth:`state`; ``anchors`` gives a pooled snapshot's aligned anchors."""
+        if "meta_iterations" not in state:
+            raise KeyError("meta_iterations")
+        if "meta_rng" in state:  # states saved before meta-updates were owed have none: nothing owed then
+            self.rng.bit_generator.state = state["meta_rng"]
+        self.due = state.get("meta_due", 0)
+        self.iterations = state["meta_iterations"]
+        self.pool.clear()
+        self.pool.extend(SnapshotInputs.from_state(entry, anchors) for entry in state["pool"])
+        self.due_pool = [SnapshotInputs.from_state(entry, anchors) for entry in state.get("meta_pool", [])]

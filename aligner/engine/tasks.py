@@ -5,6 +5,7 @@ labels (:class:`AlignmentTask`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from aligner.model.encoder import anchor_loss
 from aligner.model.features import GraphTensors, NodePPR, anchor_entities, rwr_positions
 from aligner.model.meta import FastWeights
 from snapshots.snapshot import Snapshot
+from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
 
 
 @dataclass
@@ -26,6 +28,21 @@ class SnapshotInputs:
     anchors: dict[tuple[str, str], np.ndarray]
     encoded: bytes | None = None  # the snapshot in the store's encoding, once the state has been saved
     ppr: dict[str, NodePPR | None] = field(default_factory=dict)  # per network, computed on first use
+
+    def to_state(self) -> tuple[bytes, dict[str, torch.Tensor | None]]:
+        """This entry as stored: the snapshot in the store's compact encoding (encoded once: entries never change,
+        and the aligner's state is saved after every alignment) and the temporal state it was seen with."""
+        if self.encoded is None:
+            self.encoded = snapshot_to_bytes(self.snapshot)
+        return self.encoded, self.hidden
+
+    @classmethod
+    def from_state(cls, state: tuple[bytes, dict[str, torch.Tensor | None]],
+                   anchors: Callable[[Snapshot], dict[tuple[str, str], np.ndarray]]) -> "SnapshotInputs":
+        """Inverse of :meth:`to_state`; ``anchors`` gives a snapshot's aligned anchors."""
+        snapshot, hidden = snapshot_from_bytes(state[0]), state[1]
+        graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in hidden}
+        return cls(snapshot, graphs, hidden, anchors(snapshot))
 
     def node_ppr(self, net: str, restart: float, steps: int) -> NodePPR | None:
         """Personalised PageRank of every anchored node of ``net``, shared by every task drawn from this

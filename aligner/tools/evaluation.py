@@ -61,7 +61,7 @@ def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str, cfg: 
                          "the networks of an aligned pair as --net and --to")
 
     def known(a: str, b: str) -> int:
-        ids_a, ids_b = set(aligner.node_ids[a]), set(aligner.node_ids[b])
+        ids_a, ids_b = set(aligner.networks[a].node_ids), set(aligner.networks[b].node_ids)
         return sum(1 for u, v in pairs if u in ids_a and v in ids_b)
 
     direct, swapped = known(net, to), known(to, net)

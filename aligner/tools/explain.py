@@ -68,26 +68,27 @@ class Explainer:
     def explain(self, node: str, k: int = 5) -> list[CandidateEvidence]:
         u = self.snapshot.networks[self.net].index_of(node)
         with torch.no_grad():
-            scores = self.scorer.rows(torch.tensor([u]))[0].masked_fill(~self.aligner.alive[self.to], float("-inf"))
-            top = scores.topk(min(k, int(self.aligner.alive[self.to].sum()))).indices.tolist()
+            alive = self.aligner.networks[self.to].alive
+            scores = self.scorer.rows(torch.tensor([u]))[0].masked_fill(~alive, float("-inf"))
+            top = scores.topk(min(k, int(alive.sum()))).indices.tolist()
         return [self._evidence(u, v, rank + 1, float(scores[v])) for rank, v in enumerate(top)]
 
     def _evidence(self, u: int, v: int, rank: int, transport: float) -> CandidateEvidence:
-        a = self.aligner
+        src, dst = self.aligner.networks[self.net], self.aligner.networks[self.to]
         near_u = _within(self.neighbours[self.net], u, self.hops)
         near_v = _within(self.neighbours[self.to], v, self.hops)
         shared = [SharedAnchor(self.ids[self.net][x], hx, self.ids[self.to][self.partner[x]], near_v[self.partner[x]])
                   for x, hx in sorted(near_u.items(), key=lambda item: item[1])
                   if x in self.partner and self.partner[x] in near_v]
-        xa, xb = a.attrs.get(self.net), a.attrs.get(self.to)
+        xa, xb = src.attrs, dst.attrs
         attributes = None
         if xa is not None and xb is not None:
             width = min(xa.shape[1], xb.shape[1])
             attributes = round(float(xa[u, :width] @ xb[v, :width]), 4)
         return CandidateEvidence(
             candidate=self.ids[self.to][v], rank=rank, transport=round(transport, 4),
-            embedding=round(float(a.embeddings[self.net][u] @ a.embeddings[self.to][v]), 4),
-            position=round(float(a.positions[self.net][u] @ a.positions[self.to][v]), 4),
+            embedding=round(float(src.embeddings[u] @ dst.embeddings[v]), 4),
+            position=round(float(src.positions[u] @ dst.positions[v]), 4),
             attributes=attributes, shared_anchors=shared,
         )
 

@@ -45,7 +45,7 @@ def test_calibration_keeps_the_candidate_that_ranks_held_back_anchors_best(pair)
     assert chosen.label in ("marginal=0.1 beta=0.3", max(scores, key=scores.get))
     assert all(0.0 < s <= 1.0 for s in scores.values())
     assert (aligner.refine_cfg.marginal_weight, aligner.refine_cfg.beta) == (chosen.marginal_weight, chosen.beta)
-    assert aligner.calibrated == chosen and aligner.anchors_at_calibration == len(ds.train)
+    assert aligner.calibrator.calibrated == chosen and aligner.calibrator.anchors_at_calibration == len(ds.train)
 
 
 def test_held_back_anchors_are_kept_out_of_what_calibration_adapts_on(pair):
@@ -64,7 +64,7 @@ def test_too_few_anchors_to_hold_back_keep_the_configured_setting(pair):
     _, snapshot = pair
     aligner = aligner_for(RefineConfig(calibration_min_anchors=10_000))
     update = aligner.on_snapshot(snapshot)
-    assert "calibrated" not in update.stats and aligner.calibrated is None
+    assert "calibrated" not in update.stats and aligner.calibrator.calibrated is None
     assert aligner.refine_cfg.marginal_weight == RefineConfig().marginal_weight
 
 
@@ -82,9 +82,9 @@ def test_the_calibrated_setting_survives_a_restart(pair):
     aligner.on_snapshot(snapshot)
     restored = aligner_for(RefineConfig())
     restored.load_state_bytes(aligner.state_bytes())
-    assert restored.calibrated == aligner.calibrated
-    assert restored.refine_cfg.marginal_weight == aligner.calibrated.marginal_weight
-    assert restored.anchors_at_calibration == aligner.anchors_at_calibration
+    assert restored.calibrator.calibrated == aligner.calibrator.calibrated
+    assert restored.refine_cfg.marginal_weight == aligner.calibrator.calibrated.marginal_weight
+    assert restored.calibrator.anchors_at_calibration == aligner.calibrator.anchors_at_calibration
 
 
 def test_calibrates_again_only_once_the_anchors_have_grown_enough(pair):
@@ -94,11 +94,10 @@ def test_calibrates_again_only_once_the_anchors_have_grown_enough(pair):
     few = dataclasses.replace(snapshot, anchors={p: rows[: len(rows) // 2] for p, rows in snapshot.anchors.items()})
     first = aligner.on_snapshot(few)
     assert "calibrated" in first.stats
-    again = aligner._calibration_split  # what the next adaptation would do on the same anchors
-    inputs_few = aligner.meta.pool[-1]
-    assert again(inputs_few) is None
+    inputs_few = aligner.meta.pool[-1]  # what the next adaptation would do on the same anchors:
+    assert aligner.calibrator.split(inputs_few, aligner.refine_cfg) is None
     aligner.on_snapshot(snapshot)
-    assert aligner.anchors_at_calibration == len(ds.train)
+    assert aligner.calibrator.anchors_at_calibration == len(ds.train)
 
 
 def test_bad_candidate_lists_are_one_line_config_errors():

@@ -79,9 +79,9 @@ def test_state_round_trip_restores_embeddings_and_continues(dataset):
     blob = a.state_bytes()
     b = Aligner(*cfg, top_k=5, seed=99)
     b.load_state_bytes(blob)
-    for net in a.embeddings:
-        assert torch.equal(a.embeddings[net], b.embeddings[net])
-        assert torch.equal(a.hidden[net], b.hidden[net])
+    for net in a.networks:
+        assert torch.equal(a.networks[net].embeddings, b.networks[net].embeddings)
+        assert torch.equal(a.networks[net].hidden, b.networks[net].hidden)
     for (na, pa), (nb, pb) in zip(a.learner.state_dict().items(), b.learner.state_dict().items()):
         assert na == nb and torch.equal(pa, pb)
     assert b.on_snapshot(snaps[1]) is not None
@@ -139,9 +139,9 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
     again = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=20), AdaptConfig(steps=5), seed=0, refine=on)
     stats = again.on_snapshot(snapshot).stats
     assert stats["pseudo_anchors"] == added and stats["anchors"] == len(known)
-    assert again.anchors_at_adaptation == len(known)  # the adaptation schedule counts real anchors only
-    assert len(again.entities[a]) == len(known) + added  # positions are seeded by both
-    assert again.pseudo_seeds == {a: added, b: added}  # ...and new anchors join as often as without them
+    assert again.policy.anchors_at_adaptation == len(known)  # the adaptation schedule counts real anchors only
+    assert len(again.networks[a].entities) == len(known) + added  # positions are seeded by both
+    assert {n: s.pseudo_seeds for n, s in again.networks.items()} == {a: added, b: added}  # ...and new anchors join as often as without them
     restored = Aligner(SMALL_MODEL, MetaConfig(), AdaptConfig(), seed=1, refine=on)
     restored.load_state_bytes(again.state_bytes())
-    assert restored.pseudo_seeds == again.pseudo_seeds
+    assert [s.pseudo_seeds for s in restored.networks.values()] == [s.pseudo_seeds for s in again.networks.values()]

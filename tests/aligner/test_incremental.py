@@ -10,6 +10,7 @@ import torch
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig
 from aligner.engine.aligner import Aligner
+from aligner.engine.incremental_path import edges_changed_since_alignment
 from aligner.model.features import GraphTensors
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
 from stream.datasets import dataset_events, load_dataset
@@ -81,13 +82,13 @@ def test_incremental_top_k_equals_full_recomputation(tmp_path, tolerance):
         for net in ("left", "right"):
             g = GraphTensors.from_snapshot(snap.networks[net])
             with torch.no_grad():
-                z, _ = fast(g.attrs, aligner.position_inputs[net], g.edge_index, g.edge_weight, aligner.hidden_in[net])
+                z, _ = fast(g.attrs, aligner.networks[net].position_inputs, g.edge_index, g.edge_weight, aligner.networks[net].hidden_in)
             if tolerance:
-                assert float((aligner.embeddings[net] - z).norm(dim=1).max()) <= tolerance + 1e-5
+                assert float((aligner.networks[net].embeddings - z).norm(dim=1).max()) <= tolerance + 1e-5
                 reranked = update.stats["reranked"][net]
                 assert reranked < update.stats["reencoded"][net] or step == 2
             else:
-                torch.testing.assert_close(aligner.embeddings[net], z, atol=1e-5, rtol=0)
+                torch.testing.assert_close(aligner.networks[net].embeddings, z, atol=1e-5, rtol=0)
         # ... and every top-k equals re-scoring every pair under the same transport context.
         for matcher in aligner.matchers.values():
             reference = matcher.rescored()
@@ -121,7 +122,7 @@ def test_a_change_that_reaches_most_nodes_rescores_every_pair_at_once():
     aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
     aligner.on_snapshot(snaps[0])
     matcher = aligner.matchers[("left", "right")]
-    va, vb = aligner._view("left"), aligner._view("right")
+    va, vb = aligner.networks["left"].view(), aligner.networks["right"].view()
     half_a, half_b = torch.arange(0, va.n, 2), torch.arange(0, vb.n, 2)
     stats = matcher.update(va, vb, half_a, half_b)
     assert stats["ab"] == {"rescored_rows": va.n, "patched_rows": 0, "uncertified_rows": 0}
@@ -195,8 +196,8 @@ def test_catching_up_on_several_snapshots_at_once_equals_a_full_recomputation():
     for net in ("left", "right"):
         g = GraphTensors.from_snapshot(snaps[-1].networks[net])
         with torch.no_grad():
-            z, _ = fast(g.attrs, aligner.position_inputs[net], g.edge_index, g.edge_weight, aligner.hidden_in[net])
-        torch.testing.assert_close(aligner.embeddings[net], z, atol=1e-5, rtol=0)
+            z, _ = fast(g.attrs, aligner.networks[net].position_inputs, g.edge_index, g.edge_weight, aligner.networks[net].hidden_in)
+        torch.testing.assert_close(aligner.networks[net].embeddings, z, atol=1e-5, rtol=0)
     for matcher in aligner.matchers.values():
         reference = matcher.rescored()
         for d in ("ab", "ba"):
@@ -218,7 +219,7 @@ def test_a_few_new_anchors_wait_until_they_are_worth_a_re_solve():
     # The next snapshot reveals one anchor: a re-solve for one, none for the other, which keeps its coordinates.
     assert joins.on_snapshot(snaps[3]).stats["rescored"]["left:right"] == "plan warm-started: new anchors"
     assert isinstance(waits.on_snapshot(snaps[3]).stats["rescored"]["left:right"], dict)
-    assert len(joins.entities["left"]) == len(waits.entities["left"]) + 1
+    assert len(joins.networks["left"].entities) == len(waits.networks["left"].entities) + 1
 
 
 def test_an_anchor_that_confirms_a_pseudo_anchor_moves_no_coordinate():
@@ -228,12 +229,12 @@ def test_an_anchor_that_confirms_a_pseudo_anchor_moves_no_coordinate():
         aligner.on_snapshot(snap)
     (i, j), = ({tuple(r) for r in snaps[3].anchors[("left", "right")].tolist()}
                - {tuple(r) for r in snaps[2].anchors[("left", "right")].tolist()})
-    left, right = dict(aligner.entities["left"]), dict(aligner.entities["right"])
+    left, right = dict(aligner.networks["left"].entities), dict(aligner.networks["right"].entities)
     assert len(left) > len(snaps[2].anchors[("left", "right")])  # pseudo-anchors seed positions too
     assert i in left and right.get(j) == left[i]  # the revealed pair is one of them already
-    seeds = {net: list(aligner.entities[net]) for net in ("left", "right")}
+    seeds = {net: list(aligner.networks[net].entities) for net in ("left", "right")}
     assert isinstance(aligner.on_snapshot(snaps[3]).stats["rescored"]["left:right"], dict)  # no re-solve
-    assert {net: aligner.entities[net] for net in seeds} == seeds
+    assert {net: aligner.networks[net].entities for net in seeds} == seeds
 
 
 def test_an_anchor_that_contradicts_a_pseudo_anchor_seeds_its_other_node():
@@ -242,16 +243,16 @@ def test_an_anchor_that_contradicts_a_pseudo_anchor_seeds_its_other_node():
     for snap in snaps[:3]:
         aligner.on_snapshot(snap)
     real = snaps[3].anchors[("left", "right")]
-    right = dict(aligner.entities["right"])
-    i, key = next((i, key) for i, key in aligner.entities["left"]
+    right = dict(aligner.networks["right"].entities)
+    i, key = next((i, key) for i, key in aligner.networks["left"].entities
                   if i not in set(real[:, 0].tolist()) and key in right.values())
     # On this small grid pseudo-anchors seed every node: the contradicting partner is another's pseudo-anchor.
-    other = next(j for j, k in aligner.entities["right"] if k != key and j not in set(real[:, 1].tolist()))
+    other = next(j for j, k in aligner.networks["right"].entities if k != key and j not in set(real[:, 1].tolist()))
     contradicting = dataclasses.replace(snaps[3], anchors={("left", "right"): np.vstack([real, [[i, other]]])})
     update = aligner.on_snapshot(contradicting)
     assert update.stats["rescored"]["left:right"] in ("plan warm-started: new anchors", "plan solved again: new anchors")
-    assert (other, key) in aligner.entities["right"]  # the same coordinate as its left partner's
-    assert sum(1 for _, k in aligner.entities["left"] if k == key) == 1  # the left node is not seeded twice
+    assert (other, key) in aligner.networks["right"].entities  # the same coordinate as its left partner's
+    assert sum(1 for _, k in aligner.networks["left"].entities if k == key) == 1  # the left node is not seeded twice
 
 
 def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_the_same():
@@ -267,7 +268,7 @@ def test_the_re_solve_starts_from_the_last_plan_only_while_the_graph_is_mostly_t
         for snap in snaps[:4]:
             update = aligner.on_snapshot(snap)
         outcomes.append(update.stats["rescored"]["left:right"])
-        changed.append(aligner._edges_changed_since_alignment(graphs))
+        changed.append(edges_changed_since_alignment(aligner.networks, graphs))
     assert outcomes == ["plan warm-started: new anchors", "aligned afresh: edges changed"]
     assert 0.0 < changed[0] < 0.05 and changed[1] == 0.0
 

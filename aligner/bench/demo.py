@@ -44,7 +44,7 @@ def run_demo(cfg: Config, windows: int = 5, echo: Callable[[str], None] = print,
 
     aligner = load_aligner(state, cfg)
     test = [(str(s), str(t)) for s, t in ds.test.tolist()]
-    metrics = aligner.evaluate(ds.source_net, ds.target_net, test)
+    metrics = aligner.alignments.evaluate(ds.source_net, ds.target_net, test)
     echo("")
     echo(f"{'metric':<24}{'value':>10}")
     for name, value in (("Hits@1", metrics["hits@1"]), ("Hits@10", metrics["hits@10"]), ("MRR", metrics["mrr"])):

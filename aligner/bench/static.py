@@ -93,14 +93,14 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
         aligner = build_aligner(cfg, seed=seed, meta=meta, adapt=adapt)
         update = aligner.on_snapshot(snapshot)
         t_train = time.perf_counter() - t0
-        metrics = aligner.evaluate(ds.source_net, ds.target_net, test_ids)
+        metrics = aligner.alignments.evaluate(ds.source_net, ds.target_net, test_ids)
         out[name] = {**{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
                      "train_s": round(t_train, 2), "total_s": round(time.perf_counter() - t0, 2)}
         # What self-calibration chose on the train anchors it held back, and what each candidate scored there.
         out[name].update({k: update.stats[k] for k in ("calibrated", "calibration_mrr", "calibration_s")
                           if update is not None and k in update.stats})
         # The same aligner ranks the other way: no retraining, so both directions score one model.
-        reverse = aligner.evaluate(ds.target_net, ds.source_net, [(t, s) for s, t in test_ids])
+        reverse = aligner.alignments.evaluate(ds.target_net, ds.source_net, [(t, s) for s, t in test_ids])
         out[name]["target_to_source"] = {k: round(v, 4) for k, v in reverse.items() if isinstance(v, float)}
         if name == "fast":
             out[name]["evidence_agreement"] = round(

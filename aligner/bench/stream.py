@@ -118,7 +118,7 @@ def _score(aligner, snapshot, ds, test_ids: list[tuple[str, str]]) -> dict:
     alive_src = {src.node_ids[i] for i in np.flatnonzero(src.alive)}
     alive_dst = {dst.node_ids[i] for i in np.flatnonzero(dst.alive)}
     pairs = [(s, t) for s, t in test_ids if s in alive_src and t in alive_dst]
-    m = aligner.evaluate(ds.source_net, ds.target_net, pairs)
+    m = aligner.alignments.evaluate(ds.source_net, ds.target_net, pairs)
     return {"hits@1": round(m["hits@1"], 4), "hits@10": round(m["hits@10"], 4), "mrr": round(m["mrr"], 4),
             "pairs": len(pairs)}
 

@@ -43,6 +43,7 @@ import torch
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
 from aligner.engine.adaptation_policy import AdaptationPolicy
+from aligner.engine.alignments import Alignments
 from aligner.engine.drift import QualityMonitor
 from aligner.engine.incremental_path import incremental_step
 from aligner.engine.local_encoding import edge_keys
@@ -51,17 +52,13 @@ from aligner.engine.network_state import NetworkState, hidden_for, networks_from
 from aligner.engine.self_calibration import Calibrator, anchor_count
 from aligner.engine.state_codec import StateFormatError, decode, encode
 from aligner.engine.tasks import SnapshotInputs, draw_task
-from aligner.matching.incremental import DirectionScorer, PairMatcher, similarity_block
-from aligner.matching.pseudo_anchors import confident_pairs
-from aligner.matching.ranking import ranking_metrics
-from aligner.matching.refine import WarmStart, solve_plan
-from aligner.matching.incremental import DENSE_CELLS
+from aligner.matching.incremental import PairMatcher
 from aligner.model.encoder import AlignmentEncoder
 from aligner.model.features import GraphTensors, anchor_entities, anchors_of, position_features, position_sketch
 from aligner.model.meta import FastWeights, MetaLearner
 from aligner.runtime import return_free_heap
-from aligner.update import AlignmentPath, AlignmentUpdate, PairTopK
-from snapshots.snapshot import Snapshot, pair_key
+from aligner.update import AlignmentPath, AlignmentUpdate
+from snapshots.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +70,7 @@ class Aligner:
     def __init__(self, model: ModelConfig, meta: MetaConfig, adapt: AdaptConfig, pairs: str = "auto",
                  top_k: int = 10, seed: int = 0, refine: RefineConfig | None = None):
         self.model_cfg = model
-        self.refine_cfg = refine or RefineConfig()  # the configured settings, with what calibration chose
         self.pairs_spec = pairs
-        self.k = top_k
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.meta = MetaSchedule(meta, seed)
@@ -84,13 +79,18 @@ class Aligner:
         self.learner: MetaLearner | None = None
         self.fast: dict[str, torch.Tensor] | None = None  # the adapted weights the incremental path encodes with
         self.networks: dict[str, NetworkState] = {}
-        self.matchers: dict[tuple[str, str], PairMatcher] = {}
+        self.alignments = Alignments(self.networks, refine or RefineConfig(), top_k)
         self.monitor = QualityMonitor(adapt.drift_delta, adapt.shift_threshold)
         self.known_anchors: set[tuple[str, str, int, int]] = set()
 
     @property
     def adapt_cfg(self) -> AdaptConfig:
         return self.policy.cfg
+
+    @property
+    def refine_cfg(self) -> RefineConfig:
+        """The transport settings in use: the configured ones, with what self-calibration chose."""
+        return self.alignments.refine
 
     @property
     def deferred(self) -> tuple[AlignmentPath, str] | None:
@@ -116,12 +116,12 @@ class Aligner:
         nets = sorted({n for p in anchors for n in p})
         graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in nets}
         self._ensure_learner(graphs)
-        scored = self._score_new_anchors(snapshot, anchors)
+        scored = self._score_new_anchors(anchors)
         hidden = {n: hidden_for(self.networks.get(n), graphs[n].num_nodes) for n in nets}
         inputs = SnapshotInputs(snapshot, graphs, hidden, anchors)
         self.meta.pool.append(inputs)
         plan = self.policy.plan(anchor_count(anchors), adapted=self.fast is not None,
-                                matched=all(p in self.matchers for p in anchors),
+                                matched=all(p in self.alignments.matchers for p in anchors),
                                 drift=self.monitor.consume_drift(), defer=defer)
         if plan.path == AlignmentPath.ADAPTATION and not plan.deferred:
             stats = self._adaptation_path(inputs, plan.reason)
@@ -129,7 +129,7 @@ class Aligner:
             stats = incremental_step(self, inputs, defer=defer)
         if self.deferred is not None:
             stats["deferred"] = self.deferred[1]
-        update = self.rank(snapshot, list(anchors))
+        update = self.alignments.rank(snapshot, list(anchors))
         return self._with_stats(update, {**stats, "new_anchors_scored": scored}, anchors, started)
 
     def refresh(self) -> AlignmentUpdate:
@@ -144,7 +144,7 @@ class Aligner:
             stats = self._adaptation_path(inputs, reason)
         else:
             stats = incremental_step(self, inputs)
-        update = self.rank(inputs.snapshot, list(inputs.anchors))
+        update = self.alignments.rank(inputs.snapshot, list(inputs.anchors))
         return self._with_stats(update, {**stats, "refreshed": reason}, inputs.anchors, started)
 
     def _with_stats(self, update: AlignmentUpdate, stats: dict, anchors: dict, started: float) -> AlignmentUpdate:
@@ -204,7 +204,7 @@ class Aligner:
             fast.params = self.fast
         for round_ in range(1 + self.refine_cfg.pseudo_anchor_rounds):
             if round_:
-                expanded = self._with_pseudo_anchors(inputs)
+                expanded = self.alignments.with_pseudo_anchors(inputs)
                 if expanded is None:
                     break
                 inputs, pseudo = expanded
@@ -219,25 +219,12 @@ class Aligner:
             return_free_heap()  # what training freed goes back before the plans' dense buffers are allocated
             # A later round solves on the same graphs with sharper weights or seeds: from the plan just solved,
             # ``refine.warm_rounds`` rounds land where ``refine.rounds`` from nothing would.
-            self.matchers = {pair: self.full_match(*pair, self.warm_start(pair) if round_ or warm_first else None)
-                             for pair in inputs.anchors}
+            self.alignments.match_afresh(list(inputs.anchors), warm=bool(round_) or warm_first)
         for net, g in inputs.graphs.items():
             state = self.networks[net]
             state.pseudo_seeds = len(state.entities) - real_seeds.get(net, 0)
             state.aligned_edges = edge_keys(g.edge_index)
         return pseudo, adapt_s
-
-    def _with_pseudo_anchors(self, inputs: SnapshotInputs) -> tuple[SnapshotInputs, int] | None:
-        """``inputs`` with the current plans' confident pairs added to its anchors (``None``: no pair qualifies),
-        and how many were added."""
-        merged, added = {}, 0
-        for pair, rows in inputs.anchors.items():
-            found = confident_pairs(self.matchers[pair], rows, self.refine_cfg.pseudo_anchor_confidence)
-            merged[pair] = np.concatenate([rows, found]) if len(found) else rows
-            added += len(found)
-        if not added:
-            return None
-        return dataclasses.replace(inputs, anchors=merged, ppr={}, encoded=None), added
 
     def freeze(self) -> None:
         """Keep the current adapted weights for good: every later snapshot is embedded and matched in full with
@@ -280,80 +267,16 @@ class Aligner:
                 out[net] = z.detach()
         return out
 
-    def rank(self, snapshot: Snapshot, pairs: list[tuple[str, str]]) -> AlignmentUpdate:
-        results = []
-        for a, b in pairs:
-            matcher = self.matchers[(a, b)]
-            for src, dst, d in ((a, b, "ab"), (b, a, "ba")):
-                rows = self.networks[src].alive.nonzero().flatten()
-                idx, val = matcher.top(d)
-                results.append(PairTopK(src, dst, rows.numpy(), idx[rows].numpy(), val[rows].numpy()))
-        node_ids = {n: snapshot.networks[n].node_ids for n in {n for p in pairs for n in p}}
-        return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
-
-    def full_match(self, a: str, b: str, warm: WarmStart | None = None) -> PairMatcher:
-        """Solve the structure-consistent transport plan (:mod:`aligner.matching.refine`) when it fits in
-        ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks.
-        From ``warm`` (an earlier plan's context) ``refine.warm_rounds`` rounds replace ``refine.rounds``."""
-        cfg = self.refine_cfg
-        va, vb = self.networks[a].view(), self.networks[b].view()
-        plan = similarity = None
-        if cfg.enabled and va.n * vb.n <= cfg.max_cells:
-            with torch.no_grad():
-                similarity = self.similarity(a, b)
-                plan = solve_plan(similarity, va.adjacency, vb.adjacency, cfg.tau, cfg.beta,
-                                  cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,
-                                  va.alive, vb.alive, cfg.marginal_weight, warm)
-            if similarity.numel() > DENSE_CELLS:  # ranked by row chunks, which compute their own: let it go
-                similarity = None
-        return PairMatcher(va, vb, plan, cfg.tau if plan is not None else 1.0, cfg.beta if plan is not None else 0.0,
-                           cfg.feature_weight, self.k, similarity=similarity)
-
-    def warm_start(self, pair: tuple[str, str]) -> WarmStart | None:
-        """The pair's last plan as the start of its next solve (``None``: solve from scratch)."""
-        matcher = self.matchers.get(pair)
-        if matcher is None or not self.refine_cfg.warm_rounds:
-            return None
-        return matcher.warm_start(self.networks[pair[0]].view(), self.networks[pair[1]].view())
-
-    def scorers(self, a: str, b: str) -> dict[tuple[str, str], DirectionScorer]:
-        """How candidates are scored for both directions of an aligned pair: confidences under the current
-        transport context (:mod:`aligner.matching.incremental`)."""
-        key = pair_key(a, b)
-        matcher = self.matchers.get(key)
-        if matcher is None:
-            raise KeyError(f"{a!r} and {b!r} are not aligned (aligned pairs: {sorted(self.matchers)})")
-        forward = "ab" if key == (a, b) else "ba"
-        backward = "ba" if forward == "ab" else "ab"
-        return {(a, b): DirectionScorer(matcher, forward), (b, a): DirectionScorer(matcher, backward)}
-
-    def similarity(self, a: str, b: str) -> torch.Tensor:
-        """Dense prior similarity: embedding cosine plus ``refine.feature_weight`` x (position cosine + attribute
-        cosine, when both networks have attributes)."""
-        return similarity_block(self.networks[a].view(), self.networks[b].view(), slice(None), slice(None),
-                                self.refine_cfg.feature_weight)
-
-    def _score_new_anchors(self, snapshot: Snapshot, anchors: dict[tuple[str, str], np.ndarray]) -> int:
+    def _score_new_anchors(self, anchors: dict[tuple[str, str], np.ndarray]) -> int:
         """Test-then-train: rank each newly revealed anchor's partner under the alignments published so far."""
         scored = 0
         for (a, b), rows in anchors.items():
             fresh = [(i, j) for i, j in rows.tolist() if (a, b, i, j) not in self.known_anchors]
             self.known_anchors.update((a, b, i, j) for i, j in fresh)
-            matcher = self.matchers.get((a, b))
-            if matcher is None:
-                continue
-            fresh = [(i, j) for i, j in fresh if i < matcher.va.n and j < matcher.vb.n
-                     and bool(matcher.va.alive[i]) and bool(matcher.vb.alive[j])]
-            if not fresh:
-                continue
-            pairs = torch.tensor(fresh, dtype=torch.long)
-            with torch.no_grad():
-                scores = matcher.scores("ab", pairs[:, 0], torch.arange(matcher.vb.n))
-                true = scores.gather(1, pairs[:, 1:2])
-                ranks = (torch.nan_to_num(scores, nan=float("-inf")) >= true).sum(1).clamp_min(1)
-            for r in ranks.tolist():
+            found = self.alignments.anchor_ranks((a, b), fresh)
+            for r in found:
                 self.monitor.learn_one(int(r), pair=f"{a}|{b}")  # anchors are keyed with a < b
-            scored += len(fresh)
+            scored += len(found)
         return scored
 
     def _ensure_learner(self, graphs: dict[str, GraphTensors]) -> None:
@@ -368,19 +291,6 @@ class Aligner:
         encoder = AlignmentEncoder(attr_dim, m.position_dim, m.hidden, m.embedding_dim, m.cheb_k)
         meta = self.meta.cfg
         return MetaLearner(encoder, meta.algorithm, meta.inner_lr, meta.meta_lr, meta.reptile_step)
-
-    def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
-        """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes this
-        aligner has not seen are counted in ``unknown`` and left out."""
-        if net not in self.networks or to not in self.networks:
-            raise KeyError(f"no embeddings for {net!r} and {to!r} yet (networks seen: {sorted(self.networks)})")
-        index_a = {n: i for i, n in enumerate(self.networks[net].node_ids)}
-        index_b = {n: i for i, n in enumerate(self.networks[to].node_ids)}
-        rows = [(index_a[a], index_b[b]) for a, b in id_pairs if a in index_a and b in index_b]
-        pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
-        out = ranking_metrics(self.scorers(net, to)[(net, to)], pairs, self.networks[to].alive)
-        out["unknown"] = len(id_pairs) - len(rows)
-        return out
 
     # -- persistence ------------------------------------------------------------------------------------------
     def model_version(self) -> str | None:
@@ -408,7 +318,7 @@ class Aligner:
             "model_cfg": dataclasses.asdict(self.model_cfg), "algorithm": self.meta.cfg.algorithm,
             "fast": self.fast, "known_anchors": self.known_anchors, "rng": self.rng.bit_generator.state,
             **networks_to_state(self.networks), **self.policy.state(), **self.calibrator.state(),
-            **self.meta.state(), "matchers": {pair: m.state() for pair, m in self.matchers.items()},
+            **self.meta.state(), "matchers": {pair: m.state() for pair, m in self.alignments.matchers.items()},
             "monitor": self.monitor.state(),
         })
 
@@ -432,10 +342,12 @@ class Aligner:
             self.learner = self._new_learner(state["attr_dim"])
             self.learner.load_state_dict(state["learner"])
             self.learner.optimizer.load_state_dict(state["optimizer"])
-        self.fast, self.known_anchors, self.networks, self.monitor = fast, known_anchors, networks, monitor
-        self.matchers = {pair: PairMatcher.from_state(m, networks[pair[0]].view(), networks[pair[1]].view())
-                         for pair, m in state["matchers"].items()}
+        self.fast, self.known_anchors, self.monitor = fast, known_anchors, monitor
+        self.networks.clear()  # the same dict: the alignments read it
+        self.networks.update(networks)
+        self.alignments.matchers = {pair: PairMatcher.from_state(m, networks[pair[0]].view(), networks[pair[1]].view())
+                                    for pair, m in state["matchers"].items()}
         self.rng.bit_generator.state = rng
         self.calibrator.load(state)
         if self.calibrator.calibrated is not None:
-            self.refine_cfg = self.calibrator.calibrated.applied(self.refine_cfg)
+            self.alignments.refine = self.calibrator.calibrated.applied(self.alignments.refine)

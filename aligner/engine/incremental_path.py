@@ -138,19 +138,20 @@ def incremental_step(aligner: "Aligner", inputs: SnapshotInputs, defer: bool = F
         aligner.monitor.learn_shift(float(np.mean(shifts)))
     moved = {net for net, seeds in waiting.items() if seeds}  # networks whose coordinate system gained anchors
     rows = {}
-    for (a, b), matcher in list(aligner.matchers.items()):
+    alignments, networks = aligner.alignments, aligner.networks
+    for (a, b), matcher in list(alignments.matchers.items()):
         if a in moved or b in moved:
             # New anchors shift every position they reach: the transport context of the last plan no longer
             # fits, so the plan is solved again under the same weights (no training), from the last plan: the
             # graph is still mostly the one everything was aligned on (else this is a realignment).
-            warm = aligner.warm_start((a, b))
-            aligner.matchers[(a, b)] = aligner.full_match(a, b, warm)
+            warm = alignments.warm_start((a, b))
+            alignments.matchers[(a, b)] = alignments.full_match(a, b, warm)
             rows[f"{a}:{b}"] = "plan warm-started: new anchors" if warm is not None else "plan solved again: new anchors"
         elif a in dirty and b in dirty:
-            rows[f"{a}:{b}"] = matcher.update(aligner.networks[a].view(), aligner.networks[b].view(), dirty[a], dirty[b])
+            rows[f"{a}:{b}"] = matcher.update(networks[a].view(), networks[b].view(), dirty[a], dirty[b])
     aligner.policy.stepped()
-    return {"path": AlignmentPath.INCREMENTAL, "reencoded": encoded, "reranked": {n: int(len(d)) for n, d in dirty.items()},
-            "rescored": rows, "encode_s": round(t_encode - t0, 3), "align_s": round(time.perf_counter() - t_encode, 3)}
+    return {"path": AlignmentPath.INCREMENTAL, "reencoded": encoded,
+            "reranked": {n: int(len(d)) for n, d in dirty.items()}, "rescored": rows, "encode_s": round(t_encode - t0, 3), "align_s": round(time.perf_counter() - t_encode, 3)}
 
 
 def realignment(aligner: "Aligner", inputs: SnapshotInputs, t0: float) -> dict:
@@ -164,7 +165,7 @@ def realignment(aligner: "Aligner", inputs: SnapshotInputs, t0: float) -> dict:
     aligner.policy.stepped()
     sizes = {net: g.num_nodes for net, g in inputs.graphs.items()}
     return {"path": AlignmentPath.INCREMENTAL, "reencoded": sizes, "reranked": sizes, "pseudo_anchors": pseudo,
-            "rescored": {f"{a}:{b}": "aligned afresh: edges changed" for a, b in aligner.matchers},
+            "rescored": {f"{a}:{b}": "aligned afresh: edges changed" for a, b in aligner.alignments.matchers},
             "encode_s": 0.0, "align_s": round(time.perf_counter() - t0, 3)}
 
 

@@ -65,15 +65,15 @@ class Calibrator:
         :func:`aligner.matching.calibration.choose` picks. Returns the stats: the choice and each candidate's
         held-out MRR."""
         started = time.perf_counter()
-        base = aligner.refine_cfg
+        base = aligner.alignments.refine
         aligner.infer(aligner.adapt(fit, aligner.adapt_cfg.steps), fit)
         return_free_heap()
         reciprocal: dict[RefineSetting, np.ndarray] = {}
         for candidate in candidates(base):
-            aligner.refine_cfg = candidate.applied(base)
+            aligner.alignments.refine = candidate.applied(base)
             found = []
             for (a, b), rows in heldout.items():
-                matcher = aligner.full_match(a, b)
+                matcher = aligner.alignments.full_match(a, b)
                 pairs = torch.from_numpy(rows.astype(np.int64))
                 alive = aligner.networks[b].alive, aligner.networks[a].alive
                 for direction, p, dst_alive in (("ab", pairs, alive[0]), ("ba", pairs.flip(1), alive[1])):
@@ -84,7 +84,7 @@ class Calibrator:
                 break  # the configured setting ranks every held-back anchor first: nothing can beat it
         scores = {c: float(rr.mean()) for c, rr in reciprocal.items()}
         chosen = choose(reciprocal)
-        aligner.refine_cfg = chosen.applied(base)
+        aligner.alignments.refine = chosen.applied(base)
         self.calibrated = chosen
         self.anchors_at_calibration = anchor_count(fit.anchors) + anchor_count(heldout)
         log.info("calibration: %s (held-back MRR %s; %d anchors held back)", chosen.label,

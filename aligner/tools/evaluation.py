@@ -55,8 +55,8 @@ def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str, cfg: 
     no metric to report, only ``nan`` over 0 pairs)."""
     aligner = load_aligner(state_dir, cfg)
     pairs = read_pairs(anchors_file)
-    if pair_key(net, to) not in aligner.matchers:
-        aligned = ", ".join(f"{a} and {b}" for a, b in sorted(aligner.matchers)) or "none yet"
+    if pair_key(net, to) not in aligner.alignments.matchers:
+        aligned = ", ".join(f"{a} and {b}" for a, b in sorted(aligner.alignments.matchers)) or "none yet"
         raise ValueError(f"{state_dir} has no alignment of {net!r} with {to!r} (pairs aligned: {aligned}): pass "
                          "the networks of an aligned pair as --net and --to")
 
@@ -71,4 +71,4 @@ def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str, cfg: 
     if not direct:
         raise ValueError(f"{anchors_file}: none of its {len(pairs)} pairs names a node of {net} (first column) and "
                          f"one of {to} (second column) that the aligner has seen: are these the right networks?")
-    return aligner.evaluate(net, to, pairs)
+    return aligner.alignments.evaluate(net, to, pairs)

@@ -59,7 +59,7 @@ class Explainer:
 
     def __init__(self, aligner: Aligner, snapshot: Snapshot, net: str, to: str, hops: int = 2):
         self.aligner, self.snapshot, self.net, self.to, self.hops = aligner, snapshot, net, to, hops
-        self.scorer = aligner.scorers(net, to)[(net, to)]
+        self.scorer = aligner.alignments.scorers(net, to)[(net, to)]
         self.neighbours = {n: _adjacency_lists(snapshot, n) for n in (net, to)}
         pairs = snapshot.anchors_between(net, to)
         self.partner = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))

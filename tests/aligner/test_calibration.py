@@ -55,7 +55,7 @@ def test_held_back_anchors_are_kept_out_of_what_calibration_adapts_on(pair):
     ds, snapshot = pair
     aligner = aligner_for(RefineConfig(calibration_min_anchors=10))
     update = aligner.on_snapshot(snapshot)
-    as_seeds = aligner.evaluate("left", "right", [(str(a), str(b)) for a, b in ds.train.tolist()])
+    as_seeds = aligner.alignments.evaluate("left", "right", [(str(a), str(b)) for a, b in ds.train.tolist()])
     assert as_seeds["mrr"] > 0.99
     assert max(update.stats["calibration_mrr"].values()) < as_seeds["mrr"] - 0.02, update.stats["calibration_mrr"]
 

@@ -39,7 +39,7 @@ def test_aligns_far_above_chance_and_publishes_every_alive_node(dataset):
     assert len(snaps) == 3 and all(u is not None for u in updates)
     last = updates[-1]
     test = [(str(a), str(b)) for a, b in ds.test.tolist()]
-    metrics = aligner.evaluate("left", "right", test)
+    metrics = aligner.alignments.evaluate("left", "right", test)
     assert metrics["unknown"] == 0
     assert metrics["hits@1"] > 0.3, metrics  # chance is 1/150
     assert metrics["hits@10"] >= metrics["hits@1"]
@@ -115,12 +115,12 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
     inputs = aligner.meta.pool[-1]
     (pair,) = inputs.anchors
     known = inputs.anchors[pair]
-    expanded, added = aligner._with_pseudo_anchors(inputs)
+    expanded, added = aligner.alignments.with_pseudo_anchors(inputs)
     rows = expanded.anchors[pair]
     assert added > len(known) and np.array_equal(rows[: len(known)], known)  # the known ones kept, first
     found = rows[len(known):]
     assert not set(found[:, 0]) & set(known[:, 0]) and not set(found[:, 1]) & set(known[:, 1])
-    matcher = aligner.matchers[pair]
+    matcher = aligner.alignments.matchers[pair]
     to_b, conf = matcher.top("ab")
     to_a, _ = matcher.top("ba")
     for i, j in found.tolist():
@@ -131,7 +131,7 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
     col_a, col_b = (0, 1) if pair[0] == a else (1, 0)
     right = sum(truth.get(ids[a].node_ids[r[col_a]]) == ids[b].node_ids[r[col_b]] for r in found.tolist())
     # The premise: the pairs the plan is sure of both ways are right more often than its top-1 in general.
-    hits1 = aligner.evaluate(ds.source_net, ds.target_net, [(str(s), str(t)) for s, t in test.tolist()])["hits@1"]
+    hits1 = aligner.alignments.evaluate(ds.source_net, ds.target_net, [(str(s), str(t)) for s, t in test.tolist()])["hits@1"]
     assert right / added > max(hits1, 0.5), (right, added, hits1)
     assert inputs.anchors[pair] is known  # the snapshot's own inputs (the meta-learning pool's) are unchanged
 

@@ -90,7 +90,7 @@ def test_incremental_top_k_equals_full_recomputation(tmp_path, tolerance):
             else:
                 torch.testing.assert_close(aligner.networks[net].embeddings, z, atol=1e-5, rtol=0)
         # ... and every top-k equals re-scoring every pair under the same transport context.
-        for matcher in aligner.matchers.values():
+        for matcher in aligner.alignments.matchers.values():
             reference = matcher.rescored()
             for d in ("ab", "ba"):
                 alive = matcher._src(d).alive
@@ -121,7 +121,7 @@ def test_a_change_that_reaches_most_nodes_rescores_every_pair_at_once():
     snaps = small_changes(side=12, seed=2)
     aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=5), NEVER_ADAPT, top_k=5, seed=0)
     aligner.on_snapshot(snaps[0])
-    matcher = aligner.matchers[("left", "right")]
+    matcher = aligner.alignments.matchers[("left", "right")]
     va, vb = aligner.networks["left"].view(), aligner.networks["right"].view()
     half_a, half_b = torch.arange(0, va.n, 2), torch.arange(0, vb.n, 2)
     stats = matcher.update(va, vb, half_a, half_b)
@@ -198,7 +198,7 @@ def test_catching_up_on_several_snapshots_at_once_equals_a_full_recomputation():
         with torch.no_grad():
             z, _ = fast(g.attrs, aligner.networks[net].position_inputs, g.edge_index, g.edge_weight, aligner.networks[net].hidden_in)
         torch.testing.assert_close(aligner.networks[net].embeddings, z, atol=1e-5, rtol=0)
-    for matcher in aligner.matchers.values():
+    for matcher in aligner.alignments.matchers.values():
         reference = matcher.rescored()
         for d in ("ab", "ba"):
             alive = matcher._src(d).alive

@@ -1,0 +1,133 @@
+"""The current alignment of every aligned pair: one :class:`aligner.matching.incremental.PairMatcher` per pair,
+over the networks' states, and everything that reads it (top-k per node, scorers for explanations, metrics on
+true pairs, prequential ranks of newly revealed anchors, pseudo-anchors).
+
+The aligner decides *when* a pair is matched afresh or updated; this object knows *how*: the transport settings
+(``refine``, which self-calibration may change) and how many candidates each node keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from aligner.config import RefineConfig
+from aligner.engine.network_state import NetworkState
+from aligner.engine.tasks import SnapshotInputs
+from aligner.matching.incremental import DENSE_CELLS, DirectionScorer, PairMatcher, similarity_block
+from aligner.matching.pseudo_anchors import confident_pairs
+from aligner.matching.ranking import ranking_metrics
+from aligner.matching.refine import WarmStart, solve_plan
+from aligner.update import AlignmentUpdate, PairTopK
+from snapshots.snapshot import Snapshot, pair_key
+
+
+class Alignments:
+    """Per aligned pair (``pair_key`` order), its matcher; ``networks`` is the aligner's (shared, not copied)."""
+
+    def __init__(self, networks: dict[str, NetworkState], refine: RefineConfig, top_k: int):
+        self.networks = networks
+        self.refine = refine  # the configured settings, with what self-calibration chose
+        self.k = top_k
+        self.matchers: dict[tuple[str, str], PairMatcher] = {}
+
+    def full_match(self, a: str, b: str, warm: WarmStart | None = None) -> PairMatcher:
+        """Solve the structure-consistent transport plan (:mod:`aligner.matching.refine`) when it fits in
+        ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks.
+        From ``warm`` (an earlier plan's context) ``refine.warm_rounds`` rounds replace ``refine.rounds``."""
+        cfg = self.refine
+        va, vb = self.networks[a].view(), self.networks[b].view()
+        plan = similarity = None
+        if cfg.enabled and va.n * vb.n <= cfg.max_cells:
+            with torch.no_grad():
+                similarity = self.similarity(a, b)
+                plan = solve_plan(similarity, va.adjacency, vb.adjacency, cfg.tau, cfg.beta,
+                                  cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,
+                                  va.alive, vb.alive, cfg.marginal_weight, warm)
+            if similarity.numel() > DENSE_CELLS:  # ranked by row chunks, which compute their own: let it go
+                similarity = None
+        return PairMatcher(va, vb, plan, cfg.tau if plan is not None else 1.0, cfg.beta if plan is not None else 0.0,
+                           cfg.feature_weight, self.k, similarity=similarity)
+
+    def match_afresh(self, pairs: list[tuple[str, str]], warm: bool) -> None:
+        """Replace ``pairs``' matchers by fresh ones; ``warm``: each solve starts from the pair's last plan."""
+        self.matchers = {pair: self.full_match(*pair, self.warm_start(pair) if warm else None) for pair in pairs}
+
+    def warm_start(self, pair: tuple[str, str]) -> WarmStart | None:
+        """The pair's last plan as the start of its next solve (``None``: solve from scratch)."""
+        matcher = self.matchers.get(pair)
+        if matcher is None or not self.refine.warm_rounds:
+            return None
+        return matcher.warm_start(self.networks[pair[0]].view(), self.networks[pair[1]].view())
+
+    def similarity(self, a: str, b: str) -> torch.Tensor:
+        """Dense prior similarity: embedding cosine plus ``refine.feature_weight`` x (position cosine + attribute
+        cosine, when both networks have attributes)."""
+        return similarity_block(self.networks[a].view(), self.networks[b].view(), slice(None), slice(None),
+                                self.refine.feature_weight)
+
+    def scorers(self, a: str, b: str) -> dict[tuple[str, str], DirectionScorer]:
+        """How candidates are scored for both directions of an aligned pair: confidences under the current
+        transport context (:mod:`aligner.matching.incremental`)."""
+        key = pair_key(a, b)
+        matcher = self.matchers.get(key)
+        if matcher is None:
+            raise KeyError(f"{a!r} and {b!r} are not aligned (aligned pairs: {sorted(self.matchers)})")
+        forward = "ab" if key == (a, b) else "ba"
+        backward = "ba" if forward == "ab" else "ab"
+        return {(a, b): DirectionScorer(matcher, forward), (b, a): DirectionScorer(matcher, backward)}
+
+    def rank(self, snapshot: Snapshot, pairs: list[tuple[str, str]]) -> AlignmentUpdate:
+        """Top-k per alive node, both directions of every pair in ``pairs``, as of ``snapshot``."""
+        results = []
+        for a, b in pairs:
+            matcher = self.matchers[(a, b)]
+            for src, dst, d in ((a, b, "ab"), (b, a, "ba")):
+                rows = self.networks[src].alive.nonzero().flatten()
+                idx, val = matcher.top(d)
+                results.append(PairTopK(src, dst, rows.numpy(), idx[rows].numpy(), val[rows].numpy()))
+        node_ids = {n: snapshot.networks[n].node_ids for n in {n for p in pairs for n in p}}
+        return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
+
+    def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
+        """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes are
+        not known here are counted in ``unknown`` and left out."""
+        if net not in self.networks or to not in self.networks:
+            raise KeyError(f"no embeddings for {net!r} and {to!r} yet (networks seen: {sorted(self.networks)})")
+        index_a = {n: i for i, n in enumerate(self.networks[net].node_ids)}
+        index_b = {n: i for i, n in enumerate(self.networks[to].node_ids)}
+        rows = [(index_a[a], index_b[b]) for a, b in id_pairs if a in index_a and b in index_b]
+        pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+        out = ranking_metrics(self.scorers(net, to)[(net, to)], pairs, self.networks[to].alive)
+        out["unknown"] = len(id_pairs) - len(rows)
+        return out
+
+    def anchor_ranks(self, pair: tuple[str, str], fresh: list[tuple[int, int]]) -> list[int]:
+        """The rank of each newly revealed anchor's partner under the pair's current alignment (test-then-train);
+        anchors with a node the alignment has not seen alive are left out, and so is an unmatched pair."""
+        matcher = self.matchers.get(pair)
+        if matcher is None:
+            return []
+        fresh = [(i, j) for i, j in fresh if i < matcher.va.n and j < matcher.vb.n
+                 and bool(matcher.va.alive[i]) and bool(matcher.vb.alive[j])]
+        if not fresh:
+            return []
+        pairs = torch.tensor(fresh, dtype=torch.long)
+        with torch.no_grad():
+            scores = matcher.scores("ab", pairs[:, 0], torch.arange(matcher.vb.n))
+            true = scores.gather(1, pairs[:, 1:2])
+            return (torch.nan_to_num(scores, nan=float("-inf")) >= true).sum(1).clamp_min(1).tolist()
+
+    def with_pseudo_anchors(self, inputs: SnapshotInputs) -> tuple[SnapshotInputs, int] | None:
+        """``inputs`` with the current plans' confident pairs (:mod:`aligner.matching.pseudo_anchors`) added to
+        its anchors (``None``: no pair qualifies), and how many were added."""
+        merged, added = {}, 0
+        for pair, rows in inputs.anchors.items():
+            found = confident_pairs(self.matchers[pair], rows, self.refine.pseudo_anchor_confidence)
+            merged[pair] = np.concatenate([rows, found]) if len(found) else rows
+            added += len(found)
+        if not added:
+            return None
+        return dataclasses.replace(inputs, anchors=merged, ppr={}, encoded=None), added

@@ -18,7 +18,11 @@ log = logging.getLogger("stream.kafka_source")  # the source's one logger (see s
 
 
 class ReadOffsets:
-    """This worker's read offsets per partition, resumed from a checkpointed ``position`` of the same topic."""
+    """This worker's read offsets per partition, resumed from a checkpointed ``position`` of the same topic.
+
+    ``next`` and ``restore_until`` are plain dicts that reading (:func:`stream.kafka_records.records_from`, once
+    per message) and assignment (:class:`stream.kafka_assignment.PartitionAssignment`) update in place.
+    """
 
     def __init__(self, url: str, topic: str, position: dict | None):
         self.topic = topic

@@ -285,7 +285,7 @@ def test_fast_route_agrees_with_full_validation():
     """Whatever the route, the same event or the same rejection, for objects, text and bytes."""
     import random
 
-    from stream.events import _validate
+    from stream.event_checks import validate as _validate
 
     rng = random.Random(5)
     accepted = 0
@@ -304,7 +304,7 @@ def test_fast_route_agrees_with_full_validation():
 
 def test_fast_route_agrees_on_raw_text():
     """JSON the standard library and orjson read differently: big integers, escapes, duplicates, whitespace."""
-    from stream.events import _validate
+    from stream.event_checks import validate as _validate
 
     texts = [
         '{"op":"add_edge","time":1,"net":"a","u":123456789012345678901234567890,"v":2}',

@@ -30,10 +30,11 @@ import numpy as np
 
 from snapshots.delta import diff_keyed, patch_keyed
 from snapshots.files import StoreCorruption, read_verified, write_durably
+from snapshots.manifest import Manifest
 from snapshots.npz import json_array, npz_bytes
 from snapshots.snapshot import pair_key
+from snapshots.snapshot_chain import DEFAULT_BASE_EVERY
 from snapshots.snapshot_codec import pack_strings, unpack_strings
-from snapshots.store import DEFAULT_BASE_EVERY, Manifest
 
 
 class Direction(Protocol):

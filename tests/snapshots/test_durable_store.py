@@ -95,7 +95,7 @@ def test_retention_drops_whole_base_groups_and_the_log_head(tmp_path):
         next(restarted.read_lines(0))
     with pytest.raises(KeyError):
         restarted.load_snapshot(1)
-    assert not any(p.name.startswith("00000001-") for p in restarted.snapshot_dir.iterdir())
+    assert not any(p.name.startswith("00000001-") for p in restarted.layout.snapshot_dir.iterdir())
 
 
 def test_torn_checkpoint_recovers_the_previous_one_and_replays_the_tail(tmp_path):
@@ -105,17 +105,17 @@ def test_torn_checkpoint_recovers_the_previous_one_and_replays_the_tail(tmp_path
     reference = ingest(SnapshotStore(tmp_path / "ref"), SnapshotCutter(POLICY), events)
     store = SnapshotStore(tmp_path / "state")
     ingest(store, SnapshotCutter(POLICY), events[:700], checkpoint_at=(400, 650))
-    data = store.checkpoint_path.read_bytes()
-    store.checkpoint_path.write_bytes(data[: len(data) // 2])  # torn
+    data = store.layout.checkpoint_path.read_bytes()
+    store.layout.checkpoint_path.write_bytes(data[: len(data) // 2])  # torn
     # and a snapshot file whose manifest line never came: a torn write, never loaded
-    (store.snapshot_dir / "00000099-deadbeef.npz").write_bytes(b"PK\x03\x04 torn")
+    (store.layout.snapshot_dir / "00000099-deadbeef.npz").write_bytes(b"PK\x03\x04 torn")
 
     restarted = SnapshotStore(tmp_path / "state")
     checkpoint = restarted.recover()
     assert checkpoint["position"] == 400
     cutter = SnapshotCutter.from_state(checkpoint["cutter"])
     restarted.forget_after(checkpoint["cutter"]["next_id"] - 1)  # snapshots cut after the checkpoint
-    assert not (restarted.snapshot_dir / "00000099-deadbeef.npz").exists()
+    assert not (restarted.layout.snapshot_dir / "00000099-deadbeef.npz").exists()
     assert len(list(restarted.read_events())) == 400  # the log is cut back to the checkpoint
     ingest(restarted, cutter, events[400:])
     assert [e["id"] for e in restarted.list_snapshots()] == [s.id for s in reference]

@@ -30,7 +30,7 @@ def history(tmp_path, retain=None):
 
 
 def damage(store, snapshot_id, how):
-    path = store.snapshot_dir / store.snapshot_entry(snapshot_id)["file"]
+    path = store.layout.snapshot_dir / store.snapshot_entry(snapshot_id)["file"]
     data = path.read_bytes()
     mid = len(data) // 2
     path.write_bytes(data[:mid] if how == "truncate" else data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 16])

@@ -29,11 +29,11 @@ def test_snapshot_round_trip_and_manifest(store):
     entry = store.save_snapshot(snapshot)
     assert_snapshots_equal(SnapshotStore(store.root).load_snapshot(1), snapshot)
     assert entry["file"] == f"00000001-{entry['sha256'][:8]}.npz" and entry["kind"] == "base"
-    assert entry["bytes"] == (store.snapshot_dir / entry["file"]).stat().st_size
+    assert entry["bytes"] == (store.layout.snapshot_dir / entry["file"]).stat().st_size
     assert entry["networks"]["c"] == {"nodes": 2, "alive": 2, "edges": 1, "changed": 2}
     assert ["a", "c", 1] in entry["anchors"]
     assert store.list_snapshots() == [entry] and store.latest_id() == 1
-    assert json.loads(store.manifest_path.read_text().splitlines()[-1]) == entry
+    assert json.loads(store.layout.manifest_path.read_text().splitlines()[-1]) == entry
 
 
 def test_empty_store(store):
@@ -46,7 +46,7 @@ def test_empty_store(store):
 def test_damaged_snapshot_files_are_detected(store):
     for snapshot_id in (1, 2):
         store.save_snapshot(sample_snapshot(snapshot_id))
-    first, second = (store.snapshot_dir / e["file"] for e in store.list_snapshots())
+    first, second = (store.layout.snapshot_dir / e["file"] for e in store.list_snapshots())
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0xFF
     first.write_bytes(bytes(data))
@@ -64,12 +64,12 @@ def test_damaged_snapshot_files_are_detected(store):
 
 def test_torn_manifest_line_is_ignored_and_trimmed(store):
     store.save_snapshot(sample_snapshot(1))
-    with open(store.manifest_path, "ab") as manifest:
+    with open(store.layout.manifest_path, "ab") as manifest:
         manifest.write(b'{"id": 2, "start_ti')
     assert [e["id"] for e in store.list_snapshots()] == [1]
     store.save_snapshot(sample_snapshot(2))
     assert [e["id"] for e in store.list_snapshots()] == [1, 2]
-    assert len(store.manifest_path.read_text().splitlines()) == 2
+    assert len(store.layout.manifest_path.read_text().splitlines()) == 2
 
 
 def test_a_recut_snapshot_replaces_the_earlier_one(store):
@@ -86,7 +86,7 @@ def test_event_log_append_sync_and_read(store):
     assert list(store.read_events()) == ['{"a":1}', '{"b":"ü"}']
     store.sync()
     size = store.events_log_size()
-    assert size == store.events_path.stat().st_size == len('{"a":1}\n{"b":"ü"}\n'.encode())
+    assert size == store.layout.events_path.stat().st_size == len('{"a":1}\n{"b":"ü"}\n'.encode())
     store.append_events(iter(['{"c":3}']))
     store.sync()
     assert list(store.read_events(size)) == ['{"c":3}']
@@ -97,7 +97,7 @@ def test_event_log_append_sync_and_read(store):
     store.append_events(['{"d":"#"}', ""])  # '#' inside a line, and an empty line, are fine
     assert list(store.read_events(size)) == ['{"c":3}', '{"d":"#"}', ""]  # a refused batch writes nothing
     store.close()
-    with open(store.events_path, "ab") as log:
+    with open(store.layout.events_path, "ab") as log:
         log.write(b'{"torn')
     assert list(SnapshotStore(store.root).read_events(size)) == ['{"c":3}', '{"d":"#"}', ""]
 
@@ -137,11 +137,11 @@ def test_torn_newest_checkpoint_falls_back_to_previous(store):
     store.write_checkpoint({"generation": 1})
     store.write_checkpoint({"generation": 2})
     assert store.read_checkpoint()["generation"] == 2
-    assert store.previous_checkpoint_path.exists()
-    data = store.checkpoint_path.read_bytes()
-    store.checkpoint_path.write_bytes(data[: len(data) // 2])
+    assert store.layout.previous_checkpoint_path.exists()
+    data = store.layout.checkpoint_path.read_bytes()
+    store.layout.checkpoint_path.write_bytes(data[: len(data) // 2])
     assert store.read_checkpoint()["generation"] == 1
-    store.previous_checkpoint_path.write_bytes(b"DYNCKPT1")
+    store.layout.previous_checkpoint_path.write_bytes(b"DYNCKPT1")
     assert store.read_checkpoint() is None
 
 
@@ -152,13 +152,13 @@ def test_recover_truncates_the_log_and_removes_temp_files(store):
     store.sync()
     store.append_events(['{"n":4}'])  # buffered when the process "dies"
     (store.root / ".checkpoint.abc.tmp").write_bytes(b"half")
-    (store.snapshot_dir / ".00000009.npz.xyz.tmp").write_bytes(b"half")
+    (store.layout.snapshot_dir / ".00000009.npz.xyz.tmp").write_bytes(b"half")
 
     restarted = SnapshotStore(store.root)
     assert restarted.recover()["position"] == 2
     assert list(restarted.read_events()) == ['{"n":1}', '{"n":2}']
-    assert restarted.events_log_size() == restarted.events_path.stat().st_size
-    assert not list(store.root.glob(".*.tmp")) and not list(store.snapshot_dir.glob(".*.tmp"))
+    assert restarted.events_log_size() == restarted.layout.events_path.stat().st_size
+    assert not list(store.root.glob(".*.tmp")) and not list(store.layout.snapshot_dir.glob(".*.tmp"))
     restarted.append_events(['{"n":3}'])
     restarted.sync()
     assert list(restarted.read_events()) == ['{"n":1}', '{"n":2}', '{"n":3}']
@@ -168,14 +168,14 @@ def test_recover_without_checkpoint_starts_over(store):
     store.append_events(['{"n":1}'])
     store.close()
     assert store.recover() is None
-    assert store.events_path.stat().st_size == 0 and store.events_log_size() == 0
+    assert store.layout.events_path.stat().st_size == 0 and store.events_log_size() == 0
 
 
 def test_recover_refuses_a_log_shorter_than_the_checkpoint(store):
     store.append_events(['{"n":1}'])
     store.write_checkpoint({})
     store.close()
-    store.events_path.write_bytes(b"")
+    store.layout.events_path.write_bytes(b"")
     with pytest.raises(StoreCorruption, match="lost data"):
         store.recover()
 
@@ -213,9 +213,9 @@ def test_a_damaged_checkpoint_falls_back_with_a_warning(store, caplog):
     store.append_events(['{"n":2}'])
     store.write_checkpoint({"position": 2})
     store.close()
-    data = bytearray(store.checkpoint_path.read_bytes())
+    data = bytearray(store.layout.checkpoint_path.read_bytes())
     data[-1] ^= 0xFF
-    store.checkpoint_path.write_bytes(bytes(data))
+    store.layout.checkpoint_path.write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="snapshots.store"):
         assert store.recover()["position"] == 1
     assert any("is torn or corrupt: skipped" in r.getMessage() for r in caplog.records)
@@ -224,13 +224,13 @@ def test_a_damaged_checkpoint_falls_back_with_a_warning(store, caplog):
 def test_an_event_log_shorter_than_the_newest_checkpoint_tries_the_previous_one(store, caplog):
     store.append_events(['{"n":1}'])
     store.write_checkpoint({"position": 1})
-    kept = store.events_path.stat().st_size
+    kept = store.layout.events_path.stat().st_size
     store.append_events(['{"n":2}'])
     store.write_checkpoint({"position": 2})
     store.close()
-    with open(store.events_path, "r+b") as f:  # the newest checkpoint's last event is gone
+    with open(store.layout.events_path, "r+b") as f:  # the newest checkpoint's last event is gone
         f.truncate(kept)
     with caplog.at_level("WARNING", logger="snapshots.store"):
         assert store.recover()["position"] == 1
     assert any("trying an older checkpoint" in r.getMessage() for r in caplog.records)
-    assert store.events_log_size() == kept and store.events_path.stat().st_size == kept
+    assert store.events_log_size() == kept and store.layout.events_path.stat().st_size == kept

@@ -113,3 +113,26 @@ def test_aligner_parts_import_downward_only(edges):
                     if aligner_part(a) is not None and aligner_part(b) is not None
                     and aligner_part(b) > aligner_part(a))
     assert upward == []
+
+
+MODULE_LINES = 400  # past this a module holds more than one concern; split it along them
+CLASS_LINES = 250  # past this a class is a god class: give its parts their own objects
+
+
+def oversized() -> list[str]:
+    """Modules and classes of the three packages over the limits, with their sizes."""
+    found = []
+    for package in LAYERS:
+        for path in sorted((REPO / package).rglob("*.py")):
+            source = path.read_text()
+            name = path.relative_to(REPO).as_posix()
+            if len(source.splitlines()) > MODULE_LINES:
+                found.append(f"{name}: {len(source.splitlines())} lines")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > CLASS_LINES:
+                    found.append(f"{name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    return found
+
+
+def test_no_module_or_class_outgrows_one_concern():
+    assert oversized() == []

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import time
 
@@ -43,19 +42,17 @@ import torch
 
 from aligner.config import AdaptConfig, MetaConfig, ModelConfig, RefineConfig, parse_pairs
 from aligner.engine.adaptation_policy import AdaptationPolicy
+from aligner.engine.aligner_state import aligner_state_bytes, load_aligner_state
 from aligner.engine.alignments import Alignments
 from aligner.engine.drift import QualityMonitor
 from aligner.engine.incremental_path import incremental_step
 from aligner.engine.local_encoding import edge_keys
 from aligner.engine.meta_schedule import MetaSchedule
-from aligner.engine.network_state import NetworkState, hidden_for, networks_from_state, networks_to_state
+from aligner.engine.network_state import NetworkState, hidden_for
 from aligner.engine.self_calibration import Calibrator, anchor_count
-from aligner.engine.state_codec import StateFormatError, decode, encode
 from aligner.engine.tasks import SnapshotInputs, draw_task
-from aligner.matching.incremental import PairMatcher
-from aligner.model.encoder import AlignmentEncoder
 from aligner.model.features import GraphTensors, anchor_entities, anchors_of, position_features, position_sketch
-from aligner.model.meta import FastWeights, MetaLearner
+from aligner.model.meta import FastWeights, MetaLearner, build_learner, weights_version
 from aligner.runtime import return_free_heap
 from aligner.update import AlignmentPath, AlignmentUpdate
 from snapshots.snapshot import Snapshot
@@ -283,71 +280,18 @@ class Aligner:
         if self.learner is not None:
             return
         attr_dim = max((g.attrs.shape[1] for g in graphs.values() if g.attrs is not None), default=0)
-        self.learner = self._new_learner(attr_dim)
+        self.learner = build_learner(self.model_cfg, self.meta.cfg, attr_dim, self.seed)
 
-    def _new_learner(self, attr_dim: int) -> MetaLearner:
-        torch.manual_seed(self.seed)
-        m = self.model_cfg
-        encoder = AlignmentEncoder(attr_dim, m.position_dim, m.hidden, m.embedding_dim, m.cheb_k)
-        meta = self.meta.cfg
-        return MetaLearner(encoder, meta.algorithm, meta.inner_lr, meta.meta_lr, meta.reptile_step)
-
-    # -- persistence ------------------------------------------------------------------------------------------
     def model_version(self) -> str | None:
-        """A short content id of the model: the meta-learned initialisation, its inner learning rates and the
-        adapted weights the incremental path encodes with. It changes with adaptation and meta-updates, not with
-        incremental steps; equal weights, equal versions. ``None`` before the first snapshot."""
-        if self.learner is None:
-            return None
-        digest = hashlib.sha256()
-        for prefix, tensors in (("init", self.learner.state_dict()), ("fast", self.fast or {})):
-            for name in sorted(tensors):
-                digest.update(f"{prefix}.{name}".encode())
-                digest.update(tensors[name].detach().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        """A short content id of the model (:func:`aligner.model.meta.weights_version`): it changes with adaptation
+        and meta-updates, not with incremental steps. ``None`` before the first snapshot."""
+        return None if self.learner is None else weights_version(self.learner, self.fast or {})
 
     def state_bytes(self) -> bytes:
-        """Everything needed to continue exactly where this aligner is, the meta-learning task pool included (its
-        snapshots in the store's compact encoding, with the temporal state each was seen with), so a restarted
-        or savepoint-seeded worker meta-learns exactly as an uninterrupted one. Each part hands its own state."""
-        learner = self.learner
-        return encode({
-            "learner": None if learner is None else learner.state_dict(),
-            "optimizer": None if learner is None else learner.optimizer.state_dict(),
-            "attr_dim": None if learner is None else learner.model.attr_dim,
-            "model_cfg": dataclasses.asdict(self.model_cfg), "algorithm": self.meta.cfg.algorithm,
-            "fast": self.fast, "known_anchors": self.known_anchors, "rng": self.rng.bit_generator.state,
-            **networks_to_state(self.networks), **self.policy.state(), **self.calibrator.state(),
-            **self.meta.state(), "matchers": {pair: m.state() for pair, m in self.alignments.matchers.items()},
-            "monitor": self.monitor.state(),
-        })
+        """Everything needed to continue exactly where this aligner is (:mod:`aligner.engine.aligner_state`)."""
+        return aligner_state_bytes(self)
 
     def load_state_bytes(self, data: bytes) -> None:
-        """Restore :meth:`state_bytes`. Plain data only (:mod:`aligner.engine.state_codec`): a state in any other
-        form, an older dynalign's pickled one included, raises :class:`aligner.engine.state_codec.StateFormatError`
-        and loads nothing."""
-        state = decode(data)
-        try:
-            monitor = QualityMonitor.from_state(state["monitor"])
-            networks = networks_from_state(state)
-            fast, known_anchors, rng = state["fast"], state["known_anchors"], state["rng"]
-            self.policy.load(state)
-            self.meta.load(state, lambda snapshot: anchors_of(snapshot, self.aligned_pairs(snapshot)))
-        except KeyError as missing:
-            raise StateFormatError(f"aligner state: {missing.args[0]!r} is missing") from None
-        # The checkpoint's architecture wins over the current configuration: weights only fit the shapes they had.
-        self.model_cfg = ModelConfig(**state["model_cfg"])
-        self.meta.cfg = dataclasses.replace(self.meta.cfg, algorithm=state["algorithm"])
-        if state["learner"] is not None:
-            self.learner = self._new_learner(state["attr_dim"])
-            self.learner.load_state_dict(state["learner"])
-            self.learner.optimizer.load_state_dict(state["optimizer"])
-        self.fast, self.known_anchors, self.monitor = fast, known_anchors, monitor
-        self.networks.clear()  # the same dict: the alignments read it
-        self.networks.update(networks)
-        self.alignments.matchers = {pair: PairMatcher.from_state(m, networks[pair[0]].view(), networks[pair[1]].view())
-                                    for pair, m in state["matchers"].items()}
-        self.rng.bit_generator.state = rng
-        self.calibrator.load(state)
-        if self.calibrator.calibrated is not None:
-            self.alignments.refine = self.calibrator.calibrated.applied(self.alignments.refine)
+        """Restore :meth:`state_bytes`; anything but this plain-data format raises
+        :class:`aligner.engine.state_codec.StateFormatError` and loads nothing."""
+        load_aligner_state(self, data)

@@ -21,12 +21,16 @@ into seeds, support and query labels):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Protocol
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from aligner.config import MetaConfig, ModelConfig
+from aligner.model.encoder import AlignmentEncoder
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "reptile", "multitask")
 
@@ -172,3 +176,21 @@ def _key(name: str) -> str:
 
 def _mean(xs: list[float]) -> float:
     return round(float(sum(xs) / len(xs)), 4) if xs else float("nan")
+
+
+def build_learner(model: ModelConfig, meta: MetaConfig, attr_dim: int, seed: int) -> MetaLearner:
+    """A fresh initialisation of the alignment encoder for ``attr_dim`` attribute columns, seeded by ``seed``."""
+    torch.manual_seed(seed)
+    encoder = AlignmentEncoder(attr_dim, model.position_dim, model.hidden, model.embedding_dim, model.cheb_k)
+    return MetaLearner(encoder, meta.algorithm, meta.inner_lr, meta.meta_lr, meta.reptile_step)
+
+
+def weights_version(learner: MetaLearner, fast: dict[str, torch.Tensor]) -> str:
+    """A short content id of a model: the meta-learned initialisation, its inner learning rates and the adapted
+    weights ``fast``. Equal weights, equal versions."""
+    digest = hashlib.sha256()
+    for prefix, tensors in (("init", learner.state_dict()), ("fast", fast)):
+        for name in sorted(tensors):
+            digest.update(f"{prefix}.{name}".encode())
+            digest.update(tensors[name].detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -4,7 +4,6 @@ malformed lines passed on unkeyed, batching, looping with fresh times and ids, p
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest

@@ -45,9 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from hostile import DEAD, KINDS, SMALL, final_graph, mix, same_graph, valid_events  # noqa: E402
+
 from aligner import AlignmentClient  # noqa: E402
 from aligner.publish.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
-from hostile import DEAD, KINDS, SMALL, final_graph, mix, same_graph, valid_events  # noqa: E402
 from snapshots.store import SnapshotStore  # noqa: E402
 from tests.brokers import create_topic, start_tansu  # noqa: E402
 

@@ -28,7 +28,7 @@ import numpy as np
 from snapshots.anchors import Anchors
 from snapshots.attributes import AttrForm, AttributeStore
 from snapshots.edges import EdgeStore
-from snapshots.limits import GraphLimits, StateConflict
+from snapshots.limits import DEFAULT_GRAPH_LIMITS, GraphLimits, StateConflict
 from snapshots.registry import NodeRegistry
 from snapshots.snapshot import NetworkSnapshot, Snapshot, pair_key
 from stream.events import ADD_ANCHOR, ADD_EDGE, OPS, REMOVE_ANCHOR, REMOVE_EDGE, SET_ATTR, Event
@@ -98,7 +98,7 @@ class TemporalGraphState:
     since the previous snapshot (including nodes that lost an edge or were displaced from an anchor).
     """
 
-    def __init__(self, limits: GraphLimits = GraphLimits()) -> None:
+    def __init__(self, limits: GraphLimits = DEFAULT_GRAPH_LIMITS) -> None:
         self.limits = limits
         self._networks: dict[str, _Network] = {}
         self._anchors = Anchors()
@@ -161,7 +161,7 @@ class TemporalGraphState:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], limits: GraphLimits = GraphLimits()) -> TemporalGraphState:
+    def from_state(cls, state: dict[str, Any], limits: GraphLimits = DEFAULT_GRAPH_LIMITS) -> TemporalGraphState:
         """The state of :meth:`to_state`; ``limits`` bound its growth from here on (not what it holds already)."""
         graph = cls(limits)
         graph._networks = {name: _Network.from_state(network) for name, network in state["networks"].items()}

@@ -76,3 +76,6 @@ class GraphLimits:
         if bound is not None and count >= bound:
             raise StateConflict(f"{count} network pairs have anchors already, "
                                 f"snapshots.max_network_pairs ({bound}): no anchors between {key[0]!r} and {key[1]!r}")
+
+
+DEFAULT_GRAPH_LIMITS = GraphLimits()  # the settings' defaults (frozen, so one instance serves every graph)

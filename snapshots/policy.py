@@ -71,7 +71,7 @@ class SnapshotPolicy:
                 raise ValueError(f"{name} must be a positive finite number of seconds or None, got {bound!r}")
         if not (_is_integer(self.dedup_capacity) and self.dedup_capacity > 0):
             raise ValueError(f"dedup_capacity must be a positive integer, got {self.dedup_capacity!r}")
-        self.graph_limits  # validates the bounds
+        _ = self.graph_limits  # building them validates the bounds
 
     def implausible_time(self, time: float, newest: float) -> str | None:
         """Why an event at ``time`` may not move event time past ``newest`` (the newest so far), or ``None``."""

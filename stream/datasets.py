@@ -258,6 +258,7 @@ def write_events(events: Iterable[Event], out: TextIO) -> int:
     1
     """
     count = 0
-    for count, event in enumerate(events, 1):
+    for event in events:
         out.write(event.to_json() + "\n")
+        count += 1
     return count

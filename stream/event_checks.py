@@ -31,6 +31,7 @@ from stream.event_model import (
     InvalidEvent,
 )
 
+
 def validate(payload: str | bytes | Mapping[str, Any], limits: EventLimits) -> Event:
     """The event ``payload`` describes, or :class:`InvalidEvent` saying what is wrong with it first."""
     obj = _decode(payload, limits)

@@ -15,9 +15,9 @@ from typing import Callable
 
 from aligner.config import Config
 from aligner.publish.embedded_redis import EmbeddedRedis
-from aligner.tools.evaluation import load_aligner
 from aligner.publish.redis_alignments import AlignmentClient
 from aligner.service.alignment_service import AlignmentService
+from aligner.tools.evaluation import load_aligner
 from stream.datasets import dataset_events, load_dataset, write_events
 
 SAMPLE_DIR = Path(__file__).parents[1] / "sample"

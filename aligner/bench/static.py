@@ -67,8 +67,8 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     anchors in both directions."""
     import torch
 
-    from aligner.tools.explain import evidence_agreement
     from aligner.engine.factory import build_aligner
+    from aligner.tools.explain import evidence_agreement
     from stream.datasets import load_dataset, split_anchors
 
     started = time.perf_counter()

@@ -72,15 +72,12 @@ def parse_baseline_table(text: str) -> dict[str, Baseline]:
             if not row.lstrip().startswith("|"):
                 break
             cells = _cells(row) + [""] * len(header)
-
-            def figure(name: str) -> float | None:
-                return _number(cells[col[name]]) if name in col else None
-
-            hits1 = figure("hits@1")
+            figures = {name: _number(cells[j]) for name, j in col.items() if name != "dataset"}
+            hits1 = figures.get("hits@1")
             # A row without figures says why in its first cell after the name ("not measured: ...").
             note = "" if hits1 is not None else cells[col["hits@1"]]
-            out[cells[col["dataset"]]] = Baseline(hits1, figure("hits@10"), figure("mrr"), figure("wall_s"),
-                                                  figure("peak_gb"), note)
+            out[cells[col["dataset"]]] = Baseline(hits1, figures.get("hits@10"), figures.get("mrr"),
+                                                  figures.get("wall_s"), figures.get("peak_gb"), note)
         return out
     raise ValueError("no baseline table found: expected a markdown table with columns dataset | Hits@1 | Hits@10 | "
                      "MRR (e.g. the suite README's 'Reference' table); pass one with --baseline FILE")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from aligner.config import ConfigError, Config, load_config_with_origins, unknown_env
+from aligner.config import Config, ConfigError, load_config_with_origins, unknown_env
 
 log = logging.getLogger("dynalign")
 ERROR_PREFIX = "dynalign: error: "

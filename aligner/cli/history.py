@@ -165,8 +165,8 @@ def replay(ctx, state_dir, start, end, kafka_url, rate, realign, name, savepoint
                                    f"{len(store.list_snapshots())})")
     out: dict = {"snapshots": [entries[0]["id"], entries[-1]["id"]]}
     if kafka_url:
-        from aligner.tools.replay import replay_to_kafka
         from aligner.service.connections import kafka_settings
+        from aligner.tools.replay import replay_to_kafka
 
         summary = replay_to_kafka(store, entries, kafka_url, settings=kafka_settings(cfg), rate=rate)
         out["kafka"] = {"events": summary.events, "messages": summary.messages, "failed": summary.failed,
@@ -191,8 +191,8 @@ def _realign(cfg: Config, root: Path, entries: list, name: str | None, savepoint
              publish_url: str | None, quiet: bool) -> dict:
     import time
 
-    from aligner.tools.replay import realign
     from aligner.service.savepoint import read_savepoint
+    from aligner.tools.replay import realign
 
     name = name or time.strftime("realign-%Y%m%dT%H%M%S")
     state = None

@@ -33,7 +33,6 @@ instead, both directions from one score matrix when it fits in ``DENSE_CELLS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Literal
 
 import numpy as np
@@ -171,7 +170,7 @@ class PairMatcher:
         """A copy with every row of both directions re-scored under the same context: what :meth:`update` must
         equal."""
         copy = PairMatcher.from_state(self.state(), self.va, self.vb)
-        copy.ranked = copy._rank_all()
+        copy.ranked = copy._rank_all()  # noqa: SLF001 (its own class)
         return copy
 
     def warm_start(self, va: NetworkView, vb: NetworkView) -> WarmStart | None:

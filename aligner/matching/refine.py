@@ -107,7 +107,7 @@ def solve_plan(
             # whatever the marginals; dead rows (all -inf) become 0 rather than nan.
             structure = None  # the previous round's plan goes before the next one is built
             structure = torch.softmax(log_plan, dim=1).nan_to_num_(nan=0.0)
-            bonus = _bonus(structure, adjacency_src, adjacency_dst)
+            bonus = _bonus(structure, adjacency_src, adjacency_dst)  # noqa: F841 (the next round's kernel)
     return TransportPlan(log_plan, structure, u, v)
 
 

@@ -70,7 +70,8 @@ class LaplacianCache:
 
     def get(self, edge_index: torch.Tensor, edge_weight: torch.Tensor | None, key: tuple, compute):
         tag = (id(edge_index), id(edge_weight), key)
-        versions = (edge_index._version, None if edge_weight is None else edge_weight._version)
+        # Tensors count in-place writes only in ``_version``, which torch exposes no other way.
+        versions = (edge_index._version, None if edge_weight is None else edge_weight._version)  # noqa: SLF001
         hit = self.entries.get(tag)
         if hit is not None and hit[0] is edge_index and hit[1] is edge_weight and hit[2] == versions:
             self.entries.move_to_end(tag)

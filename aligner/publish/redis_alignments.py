@@ -5,7 +5,7 @@ first), :mod:`~aligner.publish.redis_publisher` (atomic versions) and :mod:`~ali
 (reads, the versions stream, following it).
 """
 
-from aligner.publish.alignment_client import Announcement, AlignmentClient, Candidate, VersionRead
+from aligner.publish.alignment_client import AlignmentClient, Announcement, Candidate, VersionRead
 from aligner.publish.redis_layout import pair_tag
 from aligner.publish.redis_publisher import CHANGED_INLINE, PENDING_TTL_S, RedisPublisher
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from aligner.bench.static import static_snapshot
-from aligner.matching.calibration import RefineSetting
 from aligner.config import AdaptConfig, ConfigError, MetaConfig, ModelConfig, RefineConfig, load_config
 from aligner.engine.aligner import Aligner
+from aligner.matching.calibration import RefineSetting
 from stream.datasets import load_dataset
 from tests.synthetic import write_pair_dataset
 

@@ -19,9 +19,16 @@ from aligner import AlignmentClient
 from aligner.publish.embedded_redis import EmbeddedRedis, free_port
 from aligner.service.metrics import Freshness, WeightedHistogram
 from stream.events import parse_event
+from tests.aligner.test_service_guarantees import (  # noqa: F401 (fixtures)
+    WINDOW,
+    Worker,
+    config,
+    dataset_lines,
+    no_worker_outlives_its_test,
+    one_torch_thread,
+    wait_until,
+)
 from tests.deploy.test_deploy import worker_healthcheck
-from tests.aligner.test_service_guarantees import (WINDOW, Worker, config, dataset_lines,  # noqa: F401 (fixtures)
-                                                   no_worker_outlives_its_test, one_torch_thread, wait_until)
 
 BAD_LINES = ["not json", '{"op": "warp", "net": "left", "time": 5}']
 

@@ -20,8 +20,8 @@ from aligner import AlignmentClient
 from aligner.publish.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
 from aligner.publish.redis_alignments import CHANGED_INLINE, PENDING_TTL_S, RedisPublisher
 from aligner.update import AlignmentUpdate, PairTopK
-from tests.logs import our_messages
 from tests.brokers import TcpProxy
+from tests.logs import our_messages
 
 
 def make_update(snapshot: int, shift: int = 0) -> AlignmentUpdate:

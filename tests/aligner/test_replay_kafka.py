@@ -28,7 +28,7 @@ def state(tmp_path):
     for i in range(150):
         net = ("left", "right", "third")[i % 3 if i % 7 else 0]
         event = Event("add_edge", 100.0 + i * 0.4, net, str(i), str(i + 1), id=f"{net}:{i}")
-        for repeat in range(2 if i % 25 == 3 else 1):  # a redelivered event is in the log twice
+        for _ in range(2 if i % 25 == 3 else 1):  # a redelivered event is in the log twice
             store.append_events([event.to_json()])
             for snapshot in cutter.offer(event):
                 store.save_snapshot(snapshot)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from aligner.config import load_config
-from aligner.engine.drift import QualityMonitor
 from aligner.engine.aligner import Aligner
-from aligner.tools.evaluation import load_aligner
+from aligner.engine.drift import QualityMonitor
 from aligner.engine.state_codec import StateFormatError, decode, encode
+from aligner.tools.evaluation import load_aligner
 from snapshots.store import SnapshotStore
 
 ROOT = Path(__file__).resolve().parents[2]

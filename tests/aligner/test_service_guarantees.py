@@ -193,7 +193,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(broker, redis_url,
     rng = random.Random(20261125)
     lines = dataset_lines(tmp_path, n=60, windows=6, seed=3)
     bad = ['{"op": "add_edge", "net": "left"}', "not json", '{"op": "jump", "net": "left", "time": 1}']
-    for i, line in enumerate(bad * 4):
+    for line in bad * 4:
         lines.insert(rng.randrange(len(lines)), line)
     n_good = len(lines) - 12
     events = tmp_path / "events.jsonl"

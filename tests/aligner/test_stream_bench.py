@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aligner.bench.static import validation_split
-from aligner.config import load_config
 from aligner.bench.stream import run_stream_seed, stream_snapshots
+from aligner.config import load_config
 from snapshots.snapshot import pair_key
 from stream.datasets import load_dataset, split_anchors
 from tests.synthetic import write_pair_dataset

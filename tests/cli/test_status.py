@@ -12,8 +12,13 @@ from aligner.config import mask_url
 from aligner.publish.embedded_redis import free_port
 from aligner.service.status import _kafka, iso
 from snapshots.store import SnapshotStore
-from tests.aligner.test_service_guarantees import (Worker, config, dataset_lines,  # noqa: F401 (fixtures)
-                                                   no_worker_outlives_its_test, one_torch_thread)
+from tests.aligner.test_service_guarantees import (  # noqa: F401 (fixtures)
+    Worker,
+    config,
+    dataset_lines,
+    no_worker_outlives_its_test,
+    one_torch_thread,
+)
 from tests.cli.test_client_install import dynalign_without_service
 from tests.terminal import REPO, dynalign, in_terminal
 

@@ -11,10 +11,10 @@ import pytest
 from stream.events import (
     ADD_ANCHOR,
     ADD_EDGE,
+    DEFAULT_LIMITS,
     REMOVE_ANCHOR,
     REMOVE_EDGE,
     SET_ATTR,
-    DEFAULT_LIMITS,
     EventLimits,
     InvalidEvent,
     parse_event,
@@ -326,8 +326,8 @@ def test_fast_route_agrees_on_raw_text():
     for text in texts:
         for wire in (text, text.encode("utf-8", "surrogatepass"), b"\xef\xbb\xbf" + text.encode()):
             for limits in (DEFAULT_LIMITS, big):
-                assert outcome(lambda p: parse_event(p, limits), wire) == outcome(
-                    lambda p: _validate(p, limits), wire), (wire, limits)
+                assert outcome(lambda p, limits=limits: parse_event(p, limits), wire) == outcome(
+                    lambda p, limits=limits: _validate(p, limits), wire), (wire, limits)
     for number in ("18446744073709551617", "123456789012345678901234567.0", "98765432109876543210987"):
         text = f'{{"op":"add_edge","time":{number},"net":"a","u":1,"v":2,"weight":{number}}}'
         assert outcome(lambda p: parse_event(p, big), text) == outcome(lambda p: _validate(p, big), text)

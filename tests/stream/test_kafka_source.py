@@ -17,7 +17,7 @@ from stream.kafka_settings import KafkaSettings, parse_kafka_url
 from stream.kafka_source import KafkaSource
 from stream.records import Record, SourceUnavailable
 from stream.sources import open_source
-from tests.brokers import TEST_GROUP_SETTINGS, Broker, EXTERNAL_ENV, create_topic, free_port, kafka_broker, start_tansu
+from tests.brokers import EXTERNAL_ENV, TEST_GROUP_SETTINGS, Broker, create_topic, free_port, kafka_broker, start_tansu
 from tests.logs import our_messages
 
 SETTINGS = KafkaSettings(**TEST_GROUP_SETTINGS, connect_timeout_s=20)

@@ -1,9 +1,11 @@
 """The service's connections from its configuration: Redis (the configured server, or the embedded one under
-the state dir) and the Kafka client settings."""
+the state dir), the dead-letter sink (and its Kafka producer) and the Kafka client settings."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -11,7 +13,10 @@ from redis.retry import Retry
 
 from aligner.config import Config
 from aligner.publish.embedded_redis import EmbeddedRedis
-from stream.kafka_settings import KafkaSettings
+from stream.deadletter import DeadLetterSink
+from stream.kafka_settings import KafkaSettings, parse_kafka_url
+
+log = logging.getLogger("dynalign.service")
 
 
 def redis_for(cfg: Config) -> tuple[redis.Redis, EmbeddedRedis | None]:
@@ -38,3 +43,20 @@ def kafka_settings(cfg: Config) -> KafkaSettings:
         max_poll_interval_ms=s.kafka_max_poll_interval_ms, check_crcs=s.kafka_check_crcs,
         connect_timeout_s=s.kafka_connect_timeout_s,
     )
+
+
+def dead_letter_sink(cfg: Config, state_dir: Path, source_url: str,
+                     truncate_to: int | None) -> tuple[DeadLetterSink, Any]:
+    """The local file, plus the configured topic when the events come from Kafka; and the Kafka producer it
+    writes with (``None``: a file only), which the caller closes after the sink."""
+    path = state_dir / "deadletter.jsonl"
+    template = cfg.stream.dead_letter_topic
+    if not source_url.startswith("kafka://") or not template:
+        return DeadLetterSink(path, truncate_to=truncate_to), None
+    from stream.producer import kafka_producer
+
+    servers, topic, _ = parse_kafka_url(source_url)
+    dead_topic = template.format(topic=topic)
+    producer = kafka_producer(servers, kafka_settings(cfg), linger_ms=50)
+    log.info("dead letters go to %s and to Kafka topic %s", path, dead_topic)
+    return DeadLetterSink(path, topic=dead_topic, producer=producer, truncate_to=truncate_to), producer

@@ -1,11 +1,12 @@
 """What passes between the service's main thread and its aligner and refresh threads: a queued snapshot, a
-finished job, and the catch-up step that queued snapshots become."""
+finished job, the aligner's serialised state a checkpoint records, the catch-up step that queued snapshots become,
+and how a finished step's stats are split between a log line's headline and its detail."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,31 @@ class JobResult:
     state: bytes | None
     model_version: str | None
     seconds: float
+
+
+class AlignerState(NamedTuple):
+    """The aligner serialised as of snapshot ``through`` (``None``: nothing aligned yet) at model version
+    ``model_version``; ``state`` is ``None`` before the first serialisation of a fresh state dir."""
+
+    state: bytes | None
+    through: int | None
+    model_version: str | None
+
+
+# What a text log line of an aligned (or refreshed) snapshot shows at INFO (the rest of the step's stats only at
+# DEBUG and in JSON logs): which path and why, how good the published alignments are on the anchors that arrived.
+ALIGNED_HEADLINE = ("path", "reason", "deferred", "anchors", "pseudo_anchors", "prequential_hits@1",
+                    "prequential_mrr", "drifts")
+
+
+def headline_and_detail(stats: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A step's stats as the log line's fields (:data:`ALIGNED_HEADLINE`) and its detail (the rest).
+
+    >>> headline_and_detail({"path": "incremental", "nodes": 3, "anchors": 2})
+    ({'path': 'incremental', 'anchors': 2}, {'nodes': 3})
+    """
+    return ({k: stats[k] for k in ALIGNED_HEADLINE if k in stats},
+            {k: v for k, v in stats.items() if k not in ALIGNED_HEADLINE})
 
 
 def coalesce(snapshots: list[Snapshot]) -> Snapshot:

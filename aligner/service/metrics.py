@@ -27,7 +27,7 @@ import time
 from collections import deque
 from enum import StrEnum
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
@@ -39,6 +39,7 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from aligner.service.alignment_service import AlignmentService
+    from aligner.service.jobs import Queued
     from aligner.update import AlignmentUpdate
     from snapshots.snapshot import Snapshot
 
@@ -227,7 +228,7 @@ class ServiceMetrics:
             "last_alignment_age_s": (None if self.last_aligned is None
                                      else round(time.monotonic() - self.last_aligned, 1)),
             "oldest_waiting_snapshot_s": None if waiting is None else round(waiting, 1),
-            "snapshots_waiting": len(getattr(s, "backlog", ())),
+            "snapshots_waiting": len(_backlog(s)),
         }
 
     def serve(self, host: str, port: int) -> int:
@@ -269,7 +270,7 @@ class _ServiceCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self.service
         summary = s.summary
-        dead = getattr(s, "dead", None)
+        dead = getattr(getattr(s, "ingest", None), "dead", None)
         publisher = getattr(s, "publisher", None)
         for name, doc, value in (
                 ("records", "Records read, restored ones included.", summary.records),
@@ -296,7 +297,7 @@ class _ServiceCollector(Collector):
             lag.add_metric([str(partition)], n)
         yield lag
         yield GaugeMetricFamily("dynalign_snapshots_waiting", "Snapshots cut and waiting for the aligner.",
-                                value=len(getattr(s, "backlog", ())))
+                                value=len(_backlog(s)))
         yield GaugeMetricFamily("dynalign_redis_pending", "1 while an update waits for Redis to take it.",
                                 value=int(getattr(publisher, "pending", None) is not None))
         down_since = getattr(publisher, "down_since", None)
@@ -335,11 +336,17 @@ def _ping(client: redis.Redis) -> str | None:
         return str(e) or type(e).__name__
 
 
+def _backlog(service: AlignmentService) -> Sequence[Queued]:
+    """The snapshots waiting for the aligner (none before the service opened its worker)."""
+    worker = getattr(service, "worker", None)
+    return () if worker is None else worker.backlog
+
+
 def _oldest_wait(service: AlignmentService) -> float | None:
     """Seconds the oldest snapshot waiting for the aligner has waited, or None when none waits."""
     try:
-        return time.monotonic() - service.backlog[0].cut_at
-    except (AttributeError, IndexError):  # not open yet, or emptied by the main thread meanwhile
+        return time.monotonic() - _backlog(service)[0].cut_at
+    except IndexError:  # none waits, or emptied by the main thread meanwhile
         return None
 
 

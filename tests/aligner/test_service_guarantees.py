@@ -469,7 +469,7 @@ def test_two_workers_split_and_hand_over_partitions_without_losing_or_duplicatin
 
     produce(slice(cut1, cut2))
     # Accepting events is not publishing them: wait for the moved pair's alignment by its new owner.
-    wait_until(lambda: w1.summary.accepted + w2.summary.accepted == 2 * cut2 and not w2.service.backlog
+    wait_until(lambda: w1.summary.accepted + w2.summary.accepted == 2 * cut2 and not w2.service.worker.backlog
                and last_publisher() == "w2", what="both workers to take the second part", workers=[w1, w2])
     first = w2.stop()
     assert first.restored == cut1  # it rebuilt the moved networks' history before taking on new work
@@ -477,8 +477,8 @@ def test_two_workers_split_and_hand_over_partitions_without_losing_or_duplicatin
     wait_until(lambda: len(w1.owns()) == 2, what="worker 1 to take the partition back", workers=[w1])
     produce(slice(cut2, None))
     total = len(p_lines) + len(q_lines)
-    wait_until(lambda: w1.summary.accepted + first.accepted == total and not w1.service.backlog
-               and w1.service.job is None and last_publisher() == "w1", what="worker 1 to take the rest", workers=[w1])
+    wait_until(lambda: w1.summary.accepted + first.accepted == total and not w1.service.worker.backlog
+               and not w1.service.worker.busy and last_publisher() == "w1", what="worker 1 to take the rest", workers=[w1])
     last = w1.stop()
 
     # Every event is new work for exactly one worker; the one that got a partition back re-read only what the
@@ -514,7 +514,7 @@ def test_a_broker_outage_is_waited_out_without_spinning(redis_url, tmp_path, cap
         feed(tmp_path / "a.jsonl", own.url(topic), settings=SETTINGS)
         with caplog.at_level(logging.INFO):
             worker = Worker(config(tmp_path / "state", redis_url), own.url(topic, group="outage"))
-            wait_until(lambda: worker.summary.accepted == half and worker.service.job is None, what="the first half",
+            wait_until(lambda: worker.summary.accepted == half and not worker.service.worker.busy, what="the first half",
                        workers=[worker])
             own.proxy.down()
             cpu, wall = time.process_time(), time.monotonic()
@@ -555,7 +555,7 @@ def test_redis_going_away_loses_no_update_and_ingestion_goes_on(tmp_path):
         stream.write("\n".join(part[windows[2]] + part[windows[3]]) + "\n")
         stream.flush()
         # Redis away: both snapshots are cut and aligned all the same; the newest update waits.
-        wait_until(lambda: worker.summary.snapshots == 3 and worker.service.aligned_through == 3, what="ingestion",
+        wait_until(lambda: worker.summary.snapshots == 3 and worker.service.worker.aligned_through == 3, what="ingestion",
                    workers=[worker])
         assert worker.summary.published == 1 and worker.service.publisher.pending.snapshot_id == 3
         server = EmbeddedRedis(tmp_path / "redis", port=port).start()  # back, same port, its data saved
@@ -602,7 +602,7 @@ def test_heavy_steps_run_beside_the_incremental_ones_and_their_result_reaches_re
     assert [e["snapshot"] for e in entries] == sorted(e["snapshot"] for e in entries)
     assert entries[-1]["snapshot"] == aligned[-1]["snapshot"] == summary.snapshots
     # What Redis serves last comes from the refreshed aligner: the adapted weights, not the first snapshot's.
-    assert entries[-1]["model_version"] == worker.service.aligner.model_version() != entries[0]["model_version"]
+    assert entries[-1]["model_version"] == worker.service.worker.aligner.model_version() != entries[0]["model_version"]
     assert summary.published == len(entries)
 
 

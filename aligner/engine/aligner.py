@@ -27,7 +27,7 @@ A live service cannot wait a second or more for the heavy steps (adaptation, rea
 the coordinates and the plan solved again) without every event behind them waiting too. ``on_snapshot(...,
 defer=True)`` takes the incremental path regardless and notes what was due in :attr:`Aligner.deferred`; the
 caller then runs :meth:`Aligner.refresh` on a :meth:`Aligner.fork` in the background while this aligner keeps
-the alignments fresh, and swaps the refreshed one in once it has caught up (:mod:`aligner.service.alignment_service`).
+the alignments fresh, and swaps the refreshed one in once it has caught up (:mod:`aligner.service.background_refresh`).
 """
 
 from __future__ import annotations

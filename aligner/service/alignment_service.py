@@ -85,7 +85,7 @@ class AlignmentService:
         self.source_paused = False  # service.max_backlog snapshots wait for the aligner
         self.summary = RunSummary()  # live counts; complete when run() returns
         self.metrics = ServiceMetrics(self)  # recorded always, served over HTTP when service.metrics_port is set
-        self.opened = ExitStack()  # how to release what _open got to, undone in reverse by _close
+        self.opened = ExitStack()  # how to release what _open got to, undone in reverse when run() ends
 
     def request_stop(self, signum: int | None = None, frame: object = None) -> None:
         if not self.stop_requested:
@@ -120,7 +120,7 @@ class AlignmentService:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._close()
+            self.opened.close()  # what _open got to, in reverse order (it may have failed half-way)
         self.ingest.complete_summary()
         self.summary.wall_s = time.perf_counter() - started_at
         if self.publisher.pending is None:
@@ -155,7 +155,7 @@ class AlignmentService:
         return seed, recorded
 
     def _prepare_process(self) -> None:
-        """Torch's threads and the GIL's switch interval for this run (the latter restored by :meth:`_close`:
+        """Torch's threads and the GIL's switch interval for this run (the latter restored on close:
         the process may go on without us), and an owner-only state dir."""
         import torch  # loaded when a run starts, not by commands that share this module
 
@@ -217,10 +217,6 @@ class AlignmentService:
         if cfg.service.metrics_port is not None:
             port = self.metrics.serve(cfg.service.metrics_host, cfg.service.metrics_port)
             log.info(f"metrics at http://{cfg.service.metrics_host}:{port}/metrics, health at /healthz")
-
-    def _close(self) -> None:
-        """Release whatever :meth:`_open` got to, in reverse order (it may have failed half-way)."""
-        self.opened.close()
 
     # -- the loop -------------------------------------------------------------------------------------------------
 

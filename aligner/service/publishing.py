@@ -23,8 +23,8 @@ from snapshots.history import AlignmentHistory
 from stream.records import Source
 
 if TYPE_CHECKING:
-    from aligner.service.run_summary import RunSummary
     from aligner.service.metrics import ServiceMetrics
+    from aligner.service.run_summary import RunSummary
 
 log = logging.getLogger("dynalign.service")
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Collection
 
 from aligner.config import parse_pairs
-
 from stream.deadletter import DeadLetterSink
 from stream.records import Source
 

@@ -9,7 +9,10 @@ its history rather than only the latest cut.
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +106,7 @@ class SparseGConvGRU(GConvGRU):
     def __init__(self, in_channels: int, out_channels: int, K: int, laplacians: LaplacianCache):
         super().__init__(in_channels, out_channels, K=K)
         self.laplacians = laplacians
+        _remove_generated_sources()
 
     def forward(self, X: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None,
                 H: torch.Tensor | None = None, lambda_max: float | None = None) -> torch.Tensor:
@@ -189,3 +193,14 @@ def anchor_loss(
     logits_ab = logits_ab.masked_fill(~alive_b, float("-inf"))
     logits_ba = logits_ba.masked_fill(~alive_a, float("-inf"))
     return 0.5 * (F.cross_entropy(logits_ab, j) + F.cross_entropy(logits_ba, i))
+
+
+def _remove_generated_sources() -> None:
+    """PyTorch Geometric writes the code it generates for a convolution's ``propagate`` to a temporary file, once
+    per class and process, and never removes it: every dynalign process left one in the temp dir. The module is
+    loaded by then, and these convolutions never propagate (:class:`SparseGConvGRU` does), so the files go."""
+    temp = Path(tempfile.gettempdir()).resolve()
+    for name, module in list(sys.modules.items()):
+        source = getattr(module, "__file__", None)
+        if name.startswith("torch_geometric.") and source and Path(source).resolve().parent == temp:
+            Path(source).unlink(missing_ok=True)

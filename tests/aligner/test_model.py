@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -99,3 +103,13 @@ def test_parameter_names_and_initialisation_are_the_libraries():
     ours = {k.removeprefix("recurrent."): v for k, v in enc.state_dict().items() if k.startswith("recurrent.")}
     assert ours.keys() == gru.state_dict().keys()
     assert all(torch.equal(ours[k], v) for k, v in gru.state_dict().items())
+
+
+def test_building_the_encoder_leaves_no_file_in_the_temp_dir(tmp_path):
+    # PyTorch Geometric writes generated code to the temp dir on the first convolution of a process.
+    code = ("from aligner.model.encoder import AlignmentEncoder; AlignmentEncoder(3, 8, 16, 16, 2); "
+            "import tempfile, os; print(tempfile.gettempdir())")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == []  # (torch may leave an empty cache dir of its own)

@@ -93,5 +93,5 @@ class Anchors:
         anchors = cls()
         for entry in state:
             pairs = np.asarray(entry["pairs"], np.int64).reshape(-1, 2).tolist()
-            anchors._pairs[tuple(entry["networks"])] = AnchorPair(map(tuple, pairs))
+            anchors._pairs[tuple(entry["networks"])] = AnchorPair((a, b) for a, b in pairs)
         return anchors

@@ -40,8 +40,8 @@ def export_snapshots(snapshots: Iterable[Snapshot], out: Path) -> dict[str, Any]
     nets = sorted({n for s in snaps for n in s.networks})
     sizes = {n: max(s.networks[n].num_nodes for s in snaps if n in s.networks) for n in nets}
     node_ids = {n: next(s.networks[n].node_ids for s in reversed(snaps) if n in s.networks) for n in nets}
-    widths = {n: max((s.networks[n].attrs.shape[1] for s in snaps
-                      if n in s.networks and s.networks[n].attrs is not None), default=0) for n in nets}
+    widths = {n: max((attrs.shape[1] for s in snaps
+                      if n in s.networks and (attrs := s.networks[n].attrs) is not None), default=0) for n in nets}
     for net in nets:
         if not NAME_PATTERN.match(net):  # a state written before names were checked this strictly
             raise ValueError(f"network name {net!r} cannot be a folder name under {out}: not exported")
@@ -76,7 +76,8 @@ def export_snapshots(snapshots: Iterable[Snapshot], out: Path) -> dict[str, Any]
                 lines = [f"{ids[u]}\t{ids[v]}\t{w:g}\n"
                          for u, v, w in zip(edge_index[0].tolist(), edge_index[1].tolist(), weight.tolist())]
                 (directory / "edges" / f"{snap.id:08d}.tsv").write_text("".join(lines))
-        np.savez_compressed(directory / "signal.npz", **arrays)
+        # numpy's stub types **kwds as if they could bind allow_pickle (a bool); these names never do
+        np.savez_compressed(directory / "signal.npz", **arrays)  # type: ignore[arg-type]
     meta = {
         "format": FORMAT,
         "snapshots": [{"id": s.id, "start_time": s.start_time, "end_time": s.end_time, "events": s.events}

@@ -189,26 +189,30 @@ class TemporalGraphState:
 
     def _add_edge(self, event: Event) -> None:
         # The hottest code of ingestion (most events are interactions): locals on purpose.
+        u, v = event.u, event.v
+        assert v is not None  # an edge event has both ends (parse_event requires them)
         network = self._networks.get(event.net)
         a = b = None
         if network is not None:
             known = network.known
-            a, b = known.get(event.u), known.get(event.v)
-        if a is None or b is None:  # a new node (or network): in event order, as the registry needs
-            self._admit({event.net: (event.u, event.v)})
+            a, b = known.get(u), known.get(v)
+        if network is None or a is None or b is None:  # a new node (or network): in event order, as the registry needs
+            self._admit({event.net: (u, v)})
             network = network or self._network(event.net)
-            a, b = network.registry.index(event.u), network.registry.index(event.v)
+            a, b = network.registry.index(u), network.registry.index(v)
         network.edges.add(a, b, event.weight, event.time)
         changed = network.changed
         changed.add(a)
         changed.add(b)
 
     def _remove_edge(self, event: Event) -> None:
+        v = event.v
+        assert v is not None  # an edge event has both ends (parse_event requires them)
         network = self._networks.get(event.net)
         a = b = None
         if network is not None:
-            a, b = network.known.get(event.u), network.known.get(event.v)
-        if a is None or b is None or not network.edges.remove(a, b):
+            a, b = network.known.get(event.u), network.known.get(v)
+        if network is None or a is None or b is None or not network.edges.remove(a, b):
             self.stats["remove_missing"] += 1
             return
         network.changed.add(a)
@@ -234,14 +238,16 @@ class TemporalGraphState:
 
     def _anchor_ends(self, event: Event) -> tuple[tuple[str, str], _Network, int, _Network, int]:
         """Pair key, then (network, index) of its first and of its second end, registering both."""
-        key = pair_key(event.net, event.to)
-        here, there = self._networks.get(event.net), self._networks.get(event.to)
-        if here is None or there is None or event.u not in here.known or event.v not in there.known:
-            self._admit({event.net: (event.u,), event.to: (event.v,)})
+        to, v = event.to, event.v
+        assert to is not None and v is not None  # an anchor event names both ends (parse_event requires them)
+        key = pair_key(event.net, to)
+        here, there = self._networks.get(event.net), self._networks.get(to)
+        if here is None or there is None or event.u not in here.known or v not in there.known:
+            self._admit({event.net: (event.u,), to: (v,)})
         if key not in self._anchors:
             self.limits.admit_network_pair(len(self._anchors), key)
-        here, there = self._network(event.net), self._network(event.to)
-        index_here, index_there = here.registry.index(event.u), there.registry.index(event.v)
+        here, there = self._network(event.net), self._network(to)
+        index_here, index_there = here.registry.index(event.u), there.registry.index(v)
         if event.net == key[0]:
             return key, here, index_here, there, index_there
         return key, there, index_there, here, index_here
@@ -262,11 +268,13 @@ class TemporalGraphState:
         second.changed.add(b)
 
     def _remove_anchor(self, event: Event) -> None:
-        key = pair_key(event.net, event.to)
+        to, v = event.to, event.v
+        assert to is not None and v is not None  # an anchor event names both ends (parse_event requires them)
+        key = pair_key(event.net, to)
         pair = self._anchors.get(key)
         if pair is not None:  # a pair with anchors: both networks exist
             first, second = self._networks[key[0]], self._networks[key[1]]
-            here, there = (event.u, event.v) if event.net == key[0] else (event.v, event.u)
+            here, there = (event.u, v) if event.net == key[0] else (v, event.u)
             a, b = first.known.get(here), second.known.get(there)
         if pair is None or a is None or b is None or not pair.remove(a, b):
             self.stats["remove_anchor_missing"] += 1

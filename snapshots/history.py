@@ -151,8 +151,9 @@ class AlignmentHistory:
                                       f"{parent['version']}, not on an older one")
             chain.append(parent)
         files = [self._verified_bytes(e) for e in chain]
-        record = cached if chain[-1].get("parent") is not None else None
-        for e, data in zip(reversed(chain), reversed(files)):
+        base = cached if chain[-1].get("parent") is not None else None
+        record = _decode(files[-1], base, chain[-1])
+        for e, data in zip(reversed(chain[:-1]), reversed(files[:-1])):
             record = _decode(data, record, e)
         self._last[tag] = record
         return record
@@ -209,8 +210,8 @@ def _encode(record: RecordedAlignment, parent: RecordedAlignment | None) -> byte
         directions.append({"src": src, "dst": dst, "delta": delta, "k": int(candidates.shape[1])
                            if candidates.ndim == 2 else 0})
     for i, net in enumerate(nets):
-        old = parent.node_ids.get(net, ()) if parent is not None else ()
-        arrays[f"n{i}_ids"], arrays[f"n{i}_ends"] = pack_strings(record.node_ids[net][len(old):])
+        old_ids = parent.node_ids.get(net, ()) if parent is not None else ()
+        arrays[f"n{i}_ids"], arrays[f"n{i}_ends"] = pack_strings(record.node_ids[net][len(old_ids):])
     meta = {"parent": None if parent is None else parent.entry.get("version"), "networks": nets,
             "directions": directions}
     return npz_bytes({"meta": json_array(meta), **arrays}, compressed=True)
@@ -223,13 +224,14 @@ def _decode(data: bytes, parent: RecordedAlignment | None, entry: dict[str, Any]
             parent = None
         node_ids = {}
         for i, net in enumerate(meta["networks"]):
-            old = parent.node_ids.get(net, ()) if parent is not None else ()
-            node_ids[net] = old + unpack_strings(npz[f"n{i}_ids"], npz[f"n{i}_ends"])
+            old_ids = parent.node_ids.get(net, ()) if parent is not None else ()
+            node_ids[net] = old_ids + unpack_strings(npz[f"n{i}_ids"], npz[f"n{i}_ends"])
         top = {}
         for j, d in enumerate(meta["directions"]):
             keys, cands = npz[f"d{j}_keys"], npz[f"d{j}_candidates"].astype(np.int64).reshape(-1, d["k"])
             scores = npz[f"d{j}_scores"].reshape(-1, d["k"])
             if d["delta"]:
+                assert parent is not None  # a delta version is decoded on its parent (AlignmentHistory.load)
                 old = parent.top[(d["src"], d["dst"])]
                 keys, (cands, scores) = patch_keyed(old[0], [old[1], old[2]], npz[f"d{j}_removed"], keys,
                                                     [cands, scores])

@@ -76,8 +76,9 @@ class SnapshotChain:
                                       "no longer in the manifest")
             chain.append(parent_entry)
         files = [self._verified_bytes(entry) for entry in chain]  # the snapshot's own file is checked first
-        snapshot = self._cache if chain[-1].get("parent") is not None else None
-        for data in reversed(files):
+        base = self._cache if chain[-1].get("parent") is not None else None
+        snapshot = decode_snapshot(files[-1], base)
+        for data in reversed(files[:-1]):
             snapshot = decode_snapshot(data, snapshot)
         self._cache = snapshot
         return snapshot

@@ -65,10 +65,12 @@ def encode_snapshot(snapshot: Snapshot, parent: Snapshot | None) -> bytes:
             arrays[p + "alive_idx"], arrays[p + "alive"] = diff_dense(old.alive, np.asarray(net.alive, bool))
         if net.attrs is not None:
             attrs = np.asarray(net.attrs, np.float32)
-            spec["attrs_delta"] = old is not None and old.attrs is not None and old.attrs.shape[1] == attrs.shape[1]
-            if spec["attrs_delta"]:
-                arrays[p + "attr_idx"], arrays[p + "attrs"] = diff_dense(old.attrs, attrs)
+            old_attrs = None if old is None else old.attrs
+            if old_attrs is not None and old_attrs.shape[1] == attrs.shape[1]:
+                spec["attrs_delta"] = True
+                arrays[p + "attr_idx"], arrays[p + "attrs"] = diff_dense(old_attrs, attrs)
             else:
+                spec["attrs_delta"] = False
                 arrays[p + "attrs"] = attrs
         networks.append(spec)
     for j, (key, pairs) in enumerate(snapshot.anchors.items()):
@@ -96,6 +98,7 @@ def decode_snapshot(data: bytes, parent: Snapshot | None) -> Snapshot:
             p, n = f"n{i}_", spec["nodes"]
             ids = unpack_strings(npz[p + "node_ids"], npz[p + "node_id_ends"])
             if spec["delta"]:
+                assert parent is not None  # a delta network is only written with a parent, checked above to match
                 old = parent.networks[spec["name"]]
                 ids = old.node_ids + ids
                 keys, (weights,) = patch_keyed(_edge_keys(old.edge_index), [old.edge_weight], npz[p + "edge_removed"],
@@ -108,6 +111,8 @@ def decode_snapshot(data: bytes, parent: Snapshot | None) -> Snapshot:
             if spec["has_attrs"]:
                 attrs = npz[p + "attrs"]
                 if spec.get("attrs_delta"):
+                    # written only against the parent's attributes of the same width (encode_snapshot)
+                    assert old is not None and old.attrs is not None
                     attrs = patch_dense(old.attrs, n, npz[p + "attr_idx"], attrs)
             networks[spec["name"]] = NetworkSnapshot(
                 name=spec["name"], node_ids=ids, edge_index=np.stack([keys >> 32, keys & _LOW_BITS]),

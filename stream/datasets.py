@@ -88,18 +88,21 @@ def load_dataset(path: Path | str) -> Dataset:
             raise FileNotFoundError(f"dataset {root}: required file {name} is missing; {FORMAT_HINT}")
         return p
 
-    edges, times, attrs, sizes = {}, {}, {}, {}
+    edges: dict[str, np.ndarray] = {}
+    times: dict[str, np.ndarray | None] = {}
+    attrs: dict[str, np.ndarray | None] = {}
+    sizes: dict[str, int] = {}
     for side in _SIDES:
         table = _read_table(required(f"{side}.edges.tsv"), (2, 3), "edges")
         edges[side] = np.ascontiguousarray(table[:, :2])
         times[side] = table[:, 2].astype(np.float64) if table.shape[1] == 3 else None
         attr_path = root / f"{side}.attr.npy"
         try:
-            attrs[side] = np.load(attr_path, allow_pickle=False) if attr_path.exists() else None
+            matrix = attrs[side] = np.load(attr_path, allow_pickle=False) if attr_path.exists() else None
         except (ValueError, OSError, EOFError) as e:  # pickled, torn or not .npy at all
             raise ValueError(f"{attr_path} is not a numeric .npy matrix ({e}); {FORMAT_HINT}") from None
-        if attrs[side] is not None and attrs[side].ndim != 2:
-            raise ValueError(f"{attr_path}: attributes must be a matrix (row i = node i), not {attrs[side].shape}")
+        if matrix is not None and matrix.ndim != 2:
+            raise ValueError(f"{attr_path}: attributes must be a matrix (row i = node i), not {matrix.shape}")
     if (times["source"] is None) != (times["target"] is None):
         raise ValueError(f"dataset {root}: only one network's edges carry timestamps")
     anchors = _read_table(required("anchors.tsv"), (2,), "anchors")
@@ -112,7 +115,8 @@ def load_dataset(path: Path | str) -> Dataset:
         ids = np.concatenate([edges[side].ravel(), anchors[:, i]])
         if ids.size and ids.min() < 0:
             raise ValueError(f"dataset {root}: negative {side} node id")
-        seen = max(int(ids.max()) + 1 if ids.size else 0, 0 if attrs[side] is None else len(attrs[side]))
+        matrix = attrs[side]
+        seen = max(int(ids.max()) + 1 if ids.size else 0, 0 if matrix is None else len(matrix))
         sizes[side] = int(meta.get(f"n_{side}", seen))
         if seen > sizes[side]:
             raise ValueError(
@@ -193,13 +197,17 @@ def dataset_events(
     nets = (ds.source_net, ds.target_net)
 
     # Both networks' edges as one table of (network index, line in its file, u, v).
-    parts, time_parts = [], []
+    parts: list[np.ndarray] = []
+    time_parts: list[np.ndarray] = []
     for k, (e, t) in enumerate(((ds.source_edges, ds.source_times), (ds.target_edges, ds.target_times))):
         keep = e[:, 0] != e[:, 1]
         parts.append(np.column_stack([np.full(len(e), k), np.arange(len(e)), e])[keep])
-        time_parts.append(t[keep] if t is not None else None)
+        if t is not None:
+            time_parts.append(t[keep])
     table = np.concatenate(parts)
     if ds.timestamped:
+        if len(time_parts) != len(parts):  # a Dataset built by hand; load_dataset refuses it
+            raise ValueError(f"dataset {ds.name}: only one network's edges carry timestamps")
         edge_times = np.concatenate(time_parts)
         # A stable sort keeps source before target at equal times, and each file's own order.
         order = np.argsort(edge_times, kind="stable")
@@ -232,7 +240,9 @@ def _replay(
 ) -> Iterator[Event]:
     # Every other event is at or after `start`, so attributes can simply go first.
     for k, matrix in enumerate((ds.source_attrs, ds.target_attrs)):
-        for i in range(0 if matrix is None else len(matrix)):
+        if matrix is None:
+            continue
+        for i in range(len(matrix)):
             attrs = tuple(matrix[i].astype(np.float64).tolist())
             yield Event(op=SET_ATTR, time=start, net=nets[k], u=str(i), attrs=attrs, id=f"{nets[k]}:a{i}")
 

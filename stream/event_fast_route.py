@@ -97,9 +97,10 @@ def _edge(obj: dict, op: str, time: float, net: str, event_id: str | None, limit
         return None
     weight = 1.0
     if op == ADD_EDGE and "weight" in obj:
-        weight = _plain_number(obj["weight"], limits)
-        if weight is None or not weight > 0.0:
+        given = _plain_number(obj["weight"], limits)
+        if given is None or not given > 0.0:
             return None
+        weight = given
     return _new_event(op, time, net, u, v, None, weight, None, event_id)
 
 
@@ -173,8 +174,13 @@ def _plain_attrs(x: Any, limits: EventLimits) -> tuple[float, ...] | tuple[tuple
     if (kind is not list and kind is not dict) or not x or len(x) > limits.max_attr_dim:
         return None
     if kind is list:
-        values = tuple(_plain_number(value, limits) for value in x)
-        return None if None in values else values
+        values = []
+        for value in x:
+            number = _plain_number(value, limits)
+            if number is None:
+                return None
+            values.append(number)
+        return tuple(values)
     out = []
     for name, value in x.items():
         value = _plain_number(value, limits)

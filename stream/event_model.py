@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
 from math import isfinite
-from typing import Any
+from typing import Any, TypeGuard
 
 ADD_EDGE = "add_edge"
 REMOVE_EDGE = "remove_edge"
@@ -86,7 +86,7 @@ class Event:
 
     @property
     def named_attrs(self) -> bool:
-        return bool(self.attrs) and isinstance(self.attrs[0], tuple)
+        return _named(self.attrs)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical wire form; ``parse_event(e.to_dict()) == e``."""
@@ -97,7 +97,8 @@ class Event:
                 d["weight"] = self.weight
         elif self.op == SET_ATTR:
             d["node"] = self.u
-            d["attrs"] = dict(self.attrs) if self.named_attrs else list(self.attrs or ())
+            attrs = self.attrs
+            d["attrs"] = dict(attrs) if _named(attrs) else list(attrs or ())
         else:
             d["node"], d["to"], d["to_node"] = self.u, self.to, self.v
         if self.id is not None:
@@ -114,17 +115,32 @@ class Event:
             return _dumps(self.to_dict())  # ints, NaN, subclasses: events built by hand; let json decide
         try:
             if self.op in (ADD_EDGE, REMOVE_EDGE):
-                body = f',"u":{_json_string(self.u)},"v":{_json_string(self.v)}'
+                v = self.v
+                if v is None:
+                    return _dumps(self.to_dict())
+                body = f',"u":{_json_string(self.u)},"v":{_json_string(v)}'
                 if self.op == ADD_EDGE and weight != 1.0:
                     body += f',"weight":{weight!r}'
             elif self.op == SET_ATTR:
                 body = f',"node":{_json_string(self.u)},"attrs":{_json_attrs(self.attrs)}'
             else:
-                body = f',"node":{_json_string(self.u)},"to":{_json_string(self.to)},"to_node":{_json_string(self.v)}'
+                to, v = self.to, self.v
+                if to is None or v is None:
+                    return _dumps(self.to_dict())
+                body = f',"node":{_json_string(self.u)},"to":{_json_string(to)},"to_node":{_json_string(v)}'
             tail = "}" if self.id is None else f',"id":{_json_string(self.id)}}}'
             return f'{{"op":{_json_string(self.op)},"time":{time!r},"net":{_json_string(self.net)}{body}{tail}'
         except (TypeError, _NotPlain):  # a field of another type than parse_event makes
             return _dumps(self.to_dict())
+
+
+def _named(
+    attrs: tuple[float, ...] | tuple[tuple[str, float], ...] | None,
+) -> TypeGuard[tuple[tuple[str, float], ...]]:
+    """Whether ``attrs`` are named fields (``(name, value)`` pairs) rather than a vector."""
+    if not attrs:
+        return False
+    return isinstance(attrs[0], tuple)
 
 
 class _NotPlain(Exception):

@@ -50,8 +50,7 @@ __all__ = ["ADD_ANCHOR", "ADD_EDGE", "DEFAULT_LIMITS", "NAME_PATTERN", "OPS", "R
 
 def parse_event(payload: str | bytes | Mapping[str, Any], limits: EventLimits = DEFAULT_LIMITS) -> Event:
     """Validate one payload (JSON text, bytes, or an already-decoded object) into an :class:`Event`."""
-    kind = type(payload)
-    if kind is bytes or kind is str:
+    if type(payload) is bytes or type(payload) is str:
         if len(payload) <= limits.max_payload_bytes:
             try:
                 obj = fast_loads(payload)
@@ -62,7 +61,7 @@ def parse_event(payload: str | bytes | Mapping[str, Any], limits: EventLimits = 
                     event = fast_event(obj, limits)
                     if event is not None:
                         return event
-    elif kind is dict:
+    elif type(payload) is dict:
         event = fast_event(payload, limits)
         if event is not None:
             return event

@@ -27,7 +27,7 @@ _COMPRESSED = ((b"\x1f\x8b", "gzip", gzip.open), (b"BZh", "bzip2", bz2.open), (b
 _DECOMPRESSORS = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
 
 
-def open_events_file(path: Path) -> BinaryIO:
+def open_events_file(path: Path) -> io.BufferedIOBase:
     """``path`` opened for reading bytes, decompressed if it is gzip, bzip2 or xz; ``FileNotFoundError`` or
     ``ValueError`` with a message that says what to pass instead."""
     hint = "a source is a JSONL file (may be gzip, bzip2 or xz), '-' for stdin, or kafka://HOST:PORT/TOPIC"
@@ -73,7 +73,7 @@ class FileSource:
     ):
         self._owned = False
         if isinstance(path, (str, Path)) and str(path) == "-":
-            self._stream: BinaryIO = sys.stdin.buffer
+            self._stream: BinaryIO | io.BufferedIOBase = sys.stdin.buffer
             self.name = name or "<stdin>"
             position = None
         elif isinstance(path, (str, Path)):
@@ -107,7 +107,7 @@ class FileSource:
                 log.info("%s cannot seek; ignoring the resume position %s", self.name, position)
 
     @staticmethod
-    def _select_fd(stream: BinaryIO) -> int | None:
+    def _select_fd(stream: BinaryIO | io.BufferedIOBase) -> int | None:
         """The descriptor to ``select`` on if ``stream`` is a pipe, socket or terminal, else None."""
         try:
             fd = stream.fileno()

@@ -98,12 +98,13 @@ class PartitionAssignment:
             return
         for tp in tps:
             p = tp.partition
-            if self._offsets.get(p) is None:
-                self._offsets.next[str(p)] = beginnings[tp]
+            start = self._offsets.get(p)
+            if start is None:
+                start = self._offsets.next[str(p)] = beginnings[tp]
                 if beginnings[tp] > 0:
                     log.warning("%s: partition %d begins at offset %d: retention deleted the events before it, "
                                 "so this worker's graph lacks them", self._url, p, beginnings[tp])
-            start, group_at = self._offsets.get(p), committed[tp] or 0
+            group_at = committed[tp] or 0
             self._offsets.restore_until[p] = group_at
             self._commits.learnt(p, committed[tp])
             if start < group_at:

@@ -34,8 +34,12 @@ def run_demo(cfg: Config, windows: int = 5, echo: Callable[[str], None] = print,
     with events_file.open("w") as f:
         n_events = write_events(dataset_events(ds, protocol="stream", windows=windows, seed=cfg.service.seed,
                                                window_seconds=WINDOW_SECONDS), f)
+    train, test_pairs = ds.train, ds.test
+    assert train is not None  # dataset_events, just iterated, refuses a dataset without train.tsv
+    if test_pairs is None:
+        raise ValueError(f"dataset {ds.name} has no test.tsv: the demo scores its alignments on it")
     echo(f"dataset {ds.name}: {ds.source_net} {ds.num_source} nodes / {ds.target_net} {ds.num_target} nodes, "
-         f"{len(ds.train)} train anchors revealed over {windows} windows, {len(ds.test)} test anchors held out")
+         f"{len(train)} train anchors revealed over {windows} windows, {len(test_pairs)} test anchors held out")
     echo(f"streaming {n_events} events from {events_file} through the service...")
     cfg = dataclasses.replace(cfg, snapshots=dataclasses.replace(cfg.snapshots, window_seconds=WINDOW_SECONDS,
                                                                  every_events=None),
@@ -43,7 +47,7 @@ def run_demo(cfg: Config, windows: int = 5, echo: Callable[[str], None] = print,
     summary = AlignmentService(cfg, str(events_file), progress=True).run()
 
     aligner = load_aligner(state, cfg)
-    test = [(str(s), str(t)) for s, t in ds.test.tolist()]
+    test = [(str(s), str(t)) for s, t in test_pairs.tolist()]
     metrics = aligner.alignments.evaluate(ds.source_net, ds.target_net, test)
     echo("")
     echo(f"{'metric':<24}{'value':>10}")

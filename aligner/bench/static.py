@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
     snapshot = static_snapshot(ds, train)
     test_ids = [(str(s), str(t)) for s, t in test.tolist()]
     load_s = time.perf_counter() - started
-    out = {"seed": seed, "train": len(train), "test": len(test), "load_s": round(load_s, 2)}
+    out: dict[str, Any] = {"seed": seed, "train": len(train), "test": len(test), "load_s": round(load_s, 2)}
 
     settings = {
         "fast": (cfg.meta, cfg.adapt),
@@ -163,7 +163,7 @@ def bench_static(dataset_dir: str | Path, cfg: Config, seeds: int = 3, train_rat
         models = " | ".join(f"{v} H@1 {result[v]['hits@1']:.3f} MRR {result[v]['mrr']:.3f} "
                             f"({result[v]['total_s']:.0f} s)" for v in variants)
         echo(f"seed {seed}: {models} | {result['wall_s']:.0f} s, {result['peak_rss_mb']:.0f} MB")
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for variant in variants:
         summary[variant] = {}
         for key in (*RANKING_KEYS, "train_s", "total_s"):

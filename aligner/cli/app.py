@@ -12,10 +12,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from aligner.config import Config, ConfigError, load_config_with_origins, unknown_env
+
+if TYPE_CHECKING:  # imported where it starts one: commands that never do need not load it
+    from aligner.publish.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger("dynalign")
 ERROR_PREFIX = "dynalign: error: "
@@ -112,7 +116,7 @@ class redis_url_for:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.server = None
+        self.server: EmbeddedRedis | None = None
 
     def __enter__(self) -> str:
         if self.cfg.publish.redis_url:

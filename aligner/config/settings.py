@@ -181,4 +181,9 @@ class Config:
 
 def sections() -> dict[str, type]:
     """Section name -> its dataclass, in the order of :class:`Config`."""
-    return {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    out: dict[str, type] = {}
+    for f in dataclasses.fields(Config):
+        factory = f.default_factory
+        assert factory is not dataclasses.MISSING  # every section of Config has a default factory
+        out[f.name] = factory().__class__
+    return out

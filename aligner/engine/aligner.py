@@ -90,6 +90,19 @@ class Aligner:
         return self.alignments.refine
 
     @property
+    def meta_learner(self) -> MetaLearner:
+        """:attr:`learner`, built by the first snapshot with anchors: all adapting, learning and inference follow."""
+        assert self.learner is not None, "no learner before the first snapshot with anchors"
+        return self.learner
+
+    def adapted_weights(self) -> FastWeights:
+        """:attr:`fast` as fast weights, which incremental steps and realignments (after an adaptation) encode with."""
+        assert self.fast is not None, "no adapted weights before the first adaptation"
+        fast = self.meta_learner.clone(second_order=False)
+        fast.params = self.fast
+        return fast
+
+    @property
     def deferred(self) -> tuple[AlignmentPath, str] | None:
         """Heavy work an ``on_snapshot(..., defer=True)`` found due and left to :meth:`refresh`: the path and why."""
         return self.policy.deferred
@@ -121,6 +134,7 @@ class Aligner:
                                 matched=all(p in self.alignments.matchers for p in anchors),
                                 drift=self.monitor.consume_drift(), defer=defer)
         if plan.path == AlignmentPath.ADAPTATION and not plan.deferred:
+            assert plan.reason is not None  # an adaptation is planned for a reason (AdaptationPolicy.plan)
             stats = self._adaptation_path(inputs, plan.reason)
         else:
             stats = incremental_step(self, inputs, defer=defer)
@@ -169,7 +183,7 @@ class Aligner:
         fit = None if split is None else split[0]
         if self.meta.iterations == 0:
             # Warming up on the fit anchors only keeps the held-back ones out of the initialisation too.
-            meta_stats = self.meta.train(self.learner, self.model_cfg, self.meta.cfg.warmup_iterations,
+            meta_stats = self.meta.train(self.meta_learner, self.model_cfg, self.meta.cfg.warmup_iterations,
                                          [fit] if fit else list(self.meta.pool))
         else:
             meta_stats = self.learn()
@@ -197,8 +211,7 @@ class Aligner:
         pseudo, adapt_s = 0, 0.0
         real_seeds: dict[str, int] = {}
         if steps is None:
-            fast = self.learner.clone(second_order=False)
-            fast.params = self.fast
+            fast = self.adapted_weights()
         for round_ in range(1 + self.refine_cfg.pseudo_anchor_rounds):
             if round_:
                 expanded = self.alignments.with_pseudo_anchors(inputs)
@@ -226,8 +239,9 @@ class Aligner:
     def freeze(self) -> None:
         """Keep the current adapted weights for good: every later snapshot is embedded and matched in full with
         them, and nothing learns any more (the *frozen* baseline of the stream benchmark)."""
+        assert self.fast is not None, "nothing to freeze before the first adaptation"
         with torch.no_grad():
-            for name, p in self.learner.model.named_parameters():
+            for name, p in self.meta_learner.model.named_parameters():
                 p.copy_(self.fast[name])
         self.meta.cfg = dataclasses.replace(self.meta.cfg, iterations_per_snapshot=0)
         self.policy.cfg = dataclasses.replace(self.adapt_cfg, steps=0, incremental=False)
@@ -244,8 +258,8 @@ class Aligner:
     def adapt(self, inputs: SnapshotInputs, steps: int) -> FastWeights:
         task = draw_task(inputs, self.meta.cfg.seed_fraction, self.model_cfg, 0.0, self.rng)
         if task is None or steps == 0:
-            return self.learner.clone(second_order=False)
-        return self.learner.adapted(task, steps)
+            return self.meta_learner.clone(second_order=False)
+        return self.meta_learner.adapted(task, steps)
 
     def infer(self, fast: FastWeights, inputs: SnapshotInputs) -> dict[str, torch.Tensor]:
         """Embed every network with all known anchors as seeds; advance the temporal state."""

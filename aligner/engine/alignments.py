@@ -16,7 +16,7 @@ import torch
 from aligner.config import RefineConfig
 from aligner.engine.network_state import NetworkState
 from aligner.engine.tasks import SnapshotInputs
-from aligner.matching.incremental import DENSE_CELLS, DirectionScorer, PairMatcher, similarity_block
+from aligner.matching.incremental import DENSE_CELLS, Direction, DirectionScorer, PairMatcher, similarity_block
 from aligner.matching.pseudo_anchors import confident_pairs
 from aligner.matching.ranking import ranking_metrics
 from aligner.matching.refine import WarmStart, solve_plan
@@ -75,8 +75,8 @@ class Alignments:
         matcher = self.matchers.get(key)
         if matcher is None:
             raise KeyError(f"{a!r} and {b!r} are not aligned (aligned pairs: {sorted(self.matchers)})")
-        forward = "ab" if key == (a, b) else "ba"
-        backward = "ba" if forward == "ab" else "ab"
+        forward: Direction = "ab" if key == (a, b) else "ba"
+        backward: Direction = "ba" if forward == "ab" else "ab"
         return {(a, b): DirectionScorer(matcher, forward), (b, a): DirectionScorer(matcher, backward)}
 
     def rank(self, snapshot: Snapshot, pairs: list[tuple[str, str]]) -> AlignmentUpdate:
@@ -84,7 +84,8 @@ class Alignments:
         results = []
         for a, b in pairs:
             matcher = self.matchers[(a, b)]
-            for src, dst, d in ((a, b, "ab"), (b, a, "ba")):
+            sides: tuple[tuple[str, str, Direction], ...] = ((a, b, "ab"), (b, a, "ba"))
+            for src, dst, d in sides:
                 rows = self.networks[src].alive.nonzero().flatten()
                 idx, val = matcher.top(d)
                 results.append(PairTopK(src, dst, rows.numpy(), idx[rows].numpy(), val[rows].numpy()))

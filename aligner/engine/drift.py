@@ -80,13 +80,14 @@ class QualityMonitor:
         self.drift_pending = False
         return self.last_reason
 
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> dict[str, float | int | dict[str, dict[str, float]]]:
         return {
             "prequential_anchors": int(self.mrr.n),
             "prequential_hits@1": round(self.hits_at_1.get(), 4),
             "prequential_hits@10": round(self.hits_at_10.get(), 4),
             "prequential_mrr": round(self.mrr.get(), 4),
-            "recent_mrr": round(self.recent_mrr.get(), 4),
+            # river's Rolling forwards get() to the wrapped Mean through a __getattr__ typed as returning object
+            "recent_mrr": round(self.recent_mrr.get(), 4),  # type: ignore[operator]
             "drifts": self.drifts,
             "prequential_pairs": {pair: {"anchors": int(mrr.n), "hits@1": round(hits.get(), 4),
                                          "mrr": round(mrr.get(), 4)} for pair, (hits, mrr) in self.by_pair.items()},

@@ -110,8 +110,7 @@ def incremental_step(aligner: "Aligner", inputs: SnapshotInputs, defer: bool = F
     """Re-encode and re-rank only what the snapshot's changes can reach (see the module docstring). With
     ``defer``, anchors due to join and a realignment due are noted in the aligner's policy instead."""
     t0 = time.perf_counter()
-    fast = aligner.learner.clone(second_order=False)
-    fast.params = aligner.fast
+    fast = aligner.adapted_weights()
     waiting = joining_anchors(aligner, inputs)
     changed_share = edges_changed_since_alignment(aligner.networks, inputs.graphs)
     if changed_share >= aligner.refine_cfg.warm_max_change:
@@ -137,7 +136,7 @@ def incremental_step(aligner: "Aligner", inputs: SnapshotInputs, defer: bool = F
     if shifts:
         aligner.monitor.learn_shift(float(np.mean(shifts)))
     moved = {net for net, seeds in waiting.items() if seeds}  # networks whose coordinate system gained anchors
-    rows = {}
+    rows: dict[str, str | dict] = {}
     alignments, networks = aligner.alignments, aligner.networks
     for (a, b), matcher in list(alignments.matchers.items()):
         if a in moved or b in moved:

@@ -7,6 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from aligner.model.encoder import AlignmentEncoder
 from aligner.model.features import GraphTensors
 from aligner.model.meta import FastWeights
 
@@ -37,7 +38,9 @@ def encode_rows(fast: FastWeights, g: GraphTensors, positions: torch.Tensor, hid
     the nodes within ``hops`` of ``rows`` with all their edges (so their degrees, which the Chebyshev
     normalisation uses, are exact)."""
     if len(rows) == 0:
-        return torch.zeros(0, fast.learner.model.readout.out_features)
+        model = fast.learner.model
+        assert isinstance(model, AlignmentEncoder)  # the aligner's learner wraps its encoder (build_learner)
+        return torch.zeros(0, model.readout.out_features)
     inner = np.zeros(g.num_nodes, dtype=bool)
     inner[closure(adjacency, rows, hops).numpy()] = True
     ei = g.edge_index.numpy()

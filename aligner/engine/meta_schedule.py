@@ -36,10 +36,15 @@ class MetaSchedule:
         """An adaptation just ran: it owes ``meta.iterations_per_snapshot`` iterations on the pool as it is."""
         self.due, self.due_pool = self.cfg.iterations_per_snapshot, list(self.pool)
 
-    def learn(self, learner: MetaLearner, model_cfg: ModelConfig, iterations: int | None = None) -> dict[str, float]:
-        """Run up to ``iterations`` (default: all) of the iterations owed; returns the last one's stats."""
+    def learn(self, learner: MetaLearner | None, model_cfg: ModelConfig,
+              iterations: int | None = None) -> dict[str, float]:
+        """Run up to ``iterations`` (default: all) of the iterations owed; returns the last one's stats. ``learner``
+        is None only before the first snapshot, when nothing is owed."""
         run = self.due if iterations is None else min(iterations, self.due)
-        stats = self.train(learner, model_cfg, run, self.due_pool) if run else {}
+        stats: dict[str, float] = {}
+        if run:
+            assert learner is not None  # iterations are owed by an adaptation, which needs the learner
+            stats = self.train(learner, model_cfg, run, self.due_pool)
         self.due -= run
         if not self.due:
             self.due_pool = []
@@ -50,9 +55,9 @@ class MetaSchedule:
         """``iterations`` meta-updates on tasks drawn from ``pool``; returns the last one's stats."""
         stats: dict[str, float] = {}
         for _ in range(iterations):
-            tasks = [draw_task(pool[self._pick(len(pool))], self.cfg.seed_fraction, model_cfg, 0.5, self.rng)
+            drawn = [draw_task(pool[self._pick(len(pool))], self.cfg.seed_fraction, model_cfg, 0.5, self.rng)
                      for _ in range(self.cfg.tasks_per_iteration)]
-            tasks = [t for t in tasks if t is not None]
+            tasks = [t for t in drawn if t is not None]
             if not tasks:
                 break
             stats = learner.meta_update(tasks, self.cfg.inner_steps)

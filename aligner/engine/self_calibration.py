@@ -19,7 +19,7 @@ import torch
 from aligner.config import RefineConfig
 from aligner.engine.tasks import SnapshotInputs
 from aligner.matching.calibration import RefineSetting, candidates, choose, holdout_split
-from aligner.matching.incremental import DirectionScorer
+from aligner.matching.incremental import Direction, DirectionScorer
 from aligner.matching.ranking import ranks
 from aligner.runtime import return_free_heap
 
@@ -76,7 +76,9 @@ class Calibrator:
                 matcher = aligner.alignments.full_match(a, b)
                 pairs = torch.from_numpy(rows.astype(np.int64))
                 alive = aligner.networks[b].alive, aligner.networks[a].alive
-                for direction, p, dst_alive in (("ab", pairs, alive[0]), ("ba", pairs.flip(1), alive[1])):
+                sides: tuple[tuple[Direction, torch.Tensor, torch.Tensor], ...] = (
+                    ("ab", pairs, alive[0]), ("ba", pairs.flip(1), alive[1]))
+                for direction, p, dst_alive in sides:
                     found.append(1.0 / ranks(DirectionScorer(matcher, direction), p, dst_alive).double().numpy())
                 del matcher
             reciprocal[candidate] = np.concatenate(found)

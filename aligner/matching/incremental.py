@@ -189,8 +189,9 @@ class PairMatcher:
         dirty = {"a": _with_appended(dirty_a, self.va.n, va.n), "b": _with_appended(dirty_b, self.vb.n, vb.n)}
         # Pairs the incremental route scores (old and new block of clean rows x dirty columns, dirty rows x all,
         # per direction) against what re-scoring everything costs.
+        sides: tuple[tuple[Direction, str, str, int], ...] = (("ab", "a", "b", vb.n), ("ba", "b", "a", va.n))
         incremental = sum(2 * (self._src(d).n - len(dirty[s])) * len(dirty[t]) + len(dirty[s]) * n_t
-                          for d, s, t, n_t in (("ab", "a", "b", vb.n), ("ba", "b", "a", va.n)))
+                          for d, s, t, n_t in sides)
         everything = va.n * vb.n * (1 if va.n * vb.n <= DENSE_CELLS else 2)
         if incremental >= everything:
             self.va, self.vb = va, vb
@@ -200,7 +201,8 @@ class PairMatcher:
                     for d in ("ab", "ba")}
         new_views = {"a": va, "b": vb}
         plans = {}
-        for d, (s, t) in (("ab", ("a", "b")), ("ba", ("b", "a"))):
+        ends: tuple[tuple[Direction, tuple[str, str]], ...] = (("ab", ("a", "b")), ("ba", ("b", "a")))
+        for d, (s, t) in ends:
             n_old = self._src(d).n
             # Rows to re-score against the dirty columns only: unchanged, alive before and after.
             clean_mask = torch.zeros(n_old, dtype=torch.bool)
@@ -212,8 +214,9 @@ class PairMatcher:
             plans[d] = (dirty[s], clean, old_block)
         self.va, self.vb = va, vb
         self._extend_potentials()
+        targets: tuple[tuple[Direction, str], ...] = (("ab", "b"), ("ba", "a"))
         return {d: self._apply(d, dirty_rows, clean, dirty[t], old_block)
-                for (d, t), (dirty_rows, clean, old_block) in zip((("ab", "b"), ("ba", "a")), plans.values())}
+                for (d, t), (dirty_rows, clean, old_block) in zip(targets, plans.values())}
 
     def _apply(self, d: Direction, dirty_rows: torch.Tensor, clean: torch.Tensor, cols: torch.Tensor,
                old_block: torch.Tensor | None) -> dict:

@@ -105,7 +105,7 @@ def solve_plan(
                 break
             # Where each source node's mass goes, rows summing to 1, so the bonus counts matched neighbour pairs
             # whatever the marginals; dead rows (all -inf) become 0 rather than nan.
-            structure = None  # the previous round's plan goes before the next one is built
+            del structure  # the previous round's plan goes before the next one is built
             structure = torch.softmax(log_plan, dim=1).nan_to_num_(nan=0.0)
             bonus = _bonus(structure, adjacency_src, adjacency_dst)  # noqa: F841 (the next round's kernel)
     return TransportPlan(log_plan, structure, u, v)

@@ -89,7 +89,7 @@ class LaplacianCache:
         return {"size": self.size}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["size"])
+        type(self).__init__(self, state["size"])
 
 
 class SparseGConvGRU(GConvGRU):

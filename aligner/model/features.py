@@ -211,9 +211,9 @@ def position_sketch(
     """
     keys = sorted({k for _, k in seeds})
     column = {k: i for i, k in enumerate(keys)}
-    cached = cache is not None and cache.covers(seeds, restart, steps)
+    cached = cache if cache is not None and cache.covers(seeds, restart, steps) else None
     if rows is not None:
-        if not cached and len(rows) < len(keys):
+        if cached is None and len(rows) < len(keys):
             return _sketch_rows_by_reversal(graph, seeds, rows, keys, column, dim, restart, steps, chunk)
         return position_sketch(graph, seeds, dim, restart, steps, chunk, cache)[rows]
     n = graph.num_nodes
@@ -221,18 +221,18 @@ def position_sketch(
     for start in range(0, len(keys), chunk):
         part = keys[start:start + chunk]
         members = [(node, column[key] - start) for node, key in seeds if 0 <= column[key] - start < len(part)]
-        if cached:
+        if cached is not None:
             # log1p(n * ppr) of an entity's summed members: a gathered row for the usual one-member entity.
             first = [-1] * len(part)
             extra: dict[int, list[int]] = {}
             for node, c in members:
                 if first[c] < 0:
-                    first[c] = cache.column[node]
+                    first[c] = cached.column[node]
                 else:
-                    extra.setdefault(c, []).append(cache.column[node])
-            logs = cache.log_ppr.index_select(0, torch.tensor(first, dtype=torch.long))
-            for c, rows in extra.items():
-                logs[c] = torch.log1p(torch.expm1(cache.log_ppr[[first[c], *rows]]).sum(0))
+                    extra.setdefault(c, []).append(cached.column[node])
+            logs = cached.log_ppr.index_select(0, torch.tensor(first, dtype=torch.long))
+            for c, others in extra.items():
+                logs[c] = torch.log1p(torch.expm1(cached.log_ppr[[first[c], *others]]).sum(0))
             position += logs.T @ torch.from_numpy(entity_directions(part, dim))
             continue
         signal = torch.zeros(n, len(part))

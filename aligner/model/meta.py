@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -123,7 +124,7 @@ class MetaLearner(nn.Module):
         fast.params = fast.detached()
         return fast
 
-    def meta_update(self, tasks: list[MetaTask], inner_steps: int) -> dict[str, float]:
+    def meta_update(self, tasks: Sequence[MetaTask], inner_steps: int) -> dict[str, float]:
         """One outer step of the chosen algorithm over a batch of tasks; returns the mean inner and outer losses."""
         self.optimizer.zero_grad(set_to_none=True)
         inner_losses, outer_losses = [], []

@@ -81,7 +81,8 @@ class AlignmentClient:
 
     def versions(self, net: str, to: str) -> list[int]:
         """The retained versions, oldest first."""
-        return [int(v) for v in self.r.zrange(self._keys(net, to).retained, 0, -1)]
+        # redis-py types zrange's members as maybe (member, score) pairs, withscores or not
+        return [int(v) for v in self.r.zrange(self._keys(net, to).retained, 0, -1)]  # type: ignore[arg-type]
 
     def meta(self, net: str, to: str, version: int | None = None) -> dict[str, str]:
         version = self.current_version(net, to) if version is None else version
@@ -126,8 +127,9 @@ class AlignmentClient:
 
     def announcements(self, net: str, to: str, after: str = "0", count: int | None = None) -> list[Announcement]:
         """Versions announced after stream id ``after`` ("0": every entry the stream still holds), oldest first."""
-        entries = self.r.xrange(self._keys(net, to).versions, min=f"({after}" if after != "0" else "-",
-                                max="+", count=count)
+        # redis-py types XRANGE's reply, and each entry's fields, as maybe None; XRANGE always answers a list
+        entries: list[tuple[Any, dict]] = self.r.xrange(  # type: ignore[assignment]
+            self._keys(net, to).versions, min=f"({after}" if after != "0" else "-", max="+", count=count)
         return [self._announcement(entry_id, entry) for entry_id, entry in entries]
 
     def follow(self, net: str, to: str, after: str = "$", block_s: float = 5.0,
@@ -157,7 +159,10 @@ class AlignmentClient:
                         newest = reader.xrevrange(key, count=1)
                         last = as_text(newest[0][0]) if newest else "0-0"
                     wait_ms = max(1, int(1000 * (block_s if left is None else min(block_s, left))))
-                    replies = reader.xread({key: last}, block=wait_ms, count=100) or []
+                    # redis-py's XReadResponse also covers RESP3's map; this connection speaks RESP2: a list of
+                    # [stream, entries]
+                    replies: list[list[Any]] = reader.xread(  # type: ignore[assignment]
+                        {key: last}, block=wait_ms, count=100) or []
                     entries = [(as_text(i), self._announcement(i, e, reader)) for _, batch in replies for i, e in batch]
                 except (AuthenticationError, AuthorizationError):  # ConnectionErrors that no retry mends
                     raise

@@ -17,11 +17,11 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import orjson
 import redis
+from redis.typing import EncodableT, FieldT
 
 from aligner.logs import iso_time
 from aligner.publish.redis_layout import BATCH_FIELDS, PairKeys, as_text, pairs_key
@@ -79,13 +79,14 @@ class RedisPublisher:
         written = [keys.meta(version)]
         published_at = time.time()
         # Unix seconds for programs, ISO-8601 UTC beside them for the person reading HGETALL or XRANGE.
-        times = {"end_time": update.end_time, "end_time_iso": iso_time(update.end_time),
+        times: dict[FieldT, EncodableT] = {"end_time": update.end_time, "end_time_iso": iso_time(update.end_time),
                  "published_at": published_at, "published_at_iso": iso_time(published_at, precision="seconds")}
-        meta: dict[str, Any] = {
+        meta: dict[FieldT, EncodableT] = {
             "snapshot": update.snapshot_id, **times, "worker": self.worker, "digest": digest,
             "k": int(topks[0].candidates.shape[1]) if len(topks[0].candidates) else 0,
         }
-        entry: dict[str, Any] = {"version": version, "snapshot": update.snapshot_id, **times, "worker": self.worker}
+        entry: dict[FieldT, EncodableT] = {"version": version, "snapshot": update.snapshot_id, **times,
+                                           "worker": self.worker}
         pipe = self.r.pipeline(transaction=False)
         for d in directions:
             key = keys.top(version, d.src)
@@ -112,7 +113,7 @@ class RedisPublisher:
             self._remember(keys.pair, directions)
         return version
 
-    def _flip(self, keys: PairKeys, version: int, written: list[str], entry: dict[str, Any]) -> bool:
+    def _flip(self, keys: PairKeys, version: int, written: list[str], entry: dict[FieldT, EncodableT]) -> bool:
         """Make ``version`` current in one transaction; False (and its keys dropped) if a newer one already is."""
         with self.r.pipeline(transaction=True) as pipe:
             while True:
@@ -124,7 +125,8 @@ class RedisPublisher:
                         pipe.delete(*written)
                         pipe.execute()
                         return False
-                    old = [int(v) for v in pipe.zrange(keys.retained, 0, -1)]
+                    # redis-py types zrange's members as maybe (member, score) pairs, withscores or not
+                    old = [int(v) for v in pipe.zrange(keys.retained, 0, -1)]  # type: ignore[arg-type]
                     keep = sorted(set(old) | {version})[-self.retain:]
                     pipe.multi()
                     for key in written:

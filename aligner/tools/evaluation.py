@@ -8,11 +8,12 @@ retraining or touching the running service.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from aligner.config import Config
 from aligner.engine.aligner import Aligner
 from aligner.engine.factory import aligner_from_state
-from snapshots.snapshot import pair_key
+from snapshots.snapshot import Snapshot, pair_key
 from snapshots.store import SnapshotStore
 
 
@@ -31,22 +32,29 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 
 def load_aligner(state_dir: Path, cfg: Config) -> Aligner:
     """The aligner as of the state dir's last checkpoint, under the configuration ``cfg``."""
+    return aligner_from_state(cfg, _aligner_checkpoint(state_dir)["aligner"])
+
+
+def load_aligner_and_snapshot(state_dir: Path, cfg: Config) -> tuple[Aligner, Snapshot]:
+    """The aligner of the last checkpoint and the snapshot it last aligned (from the snapshot store)."""
+    checkpoint = _aligner_checkpoint(state_dir)  # read once: the aligner and its snapshot from one checkpoint
+    aligner = aligner_from_state(cfg, checkpoint["aligner"])
+    store = SnapshotStore(state_dir)
+    snapshot_id = checkpoint.get("snapshot_id") or store.latest_id()
+    if snapshot_id is None:
+        raise KeyError(f"{state_dir}: the snapshot store lists no snapshot")
+    return aligner, store.load_snapshot(snapshot_id)
+
+
+def _aligner_checkpoint(state_dir: Path) -> dict[str, Any]:
+    """The state dir's last checkpoint, which holds an aligner; ``FileNotFoundError`` if there is none."""
     if not (state_dir / "snapshots").is_dir():  # checked first: opening a store would create the dir
         raise FileNotFoundError(f"{state_dir} is not the state dir of a dynalign run (no snapshots/ in it): pass "
                                 "the --state DIR that `dynalign run` used")
     checkpoint = SnapshotStore(state_dir).read_checkpoint()
     if not checkpoint or not checkpoint.get("aligner"):
         raise FileNotFoundError(f"{state_dir} has no checkpoint with an aligner yet: run the service first")
-    return aligner_from_state(cfg, checkpoint["aligner"])
-
-
-def load_aligner_and_snapshot(state_dir: Path, cfg: Config):
-    """The aligner of the last checkpoint and the snapshot it last aligned (from the snapshot store)."""
-    aligner = load_aligner(state_dir, cfg)
-    store = SnapshotStore(state_dir)
-    checkpoint = store.read_checkpoint()
-    snapshot_id = checkpoint.get("snapshot_id") or store.latest_id()
-    return aligner, store.load_snapshot(snapshot_id)
+    return checkpoint
 
 
 def evaluate_state(state_dir: Path, anchors_file: Path, net: str, to: str, cfg: Config) -> dict:

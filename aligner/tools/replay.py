@@ -125,7 +125,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
     seeded_with = aligner.model_version()
     started = time.perf_counter()
     versions: dict[str, int] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in entries:
         snapshot = store.load_snapshot(entry["id"])
         update = aligner.on_snapshot(snapshot)
@@ -141,7 +141,7 @@ def realign(cfg: Config, state_dir: Path, entries: list[dict[str, Any]], name: s
         for a, b in by_pair(update):
             tag = f"{a}|{b}"
             recorded = [e for e in live.entries(a, b) if e["snapshot"] == snapshot.id]
-            row = {"snapshot": snapshot.id, "pair": tag, "replay_version": versions[tag],
+            row: dict[str, Any] = {"snapshot": snapshot.id, "pair": tag, "replay_version": versions[tag],
                    "recorded_version": recorded[-1]["version"] if recorded else None}
             now = replayed.load(replayed.entries(a, b)[-1])
             row.update(compare(live.load(recorded[-1]) if recorded else None, now))

@@ -26,7 +26,10 @@ $(STAMP): pyproject.toml deploy/build-wheels.sh
 demo: setup
 	$(BIN)/dynalign demo
 
+# Lint and types first (seconds), then every test.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # The unit tests alone (no broker, no Redis): a few minutes less, for the edit-test loop.

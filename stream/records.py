@@ -79,5 +79,21 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class PartitionedSource(Source, Protocol):
+    """A source read by a consumer group (Kafka): the partitions it owns, how far behind it is on them, and what
+    the group has left in the others. A file or stdin is one lane, owned whole."""
+
+    @property
+    def assigned(self) -> set[int]: ...
+
+    def lag(self) -> dict[int, int]: ...
+
+    def group_backlog(self) -> dict[int, int]: ...
+
+    @property
+    def reachable(self) -> bool: ...
+
+
 class SourceUnavailable(RuntimeError):
     """The source could not be reached within its connect timeout."""

@@ -176,7 +176,9 @@ class AlignmentService:
         checkpoint's position; then the run settings are recorded."""
         cfg = self.cfg
         client, redis_server = redis_for(cfg)
-        self.summary.redis_url = redis_server.url if redis_server else cfg.publish.redis_url
+        url = redis_server.url if redis_server else cfg.publish.redis_url
+        assert url is not None  # redis_for embeds a server exactly when none is configured
+        self.summary.redis_url = url
         if redis_server:
             self.opened.callback(redis_server.stop)
             cli = Path(redis_server_binary()).with_name("redis-cli")

@@ -118,7 +118,7 @@ class AlignmentWorker:
         """Meta-update iterations are owed and the stream has been quiet long enough for one: no snapshot queued
         for twice the last iteration's time. A live stream cutting snapshots faster than that never waits behind
         one; the iterations stay owed and run when it pauses, or with the next adaptation."""
-        return self.aligner.meta_due and time.monotonic() - self.last_queued >= max(LEARN_QUIET_S,
+        return self.aligner.meta_due > 0 and time.monotonic() - self.last_queued >= max(LEARN_QUIET_S,
                                                                                      2 * self.learn_iteration_s)
 
     def learn_next(self) -> None:

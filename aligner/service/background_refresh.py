@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aligner.service.jobs import JobResult, Queued, coalesce, headline_and_detail
@@ -60,6 +60,22 @@ class Refreshed:
     left: list[Queued]
 
 
+@dataclass
+class _InFlight:
+    """The refresh under way: the fork doing the heavy work its aligner deferred, its job, the snapshot it is as
+    of (who may publish its own alignments), the snapshots aligned since (to catch up on), and what the
+    ``snapshot refreshed`` line reports of it."""
+
+    fork: Aligner
+    future: Future
+    point: Queued
+    refresh_of: int
+    since: list[Queued] = field(default_factory=list)
+    stats: dict | None = None  # the heavy step's
+    seconds: float = 0.0
+    catch_ups: int = 0
+
+
 class BackgroundRefresh:
     """At most one fork at a time, refreshed in a thread of its own at a low priority."""
 
@@ -67,36 +83,26 @@ class BackgroundRefresh:
         self.summary = summary
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh", initializer=_lower_priority)
-        # The fork doing the heavy work its aligner deferred, the snapshot it is as of (who may publish its own
-        # alignments), and the snapshots aligned since (to catch up on).
-        self.future: Future | None = None
-        self.fork: Aligner | None = None
-        self.fork_point: Queued | None = None
-        self.since_fork: list[Queued] = []
-        # What the ``snapshot refreshed`` log line reports of the refresh in flight (set by start).
-        self.refresh_of: int | None = None
-        self.stats: dict | None = None
-        self.seconds = 0.0
-        self.catch_ups = 0
+        self.flight: _InFlight | None = None
 
     @property
     def busy(self) -> bool:
-        return self.future is not None
+        return self.flight is not None
 
     def start(self, aligner: Aligner, aligned: Queued) -> None:
         """``aligner`` just deferred heavy work on ``aligned`` (and is idle): refresh a fork of it in the
         background while it goes on with incremental steps."""
-        self.fork = aligner.fork()
-        self.fork_point, self.since_fork = aligned, []
-        self.refresh_of, self.stats, self.seconds, self.catch_ups = aligned.snapshot.id, None, 0.0, 0
-        self.future = self.executor.submit(self._refresh, self.fork)
+        fork = aligner.fork()
+        self.flight = _InFlight(fork, self.executor.submit(self._refresh, fork), aligned, aligned.snapshot.id)
 
     def aligned_meanwhile(self, covered: list[Queued]) -> None:
         """The aligner aligned ``covered`` while the fork works: the fork catches up on them later."""
-        self.since_fork += covered
+        if self.flight is not None:
+            self.flight.since += covered
 
     def wait(self, timeout_s: float | None) -> None:
-        wait([self.future], timeout=timeout_s)
+        if self.flight is not None:
+            wait([self.flight.future], timeout=timeout_s)
 
     def adopt(self, aligner_idle: bool) -> Refreshed | None:
         """Once the refresh is done, the fork catches up on the snapshots aligned since it was made: in the
@@ -106,37 +112,39 @@ class BackgroundRefresh:
         with no alignment in flight (``aligner_idle``), the fork is handed back to become the aligner. If nothing
         is left to catch up on, its alignments are to be published (a refinement of the snapshot last
         published); else the aligner aligns what is left as one step, and that step publishes."""
-        if self.future is None or not self.future.done():
+        flight = self.flight
+        if flight is None or not flight.future.done():
             return None
-        if len(self.since_fork) > 1 and self.catch_ups < REFRESH_CATCH_UPS:
-            self._account(self.future.result())  # a refresh failure stops the service, like an alignment's
-            caught_up, self.since_fork = self.since_fork, []
-            self.fork_point, self.catch_ups = caught_up[-1], self.catch_ups + 1
-            self.future = self.executor.submit(self._refresh, self.fork, coalesce([q.snapshot for q in caught_up]))
+        if len(flight.since) > 1 and flight.catch_ups < REFRESH_CATCH_UPS:
+            self._account(flight, flight.future.result())  # a refresh failure stops the service, like an alignment's
+            caught_up, flight.since = flight.since, []
+            flight.point, flight.catch_ups = caught_up[-1], flight.catch_ups + 1
+            flight.future = self.executor.submit(self._refresh, flight.fork, coalesce([q.snapshot for q in caught_up]))
             return None
         if not aligner_idle:
             return None
-        result: JobResult = self.future.result()
-        self._account(result)
-        refreshed = Refreshed(self.fork, result.update, result.model_version, self.fork_point, self.since_fork)
-        self.future, self.fork, self.since_fork, self.fork_point = None, None, [], None
-        headline, rest = headline_and_detail(self.stats)
+        result: JobResult = flight.future.result()
+        self._account(flight, result)
+        assert result.update is not None  # a refresh or catch-up step always aligns
+        refreshed = Refreshed(flight.fork, result.update, result.model_version, flight.point, flight.since)
+        self.flight = None
+        headline, rest = headline_and_detail(flight.stats or {})
         log.info("snapshot refreshed", extra={
-            "fields": {"snapshot": self.refresh_of, "caught_up_to": refreshed.point.snapshot.id,
-                       "refresh_s": round(self.seconds, 3), **headline},
-            "detail": {**rest, "background_catch_ups": self.catch_ups, "left_to_catch_up": len(refreshed.left)}})
+            "fields": {"snapshot": flight.refresh_of, "caught_up_to": refreshed.point.snapshot.id,
+                       "refresh_s": round(flight.seconds, 3), **headline},
+            "detail": {**rest, "background_catch_ups": flight.catch_ups, "left_to_catch_up": len(refreshed.left)}})
         return refreshed
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
 
-    def _account(self, result: JobResult) -> None:
+    def _account(self, flight: _InFlight, result: JobResult) -> None:
         """Count a refresh-thread job; the first (the heavy step) is what the ``snapshot refreshed`` line reports."""
         self.summary.refresh_s += result.seconds
         self.metrics.step(result.seconds, result.update, Step.REFRESH)
-        self.seconds += result.seconds
-        if self.stats is None:
-            self.stats = result.update.stats
+        flight.seconds += result.seconds
+        if flight.stats is None and result.update is not None:
+            flight.stats = result.update.stats
 
     @staticmethod
     def _refresh(aligner: Aligner, catch_up: Snapshot | None = None) -> JobResult:

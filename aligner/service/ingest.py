@@ -22,7 +22,7 @@ from snapshots.snapshot import Snapshot
 from snapshots.store import SnapshotStore
 from stream.deadletter import DeadLetterSink
 from stream.events import Event, InvalidEvent, parse_event
-from stream.records import Record, Source
+from stream.records import PartitionedSource, Record, Source
 
 if TYPE_CHECKING:
     from aligner.service.metrics import ServiceMetrics
@@ -109,13 +109,12 @@ class Ingest:
         """Tell the cutter which partitions this worker reads and which are caught up (lag 0 at their end), so
         the event-time watermark waits for the ones behind and not for the idle ones (see ``set_lanes``);
         returns what that lets it cut."""
-        lag_of = getattr(source, "lag", None)
-        if lag_of is None:
+        if not isinstance(source, PartitionedSource):
             return []  # a file or stdin: one lane, the cutter's default
         assigned = source.assigned
         if not assigned:
             return []  # not in the group yet, or between assignments: forgetting every lane would release everything
-        snapshots = self.cutter.set_lanes(assigned, {p for p, n in lag_of().items() if n == 0})
+        snapshots = self.cutter.set_lanes(assigned, {p for p, n in source.lag().items() if n == 0})
         self._rejected_to_dead_letters(restored=not source.live_partitions())
         self._warn_late()
         return snapshots

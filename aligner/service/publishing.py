@@ -20,7 +20,7 @@ from aligner.publish.redis_alignments import RedisPublisher
 from aligner.tools.replay import record_update
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.history import AlignmentHistory
-from stream.records import Source
+from stream.records import PartitionedSource, Source
 
 if TYPE_CHECKING:
     from aligner.service.metrics import ServiceMetrics
@@ -129,8 +129,8 @@ class UpdatePublisher:
         another worker owns them: that one publishes it.
         """
         live = self.source.live_partitions()
-        if live is None:
-            return pairs, []
+        if live is None or not isinstance(self.source, PartitionedSource):
+            return pairs, []  # a file or stdin: everything is live
         assigned = self.source.assigned
         ready, waiting, dropped = [], [], []
         for t in pairs:

@@ -55,7 +55,7 @@ def recover(cfg: Config, state_dir: Path, source_url: str, seed: dict | None, sa
     """The store (seeded from the savepoint, if any), its damaged snapshots repaired, and the cutter, the
     aligner and the source position as of the newest checkpoint; ``recorded``: the state dir's run settings."""
     store = SnapshotStore(state_dir, cfg.store.base_every, cfg.store.retain_snapshots)
-    if savepoint is not None:
+    if seed is not None:  # a savepoint was given
         seeded = seed_state_dir(seed, store)
         log.info(f"state dir seeded from savepoint {savepoint} (snapshot {seeded['snapshot_id']}, "
                  f"model {seeded['model_version']})")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Collection
 
 from aligner.config import parse_pairs
 from stream.deadletter import DeadLetterSink
-from stream.records import Source
+from stream.records import PartitionedSource, Source
 
 if TYPE_CHECKING:
     from aligner.service.alignment_worker import AlignmentWorker
@@ -70,18 +70,16 @@ class RunTracker:
 
     def _caught_up(self) -> bool:
         """Every owned partition caught up and at its end (a file: nothing came)."""
-        lag_of = getattr(self.source, "lag", None)
-        if lag_of is None:
+        if not isinstance(self.source, PartitionedSource):
             return True
-        owned, lag = self.source.assigned, lag_of()
+        owned, lag = self.source.assigned, self.source.lag()
         return bool(owned) and set(lag) == owned and not any(lag.values()) and self.source.live_partitions() == owned
 
     def _group_backlog(self) -> dict[int, int]:
         """What :meth:`stream.kafka_source.KafkaSource.group_backlog` says (nothing for a file), announced once per set of
         partitions: ``--until-idle`` waits for it, so a worker restarted beside members killed without leaving (or
         beside slower live ones) does not take its share of the topic for the end of the input."""
-        backlog_of = getattr(self.source, "group_backlog", None)
-        left = backlog_of() if backlog_of is not None else {}
+        left = self.source.group_backlog() if isinstance(self.source, PartitionedSource) else {}
         if left and set(left) != self.announced_backlog:
             self.announced_backlog = set(left)
             log.info(f"idle here, but partitions {sorted(left)} of the topic still hold {sum(left.values())} records "
@@ -91,18 +89,17 @@ class RunTracker:
 
     def report_lag(self) -> None:
         """The ``consumer lag`` line, every ``LAG_REPORT_EVERY_S`` (Kafka only)."""
-        lag_of = getattr(self.source, "lag", None)
-        if lag_of is None or time.monotonic() - self.last_lag_report < LAG_REPORT_EVERY_S:
+        if not isinstance(self.source, PartitionedSource) or time.monotonic() - self.last_lag_report < LAG_REPORT_EVERY_S:
             return
         self.last_lag_report = time.monotonic()
-        self.summary.lag = lag_of()
+        self.summary.lag = self.source.lag()
         log.info("consumer lag", extra={"fields": {f"partition:{p}": n for p, n in sorted(self.summary.lag.items())}})
 
     def write_metrics(self) -> None:
         """``STATE/metrics.json``, rewritten at every checkpoint, for dashboards and health checks."""
-        lag_of = getattr(self.source, "lag", None)
-        if lag_of is not None:
-            self.summary.lag = lag_of()
+        partitioned = self.source if isinstance(self.source, PartitionedSource) else None
+        if partitioned is not None:
+            self.summary.lag = partitioned.lag()
         s = self.summary
         live = self.source.live_partitions()
         publisher = self.publisher
@@ -111,8 +108,9 @@ class RunTracker:
             "dead_letters": self.dead.count, "snapshots": s.snapshots, "published": s.published,
             "versions": s.versions, "aligned_through": self.worker.aligned_through, "to_align": len(self.worker.backlog),
             "lag": {str(p): n for p, n in sorted(s.lag.items())},
-            "assigned": sorted(getattr(self.source, "assigned", set())), "live": None if live is None else sorted(live),
-            "kafka_reachable": getattr(self.source, "reachable", None),
+            "assigned": [] if partitioned is None else sorted(partitioned.assigned),
+            "live": None if live is None else sorted(live),
+            "kafka_reachable": None if partitioned is None else partitioned.reachable,
             "redis_pending": publisher.pending is not None,
             "quality": self.metrics.quality,  # prequential, per pair, as of the last alignment
             "redis_down_s": (None if publisher.down_since is None

@@ -60,7 +60,7 @@ def state_status(root: Path, cfg: Config) -> dict[str, Any]:
         },
         "snapshots": {
             "retained": len(snapshots),
-            "event_time": None if not snapshots else [iso(snapshots[0]["start_time"]), iso(newest["end_time"])],
+            "event_time": None if not snapshots else [iso(snapshots[0]["start_time"]), iso(snapshots[-1]["end_time"])],
             "newest": None if newest is None else {
                 "id": newest["id"], "kind": newest.get("kind", "base"), "events": newest["events"],
                 "event_time": [iso(newest["start_time"]), iso(newest["end_time"])]},
@@ -149,7 +149,7 @@ def _kafka(metrics: dict | None) -> dict[str, Any] | None:
     servers = parse_kafka_url(source)[0]
     errors = unreachable(servers, PROBE_TIMEOUT_S)
     return {"servers": servers, "reachable": not errors, "error": "; ".join(errors) or None,
-            "reachable_at_last_checkpoint": metrics.get("kafka_reachable")}
+            "reachable_at_last_checkpoint": (metrics or {}).get("kafka_reachable")}
 
 
 def _read_json(path: Path) -> dict | None:

@@ -96,7 +96,7 @@ def _closed_neighbourhood(adjacency: sp.csr_matrix) -> sp.csr_matrix:
     return near
 
 
-def _top_per_row(counts: sp.csr_matrix, k: int) -> sp.csr_matrix:
+def top_per_row(counts: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """``counts`` kept to its ``k`` largest entries per row (ties: the lower column first), as a 0/1 pattern."""
     counts = counts.tocsr()
     counts.sort_indices()
@@ -106,6 +106,19 @@ def _top_per_row(counts: sp.csr_matrix, k: int) -> sp.csr_matrix:
     keep = order[rank < k]
     return sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (rows[keep], counts.indices[keep])),
                          shape=counts.shape)
+
+
+def pair_similarity(va: NetworkView, vb: NetworkView, rows: torch.Tensor, cols: torch.Tensor,
+                    feature_weight: float) -> torch.Tensor:
+    """The prior similarity of :func:`aligner.matching.incremental.similarity_block` for the pairs
+    ``(rows[k], cols[k])`` only."""
+    sim = (va.z[rows] * vb.z[cols]).sum(1)
+    if feature_weight:
+        sim += feature_weight * (va.pos[rows] * vb.pos[cols]).sum(1)
+        if va.attrs is not None and vb.attrs is not None:
+            width = min(va.attrs.shape[1], vb.attrs.shape[1])
+            sim += feature_weight * (va.attrs[rows, :width] * vb.attrs[cols, :width]).sum(1)
+    return sim
 
 
 def candidate_set(va: NetworkView, vb: NetworkView, anchors: np.ndarray, similar: int, structural: int,
@@ -121,7 +134,7 @@ def candidate_set(va: NetworkView, vb: NetworkView, anchors: np.ndarray, similar
         counts = anchored_neighbourhood(va.adjacency, vb.adjacency, anchors, vb.n)
         counts = sp.csr_matrix(counts.multiply(vb.alive.numpy()[None, :]))
         counts.eliminate_zeros()
-        pattern = pattern + _top_per_row(counts, structural)
+        pattern = pattern + top_per_row(counts, structural)
     pattern = sp.csr_matrix(pattern.multiply(va.alive.numpy()[:, None]))
     pattern.eliminate_zeros()
     pattern.data[:] = 1.0

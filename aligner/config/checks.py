@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from aligner.config.display import mask_url
-from aligner.config.settings import DEFAULT, Config, ConfigError, LogFormat, MetaAlgorithm, Schedule
+from aligner.config.settings import DEFAULT, Config, ConfigError, LogFormat, MetaAlgorithm, PlanSolver, Schedule
 from stream.events import NAME_PATTERN
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -85,6 +85,14 @@ def validate(cfg: Config, origins: Mapping[str, str] | None = None) -> None:
             parse_setting_values(getattr(cfg.refine, name))
         except ValueError as e:
             raise ConfigError(f"refine.{name}{source('refine.' + name)}: {e}; e.g. 0.1,1,none") from None
+    if cfg.refine.plan not in typing.get_args(PlanSolver):
+        raise ConfigError(f"refine.plan{source('refine.plan')} must be {_one_of(PlanSolver)}, got {cfg.refine.plan!r}")
+    for name in ("candidates", "structural_candidates", "candidate_growth"):
+        if getattr(cfg.refine, name) < 0:
+            raise ConfigError(f"refine.{name}{source('refine.' + name)} must be >= 0, got {getattr(cfg.refine, name)}")
+    if cfg.refine.candidates + cfg.refine.structural_candidates < 1:
+        raise ConfigError("refine.candidates and refine.structural_candidates are both 0: the sparse plan has no "
+                          "candidates; set one of them >= 1")
     if not cfg.refine.calibration_growth > 1.0:
         raise ConfigError(f"refine.calibration_growth must be > 1, got {cfg.refine.calibration_growth}")
     if not 0.0 < cfg.refine.calibration_holdout < 1.0:

@@ -17,6 +17,9 @@ DEFAULT = "default"  # the origin of a value nobody set (file, environment and f
 LogFormat = Literal["text", "json"]
 # When the service coalesces waiting snapshots or refreshes in the background: "live" sources only (Kafka, stdin)
 Schedule = Literal["live", "always", "never"]
+# How a pair's transport plan is solved: over every n x m pair, on candidate pairs only, or "auto": dense while
+# it fits in refine.max_cells, on candidates past it
+PlanSolver = Literal["auto", "dense", "sparse"]
 MetaAlgorithm = Literal["maml", "fomaml", "reptile", "metasgd", "multitask"]  # multitask: a non-meta baseline
 
 
@@ -123,7 +126,14 @@ class RefineConfig:
     sinkhorn_iters: int = 5
     marginal_weight: float | None = 0.1  # KL weight of relaxed (unbalanced) marginals; None = exact marginals
     feature_weight: float = 1.0  # weight of untrained evidence (anchor positions, attributes) in the prior
-    max_cells: int = 120_000_000  # larger pairs fall back to plain embedding similarity (dense plan memory)
+    plan: PlanSolver = "auto"
+    max_cells: int = 120_000_000  # "auto": larger pairs solve the plan on candidate pairs (dense plan memory)
+    # The sparse plan's candidates per node (aligner.matching.candidates): its most similar nodes of the other
+    # network, the nodes sharing the most anchored neighbours with it, and per round the nodes the structure
+    # bonus points at (0: fixed candidates)
+    candidates: int = 20
+    structural_candidates: int = 10
+    candidate_growth: int = 0
     # Self-training on adaptation: mutual top-1 pairs of the plan with at least this confidence (row softmax)
     # join the known anchors as seeds and labels, and the model is adapted and the plan solved again, this many
     # times; 0 rounds: off.

@@ -3,7 +3,8 @@ over the networks' states, and everything that reads it (top-k per node, scorers
 true pairs, prequential ranks of newly revealed anchors, pseudo-anchors).
 
 The aligner decides *when* a pair is matched afresh or updated; this object knows *how*: the transport settings
-(``refine``, which self-calibration may change) and how many candidates each node keeps.
+(``refine``, which self-calibration may change), which solver a pair's size calls for (the dense plan, or the
+plan on candidate pairs past ``refine.max_cells``) and how many candidates each node keeps.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import torch
 from aligner.config import RefineConfig
 from aligner.engine.network_state import NetworkState
 from aligner.engine.tasks import SnapshotInputs
+from aligner.matching.candidates import candidate_set, pair_similarity
 from aligner.matching.incremental import DENSE_CELLS, Direction, DirectionScorer, PairMatcher, similarity_block
 from aligner.matching.pseudo_anchors import confident_pairs
 from aligner.matching.ranking import ranking_metrics
-from aligner.matching.refine import WarmStart, solve_plan
+from aligner.matching.refine import PlanContext, solve_plan
+from aligner.matching.sparse_plan import solve_sparse_plan
 from aligner.update import AlignmentUpdate, PairTopK
 from snapshots.snapshot import Snapshot, pair_key
 
@@ -33,29 +36,50 @@ class Alignments:
         self.k = top_k
         self.matchers: dict[tuple[str, str], PairMatcher] = {}
 
-    def full_match(self, a: str, b: str, warm: WarmStart | None = None) -> PairMatcher:
-        """Solve the structure-consistent transport plan (:mod:`aligner.matching.refine`) when it fits in
-        ``refine.max_cells`` (else score by prior similarity alone) and rank every node of both networks.
-        From ``warm`` (an earlier plan's context) ``refine.warm_rounds`` rounds replace ``refine.rounds``."""
+    def full_match(self, a: str, b: str, warm: PlanContext | None = None) -> PairMatcher:
+        """Solve the structure-consistent transport plan (:mod:`aligner.matching.refine`; on candidate pairs,
+        :mod:`aligner.matching.sparse_plan`, for a pair past ``refine.max_cells`` or ``refine.plan = "sparse"``)
+        and rank every node of both networks. From ``warm`` (an earlier plan's context) ``refine.warm_rounds``
+        rounds replace ``refine.rounds``."""
         cfg = self.refine
         va, vb = self.networks[a].view(), self.networks[b].view()
-        plan = similarity = None
-        if cfg.enabled and va.n * vb.n <= cfg.max_cells:
-            with torch.no_grad():
-                similarity = self.similarity(a, b)
-                plan = solve_plan(similarity, va.adjacency, vb.adjacency, cfg.tau, cfg.beta,
-                                  cfg.rounds if warm is None else cfg.warm_rounds, cfg.sinkhorn_iters,
-                                  va.alive, vb.alive, cfg.marginal_weight, warm)
-            if similarity.numel() > DENSE_CELLS:  # ranked by row chunks, which compute their own: let it go
-                similarity = None
-        return PairMatcher(va, vb, plan, cfg.tau if plan is not None else 1.0, cfg.beta if plan is not None else 0.0,
-                           cfg.feature_weight, self.k, similarity=similarity)
+        if not cfg.enabled:
+            return PairMatcher(va, vb, None, 1.0, 0.0, cfg.feature_weight, self.k)
+        rounds = cfg.rounds if warm is None else cfg.warm_rounds
+        if self.sparse(va.n, vb.n):
+            found = candidate_set(va, vb, self.seed_pairs(a, b), cfg.candidates, cfg.structural_candidates,
+                                  cfg.feature_weight)
+            sparse = solve_sparse_plan(found.pattern, lambda r, c: pair_similarity(va, vb, r, c, cfg.feature_weight),
+                                       va.adjacency, vb.adjacency, cfg.tau, cfg.beta, rounds, cfg.sinkhorn_iters,
+                                       va.alive, vb.alive, cfg.marginal_weight, cfg.candidate_growth, warm)
+            return PairMatcher(va, vb, sparse.context(), cfg.tau, cfg.beta, cfg.feature_weight, self.k)
+        with torch.no_grad():
+            similarity = self.similarity(a, b)
+            plan = solve_plan(similarity, va.adjacency, vb.adjacency, cfg.tau, cfg.beta, rounds, cfg.sinkhorn_iters,
+                              va.alive, vb.alive, cfg.marginal_weight, warm)
+        given = similarity if similarity.numel() <= DENSE_CELLS else None  # larger: ranked by row chunks
+        return PairMatcher(va, vb, PlanContext.of(plan), cfg.tau, cfg.beta, cfg.feature_weight, self.k,
+                           similarity=given)
+
+    def sparse(self, n_a: int, n_b: int) -> bool:
+        """Whether an ``n_a x n_b`` pair's plan is solved on candidate pairs (``refine.plan``)."""
+        plan = self.refine.plan
+        return plan == "sparse" or (plan == "auto" and n_a * n_b > self.refine.max_cells)
+
+    def seed_pairs(self, a: str, b: str) -> np.ndarray:
+        """``(k, 2)`` node pairs of ``a`` and ``b`` anchored to the same entity (known and pseudo-anchors: the
+        seeds of both coordinate systems)."""
+        in_b: dict[str, list[int]] = {}
+        for j, key in self.networks[b].entities:
+            in_b.setdefault(key, []).append(j)
+        rows = [(i, j) for i, key in self.networks[a].entities for j in in_b.get(key, ())]
+        return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
     def match_afresh(self, pairs: list[tuple[str, str]], warm: bool) -> None:
         """Replace ``pairs``' matchers by fresh ones; ``warm``: each solve starts from the pair's last plan."""
         self.matchers = {pair: self.full_match(*pair, self.warm_start(pair) if warm else None) for pair in pairs}
 
-    def warm_start(self, pair: tuple[str, str]) -> WarmStart | None:
+    def warm_start(self, pair: tuple[str, str]) -> PlanContext | None:
         """The pair's last plan as the start of its next solve (``None``: solve from scratch)."""
         matcher = self.matchers.get(pair)
         if matcher is None or not self.refine.warm_rounds:

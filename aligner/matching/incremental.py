@@ -39,12 +39,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.matching.refine import TransportPlan, WarmStart
+from aligner.matching.refine import PlanContext, extended
 
-STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
 ROW_CHUNK = 1024
 DENSE_CELLS = 1 << 24  # score matrices up to this many pairs (64 MB) rank both directions from one matrix (a
 # transport plan of that size already holds several such buffers)
+SPARSE_BONUS_RATIO = 64  # the bonus is a sparse product when its left factor is this much sparser than dense
 CANCELLATION = 1e-4  # below this share of surviving mass the partition update is not trusted: the old scores
 # are float32, so at |score| ~ 50 each exp(old - lse) carries ~3e-6 relative error, and 1 - their sum cancels
 
@@ -88,19 +88,6 @@ def similarity_block(va: NetworkView, vb: NetworkView, rows, cols, feature_weigh
     return sim
 
 
-def sparse_structure(plan: TransportPlan | None, top: int = STRUCTURE_TOP) -> sp.csr_matrix | None:
-    """The plan's row-normalised structure matrix kept to its ``top`` largest entries per row."""
-    if plan is None:
-        return None
-    dense = plan.structure
-    n_a, n_b = dense.shape
-    top = min(top, n_b)
-    val, idx = dense.topk(top, dim=1)
-    keep = val > 0
-    rows = torch.arange(n_a).unsqueeze(1).expand(-1, top)[keep]
-    return sp.csr_matrix((val[keep].numpy(), (rows.numpy(), idx[keep].numpy())), shape=(n_a, n_b))
-
-
 @dataclass
 class RankedRows:
     """Per source row: top-k destination indices, their raw scores and the row's log-partition (float64)."""
@@ -114,16 +101,16 @@ class PairMatcher:
     """Top-k of both directions of one aligned pair (``"ab"``: rows of a, ``"ba"``: rows of b) under a fixed
     context; :meth:`update` applies new views incrementally (see the module docstring)."""
 
-    def __init__(self, va: NetworkView, vb: NetworkView, plan: TransportPlan | None, tau: float, beta: float,
-                 feature_weight: float, k: int, structure: sp.csr_matrix | None = None,
-                 similarity: torch.Tensor | None = None):
-        """``similarity``: the dense :func:`similarity_block` of every pair of ``va`` x ``vb`` where the caller
+    def __init__(self, va: NetworkView, vb: NetworkView, context: PlanContext | None, tau: float, beta: float,
+                 feature_weight: float, k: int, similarity: torch.Tensor | None = None):
+        """``context``: the solved plan's (``None``: no plan, candidates ranked by prior similarity);
+        ``similarity``: the dense :func:`similarity_block` of every pair of ``va`` x ``vb`` where the caller
         has it (it solved the plan from it), so ranking does not compute it again; it is consumed."""
         self.va, self.vb = va, vb
         self.tau, self.beta, self.feature_weight, self.k = tau, beta, feature_weight, k
-        self.structure = structure if structure is not None else sparse_structure(plan)
-        if plan is not None:
-            self.u, self.v = plan.u.clone(), plan.v.clone()
+        self.structure = None if context is None else context.structure
+        if context is not None:
+            self.u, self.v = context.u.clone(), context.v.clone()
         else:
             self.u, self.v = torch.zeros(va.n), torch.zeros(vb.n)
         self._extend_potentials()
@@ -137,10 +124,16 @@ class PairMatcher:
                                                                         self.feature_weight)
         if self.structure is not None and self.beta:
             n_a0, n_b0 = self.structure.shape
-            left = (self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure).toarray()  # (rows, n_b0)
+            left = self.va.adjacency[rows_a.numpy()][:, :n_a0] @ self.structure  # (rows, n_b0) sparse
             right = self.vb.adjacency[cols_b.numpy()][:, :n_b0]  # (cols, n_b0) sparse
-            bonus = np.asarray(right @ left.T, dtype=np.float32).T  # sparse x dense: no dense-output SpGEMM
-            s.add_(torch.from_numpy(bonus), alpha=self.beta)
+            if left.nnz * SPARSE_BONUS_RATIO < left.shape[0] * left.shape[1]:
+                # Few of the block's pairs get any bonus (large, sparse networks): a sparse product, scattered.
+                bonus = (left @ right.T).tocoo()
+                s.index_put_((torch.from_numpy(bonus.row.astype(np.int64)), torch.from_numpy(bonus.col.astype(np.int64))),
+                             torch.from_numpy(bonus.data.astype(np.float32)) * self.beta, accumulate=True)
+            else:
+                dense = np.asarray(right @ left.toarray().T, dtype=np.float32).T  # sparse x dense: no dense SpGEMM
+                s.add_(torch.from_numpy(dense), alpha=self.beta)
         s.div_(self.tau)
         dead_a, dead_b = ~self.va.alive[rows_a], ~self.vb.alive[cols_b]
         if dead_a.any():
@@ -173,15 +166,11 @@ class PairMatcher:
         copy.ranked = copy._rank_all()  # noqa: SLF001 (its own class)
         return copy
 
-    def warm_start(self, va: NetworkView, vb: NetworkView) -> WarmStart | None:
-        """This context as the start of a new solve over ``va`` x ``vb`` (networks only grow): appended nodes have
-        no structure yet and the mean potential of their side."""
+    def warm_start(self, va: NetworkView, vb: NetworkView) -> PlanContext | None:
+        """This context as the start of a new solve over ``va`` x ``vb`` (networks only grow)."""
         if self.structure is None:
             return None
-        structure = self.structure.copy()
-        structure.resize((va.n, vb.n))
-        u, v = (_extended(p, n) for p, n in ((self.u, va.n), (self.v, vb.n)))
-        return WarmStart(structure, u, v)
+        return PlanContext(self.structure, self.u, self.v).resized(va.n, vb.n)
 
     # -- updates ---------------------------------------------------------------------------------------------
     def update(self, va: NetworkView, vb: NetworkView, dirty_a: torch.Tensor, dirty_b: torch.Tensor) -> dict:
@@ -283,7 +272,7 @@ class PairMatcher:
 
     def _extend_potentials(self) -> None:
         """Nodes that appeared after the last full solve get the mean potential of their side: a neutral price."""
-        self.u, self.v = _extended(self.u, self.va.n), _extended(self.v, self.vb.n)
+        self.u, self.v = extended(self.u, self.va.n), extended(self.v, self.vb.n)
 
     def _k(self, dst: NetworkView) -> int:
         return max(1, min(self.k, int(dst.alive.sum())))
@@ -329,15 +318,6 @@ def _ranked(scores: torch.Tensor, k: int) -> RankedRows:
     """Per row of a raw score block: top-``k`` columns and scores, and the log-partition in float64."""
     val, top = scores.topk(k, dim=1)
     return RankedRows(top, val, torch.logsumexp(scores.double(), dim=1))
-
-
-def _extended(potential: torch.Tensor, n: int) -> torch.Tensor:
-    """``potential`` grown to ``n`` entries with its finite mean: a neutral price for nodes it never saw."""
-    if len(potential) >= n:
-        return potential
-    finite = potential[torch.isfinite(potential)]
-    fill = finite.mean() if len(finite) else torch.tensor(0.0)
-    return torch.cat([potential, fill.expand(n - len(potential))])
 
 
 def _with_appended(dirty: torch.Tensor, n_old: int, n_new: int) -> torch.Tensor:

@@ -43,15 +43,45 @@ class TransportPlan:
     v: torch.Tensor
 
 
+STRUCTURE_TOP = 32  # plan entries kept per row as the structure prior: nearly all of a peaked plan's mass
+
+
 @dataclass
-class WarmStart:
-    """Where a re-solve starts: the structure matrix (sparse, rows summing to at most 1) and dual potentials of
-    an earlier plan, already sized to the current networks. A few rounds from a plan solved before a small change
-    land where many rounds from scratch would."""
+class PlanContext:
+    """What a solved plan leaves behind: its structure matrix (sparse, row-normalised, kept to the
+    ``STRUCTURE_TOP`` largest entries per row) and dual potentials. Candidates are ranked under it
+    (:mod:`aligner.matching.incremental`), and a re-solve starts from it: a few rounds from a plan solved
+    before a small change land where many rounds from scratch would."""
 
     structure: sp.csr_matrix
     u: torch.Tensor
     v: torch.Tensor
+
+    @classmethod
+    def of(cls, plan: TransportPlan, top: int = STRUCTURE_TOP) -> "PlanContext":
+        """The context of a dense plan."""
+        n_a, n_b = plan.structure.shape
+        val, idx = plan.structure.topk(min(top, n_b), dim=1)
+        keep = val > 0
+        rows = torch.arange(n_a).unsqueeze(1).expand(-1, idx.shape[1])[keep]
+        structure = sp.csr_matrix((val[keep].numpy(), (rows.numpy(), idx[keep].numpy())), shape=(n_a, n_b))
+        return cls(structure, plan.u, plan.v)
+
+    def resized(self, n_a: int, n_b: int) -> "PlanContext":
+        """Sized to networks that grew to ``n_a`` x ``n_b`` nodes: appended nodes have no structure yet and the
+        finite mean potential of their side, a neutral price."""
+        structure = self.structure.copy()
+        structure.resize((n_a, n_b))
+        return PlanContext(structure, extended(self.u, n_a), extended(self.v, n_b))
+
+
+def extended(potential: torch.Tensor, n: int) -> torch.Tensor:
+    """``potential`` grown to ``n`` entries with its finite mean (a neutral price for nodes it never saw)."""
+    if len(potential) >= n:
+        return potential
+    finite = potential[torch.isfinite(potential)]
+    fill = finite.mean() if len(finite) else torch.tensor(0.0)
+    return torch.cat([potential, fill.expand(n - len(potential))])
 
 
 def solve_plan(
@@ -65,7 +95,7 @@ def solve_plan(
     alive_src: torch.Tensor | None = None,
     alive_dst: torch.Tensor | None = None,
     marginal_weight: float | None = None,
-    warm: WarmStart | None = None,
+    warm: PlanContext | None = None,
 ) -> TransportPlan:
     """Log transport plan ``(n_src, n_dst)``; dead nodes get ``-inf`` rows/columns and carry no mass.
 

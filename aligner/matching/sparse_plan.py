@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from aligner.matching.candidates import top_per_row
+from aligner.matching.refine import STRUCTURE_TOP, PlanContext
 
 BONUS_BLOCK = 2048  # source rows whose two-hop products exist at once
 
@@ -54,6 +55,12 @@ class SparsePlan:
         """Per target column, the source with the largest plan entry (-1 for a column no row proposes)."""
         return _row_argmax(self.cols, self.rows, self.log_plan, self.shape[1])
 
+    def context(self, top: int = STRUCTURE_TOP) -> PlanContext:
+        """What ranking and the next solve need, as of a dense plan (:meth:`PlanContext.of`)."""
+        structure = sp.csr_matrix((self.structure.numpy(), (self.rows.numpy(), self.cols.numpy())), shape=self.shape)
+        structure.eliminate_zeros()
+        return PlanContext(_top_values(structure, top), self.u, self.v)
+
 
 PairScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rows, cols) -> prior similarity of each pair
 
@@ -62,14 +69,19 @@ def solve_sparse_plan(support: sp.csr_matrix, score: PairScore, adjacency_src: s
                       adjacency_dst: sp.csr_matrix, tau: float = 0.05, beta: float = 0.3, rounds: int = 10,
                       sinkhorn_iters: int = 5, alive_src: torch.Tensor | None = None,
                       alive_dst: torch.Tensor | None = None, marginal_weight: float | None = None,
-                      grow: int = 0) -> SparsePlan:
+                      grow: int = 0, warm: PlanContext | None = None) -> SparsePlan:
     """The plan of :func:`aligner.matching.refine.solve_plan` restricted to ``support`` (a CSR pattern,
     ``(n_src, n_dst)``); ``score`` gives the prior similarity of candidate pairs. Dead nodes' pairs carry no mass.
 
     ``grow``: after each round but the last, each source row's ``grow`` targets with the largest structure bonus
     join its candidates. The bonus is where the current plan sends the row's neighbourhood: partners the prior
     similarity missed but the structure points at, which is what the dense plan finds and fixed candidates
-    cannot."""
+    cannot.
+
+    ``warm``: an earlier plan's context (sized to these networks); its structure's pairs join the support, the
+    first round's bonus comes from it and its potentials start the first Sinkhorn iterations."""
+    if warm is not None:
+        support = support + warm.structure
     support = _pattern(support)
     n_src, n_dst = support.shape
     alive_src = torch.ones(n_src, dtype=torch.bool) if alive_src is None else alive_src
@@ -81,6 +93,9 @@ def solve_sparse_plan(support: sp.csr_matrix, score: PairScore, adjacency_src: s
     similarity = score(rows, cols)
     bonus = torch.zeros_like(similarity)
     structure = torch.zeros_like(similarity)
+    if warm is not None:
+        u, v = _finite(warm.u.double()), _finite(warm.v.double())
+        bonus = _bonus_on(support, warm.structure, adjacency_src, adjacency_dst)
     with torch.no_grad():
         for round_ in range(rounds):
             live = alive_src[rows] & alive_dst[cols]
@@ -93,7 +108,8 @@ def solve_sparse_plan(support: sp.csr_matrix, score: PairScore, adjacency_src: s
                 break
             structure = torch.exp(log_plan - _segment_logsumexp(log_plan, rows, n_src)[rows]).nan_to_num_(0.0)
             structure = structure.float()
-            grown, bonus = _bonus_and_growth(support, structure, adjacency_src, adjacency_dst, grow, alive_dst)
+            plan = sp.csr_matrix((structure.numpy(), support.indices, support.indptr), shape=support.shape)
+            grown, bonus = _bonus_and_growth(support, plan, adjacency_src, adjacency_dst, grow, alive_dst)
             if grown.nnz != support.nnz:
                 support, (rows, cols) = grown, _entries(grown)
                 similarity = score(rows, cols)
@@ -114,13 +130,18 @@ def _entries(pattern: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(pattern.indices.astype(np.int64))
 
 
-def _bonus_and_growth(support: sp.csr_matrix, structure: torch.Tensor, adjacency_src: sp.csr_matrix,
+def _bonus_on(support: sp.csr_matrix, structure: sp.csr_matrix, adjacency_src: sp.csr_matrix,
+              adjacency_dst: sp.csr_matrix) -> torch.Tensor:
+    """``A_src T A_dst^T`` at the support's entries (CSR order), ``T``: ``structure``."""
+    return _bonus_and_growth(support, structure, adjacency_src, adjacency_dst, 0, torch.ones(0, dtype=torch.bool))[1]
+
+
+def _bonus_and_growth(support: sp.csr_matrix, plan: sp.csr_matrix, adjacency_src: sp.csr_matrix,
                       adjacency_dst: sp.csr_matrix, grow: int,
                       alive_dst: torch.Tensor) -> tuple[sp.csr_matrix, torch.Tensor]:
-    """The support with each row's ``grow`` best targets under ``B = A_src T A_dst^T`` added (``T``:
-    ``structure`` on the support), and ``B`` at its entries, in CSR order; ``BONUS_BLOCK`` rows of ``B`` at a
+    """The support with each row's ``grow`` best targets under ``B = A_src T A_dst^T`` added (``T``: ``plan``,
+    rows summing to at most 1), and ``B`` at its entries, in CSR order; ``BONUS_BLOCK`` rows of ``B`` at a
     time."""
-    plan = sp.csr_matrix((structure.numpy(), support.indices, support.indptr), shape=support.shape)
     spread = (adjacency_src.astype(np.float32) @ plan).tocsr()  # T summed over each source node's neighbours
     adjacency_dst_t = adjacency_dst.astype(np.float32).T.tocsr()
     dead_dst = ~alive_dst.numpy()
@@ -138,6 +159,12 @@ def _bonus_and_growth(support: sp.csr_matrix, structure: torch.Tensor, adjacency
         values.append(np.asarray(product[local_rows, pattern.indices]).ravel().astype(np.float32))
         blocks.append(pattern)
     return sp.vstack(blocks, format="csr"), torch.from_numpy(np.concatenate(values))
+
+
+def _top_values(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """``matrix`` kept to its ``k`` largest entries per row, values kept."""
+    keep = top_per_row(matrix, k)
+    return sp.csr_matrix(matrix.multiply(keep))
 
 
 def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:

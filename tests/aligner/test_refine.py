@@ -6,8 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from aligner.matching.incremental import sparse_structure
-from aligner.matching.refine import WarmStart, solve_plan
+from aligner.matching.refine import PlanContext, solve_plan
 
 
 def noisy_copy(n: int = 150, seed: int = 0) -> tuple[torch.Tensor, sp.csr_matrix, sp.csr_matrix]:
@@ -31,7 +30,7 @@ def test_warm_start_from_a_solved_plan_agrees_with_a_cold_solve_in_a_fraction_of
     moved = sim + 0.02 * torch.from_numpy(np.random.default_rng(1).normal(size=sim.shape).astype(np.float32))
     reference = solve_plan(moved, a, b, tau=0.05, beta=0.3, rounds=10, sinkhorn_iters=5, marginal_weight=0.1)
     warm = solve_plan(moved, a, b, tau=0.05, beta=0.3, rounds=2, sinkhorn_iters=5, marginal_weight=0.1,
-                      warm=WarmStart(sparse_structure(cold), cold.u, cold.v))
+                      warm=PlanContext.of(cold))
     scratch = solve_plan(moved, a, b, tau=0.05, beta=0.3, rounds=2, sinkhorn_iters=5, marginal_weight=0.1)
     agree = lambda p: float((p.log_plan.argmax(1) == reference.log_plan.argmax(1)).float().mean())  # noqa: E731
     assert agree(warm) >= 0.97
@@ -51,7 +50,7 @@ def test_warm_start_grows_with_the_networks():
         grown.resize((n, n))
         return NetworkView(z, z, None, grown.tocsr(), torch.ones(n, dtype=torch.bool))
 
-    matcher = PairMatcher(view(a, 60), view(b, 60), plan, 0.05, 0.3, 1.0, 5)
+    matcher = PairMatcher(view(a, 60), view(b, 60), PlanContext.of(plan), 0.05, 0.3, 1.0, 5)
     start = matcher.warm_start(view(a, 64), view(b, 62))
     assert start.structure.shape == (64, 62) and start.structure[60:].nnz == 0
     assert torch.equal(start.u[:60], plan.u) and torch.allclose(start.u[60:], plan.u.mean().expand(4))
@@ -73,8 +72,8 @@ def test_ranking_from_the_solved_similarity_equals_ranking_from_scratch():
               for adj in (a, b))
     sim = similarity_block(va, vb, slice(None), slice(None), 1.0)
     plan = solve_plan(sim, a, b, rounds=3, alive_src=alive, alive_dst=alive, marginal_weight=0.1)
-    given = PairMatcher(va, vb, plan, 0.05, 0.3, 1.0, 5, similarity=sim.clone())
-    computed = PairMatcher(va, vb, plan, 0.05, 0.3, 1.0, 5)
+    given = PairMatcher(va, vb, PlanContext.of(plan), 0.05, 0.3, 1.0, 5, similarity=sim.clone())
+    computed = PairMatcher(va, vb, PlanContext.of(plan), 0.05, 0.3, 1.0, 5)
     chunked = computed.rescored()
     chunked.ranked = {d: chunked._full_rows(d, torch.arange(80)) for d in ("ab", "ba")}
     for other in (computed, chunked):

@@ -262,8 +262,9 @@ class Aligner:
         return self.meta_learner.adapted(task, steps)
 
     def infer(self, fast: FastWeights, inputs: SnapshotInputs) -> dict[str, torch.Tensor]:
-        """Embed every network with all known anchors as seeds; advance the temporal state."""
-        entities = anchor_entities(inputs.snapshot, inputs.anchors)
+        """Embed every network with the known anchors as seeds (their pools, :meth:`SnapshotInputs.seed_pools`);
+        advance the temporal state."""
+        entities = anchor_entities(inputs.snapshot, inputs.seed_pools())
         out = {}
         m = self.model_cfg
         with torch.no_grad():

@@ -95,7 +95,7 @@ def joining_anchors(aligner: "Aligner", inputs: SnapshotInputs) -> dict[str, lis
     network's anchors join all at once, so coordinates stay shared. A seed is a node under an entity key: an
     anchor that confirms a pseudo-anchor (same nodes, same key) changes nothing, one that contradicts it seeds
     its other node under the same key."""
-    entities_now = anchor_entities(inputs.snapshot, inputs.anchors)
+    entities_now = anchor_entities(inputs.snapshot, inputs.seed_pools())
     known = {net: set(aligner.networks[net].entities) for net in inputs.graphs}
     waiting = {net: [seed for seed in entities_now.get(net, []) if seed not in known[net]] for net in inputs.graphs}
     # Counted without pseudo-anchors: new anchors join as often as they would without them, and each join

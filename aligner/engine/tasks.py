@@ -44,15 +44,44 @@ class SnapshotInputs:
         graphs = {n: GraphTensors.from_snapshot(snapshot.networks[n]) for n in hidden}
         return cls(snapshot, graphs, hidden, anchors(snapshot))
 
+    def seed_pools(self) -> dict[tuple[str, str], np.ndarray]:
+        """Per pair, the anchors that seed anchor-relative positions (the coordinates inference uses, and what
+        tasks draw their seeds from): all of them while every network's PPR of its seeds fits in
+        ``NodePPR.MAX_CELLS``; past it, the pair's share of that budget (:meth:`seed_pool_index`). A sketch
+        costs nodes x seeds; with seeds capped by nodes, a large pair's sketches cost what the budget allows,
+        not nodes x anchors."""
+        return {pair: self.anchors[pair][index] for pair, index in self.seed_pool_index().items()}
+
+    def seed_pool_index(self) -> dict[tuple[str, str], np.ndarray]:
+        """The rows of each pair's anchors in its seed pool, ascending: past the budget, the anchors with the
+        smallest hash of their node pair (a choice that stays as anchors arrive)."""
+        pairs_of: dict[str, int] = {}
+        for pair in self.anchors:
+            for net in pair:
+                pairs_of[net] = pairs_of.get(net, 0) + 1
+        index = {}
+        for pair, rows in self.anchors.items():
+            capacity = min(NodePPR.MAX_CELLS // max(self.graphs[net].num_nodes * pairs_of[net], 1) for net in pair)
+            every = np.arange(len(rows))
+            index[pair] = every if len(rows) <= capacity else np.sort(np.argsort(_pair_hash(rows), kind="stable")[:capacity])
+        return index
+
     def node_ppr(self, net: str, restart: float, steps: int) -> NodePPR | None:
-        """Personalised PageRank of every anchored node of ``net``, shared by every task drawn from this
-        snapshot (``None`` where it would not fit in memory: sketches then walk on their own)."""
+        """Personalised PageRank of every node of ``net`` in a seed pool (:meth:`seed_pools`), shared by every
+        task drawn from this snapshot (``None`` where it would not fit in memory: sketches then walk on their
+        own)."""
         if net not in self.ppr:
-            nodes = {i for pair, rows in self.anchors.items() for col, name in enumerate(pair) if name == net
+            nodes = {i for pair, rows in self.seed_pools().items() for col, name in enumerate(pair) if name == net
                      for i in rows[:, col].tolist()}
             g = self.graphs[net]
             self.ppr[net] = NodePPR(g, nodes, restart, steps) if NodePPR.fits(g, len(nodes)) else None
         return self.ppr[net]
+
+
+def _pair_hash(rows: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random number per ``(i, j)`` row (multiplicative hashing)."""
+    mixed = rows[:, 0].astype(np.uint64) * np.uint64(0x9E3779B1) + rows[:, 1].astype(np.uint64) * np.uint64(0x85EBCA77)
+    return (mixed ^ (mixed >> np.uint64(15))) & np.uint64(0xFFFFFFFF)
 
 
 class AlignmentTask:
@@ -97,13 +126,20 @@ class AlignmentTask:
 def draw_task(inputs: SnapshotInputs, seed_fraction: float, model_cfg: ModelConfig, query_fraction: float,
               rng: np.random.Generator) -> AlignmentTask | None:
     """A task from ``inputs``: per pair with at least 3 anchors, ``seed_fraction`` of them (at least one, and
-    two left over) as seeds, the rest as labels; ``None`` when no pair has enough."""
+    two left over; at most its seed pool, :meth:`SnapshotInputs.seed_pools`) as seeds, the rest as labels;
+    ``None`` when no pair has enough."""
     seeds, labels = {}, {}
+    pools = inputs.seed_pool_index()
     for pair, rows in inputs.anchors.items():
         if len(rows) < 3:
             continue
         perm = rng.permutation(len(rows))
         n_seed = min(len(rows) - 2, max(1, int(round(len(rows) * seed_fraction))))
+        if len(pools[pair]) < len(rows):  # seeds from the pool only: pool members first, in random order
+            in_pool = np.zeros(len(rows), dtype=bool)
+            in_pool[pools[pair]] = True
+            perm = np.concatenate([perm[in_pool[perm]], perm[~in_pool[perm]]])
+            n_seed = min(n_seed, int(in_pool.sum()))
         seeds[pair] = rows[perm[:n_seed]]
         labels[pair] = rows[perm[n_seed:]]
     if not labels:

@@ -145,3 +145,39 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
     restored = Aligner(SMALL_MODEL, MetaConfig(), AdaptConfig(), seed=1, refine=on)
     restored.load_state_bytes(again.state_bytes())
     assert [s.pseudo_seeds for s in restored.networks.values()] == [s.pseudo_seeds for s in again.networks.values()]
+
+
+def test_past_the_sketch_budget_seeds_come_from_a_stable_pool_and_alignment_still_works(dataset, monkeypatch):
+    """Sketching positions costs nodes x seeds: past ``NodePPR.MAX_CELLS`` a pair seeds its coordinates and its
+    tasks from a pool of the budget's size, which new anchors leave mostly as it was."""
+    from aligner.engine.tasks import SnapshotInputs, draw_task
+    from aligner.model.features import GraphTensors, NodePPR
+
+    ds, snaps = dataset
+    last = snaps[-1]
+    graphs = {n: GraphTensors.from_snapshot(last.networks[n]) for n in ("left", "right")}
+    anchors = {("left", "right"): last.anchors[("left", "right")]}
+    n = max(g.num_nodes for g in graphs.values())
+    monkeypatch.setattr(NodePPR, "MAX_CELLS", n * 12)
+    inputs = SnapshotInputs(last, graphs, {"left": None, "right": None}, anchors)
+    rows = anchors[("left", "right")]
+    assert len(rows) > 20
+    pool = inputs.seed_pools()[("left", "right")]
+    assert len(pool) == 12 and {tuple(r) for r in pool} <= {tuple(r) for r in rows}
+    fewer = SnapshotInputs(last, graphs, inputs.hidden, {("left", "right"): rows[:-5]}).seed_pools()[("left", "right")]
+    assert len({tuple(r) for r in fewer} & {tuple(r) for r in pool}) >= 7  # five anchors fewer: most stay
+    task = draw_task(inputs, 0.7, SMALL_MODEL, 0.3, np.random.default_rng(0))
+    seeds = anchor_rows(task.labels["all"][("left", "right")].numpy())
+    assert len(seeds) == len(rows) - 12 and not anchor_rows(pool) & seeds  # the 12 pool anchors seed, the rest label
+
+    aligner = Aligner(SMALL_MODEL, MetaConfig(warmup_iterations=40, iterations_per_snapshot=5), AdaptConfig(steps=5),
+                      top_k=10, seed=0)
+    for s in snaps:
+        aligner.on_snapshot(s)
+    assert len(aligner.networks["left"].entities) < len(rows)
+    metrics = aligner.alignments.evaluate("left", "right", [(str(a), str(b)) for a, b in ds.test.tolist()])
+    assert metrics["hits@1"] > 0.1, metrics  # chance is 1/150
+
+
+def anchor_rows(rows: np.ndarray) -> set[tuple[int, int]]:
+    return {(int(i), int(j)) for i, j in rows}

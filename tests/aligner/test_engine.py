@@ -181,3 +181,24 @@ def test_past_the_sketch_budget_seeds_come_from_a_stable_pool_and_alignment_stil
 
 def anchor_rows(rows: np.ndarray) -> set[tuple[int, int]]:
     return {(int(i), int(j)) for i, j in rows}
+
+
+def test_a_task_scores_at_most_loss_cells_labels_times_nodes(dataset, monkeypatch):
+    """The loss ranks each label against every node of the other network; past ``LOSS_CELLS`` a task keeps a
+    random share of its labels (another one each task), below it all of them."""
+    from aligner.engine import tasks
+    from aligner.model.features import GraphTensors
+
+    _, snaps = dataset
+    last = snaps[-1]
+    graphs = {n: GraphTensors.from_snapshot(last.networks[n]) for n in ("left", "right")}
+    inputs = tasks.SnapshotInputs(last, graphs, {"left": None, "right": None},
+                                  {("left", "right"): last.anchors[("left", "right")]})
+    n = max(g.num_nodes for g in graphs.values())
+    whole = tasks.draw_task(inputs, 0.5, SMALL_MODEL, 0.5, np.random.default_rng(0)).labels["all"][("left", "right")]
+    monkeypatch.setattr(tasks, "LOSS_CELLS", n * 10)
+    drawn = [tasks.draw_task(inputs, 0.5, SMALL_MODEL, 0.5, np.random.default_rng(s)) for s in range(2)]
+    kept = [anchor_rows(t.labels["all"][("left", "right")].numpy()) for t in drawn]
+    assert len(whole) > 10 and all(len(k) == 10 for k in kept) and kept[0] != kept[1]
+    assert all(len(t.labels["support"][("left", "right")]) + len(t.labels["query"][("left", "right")]) == 10
+               for t in drawn)

@@ -155,4 +155,4 @@ class Alignments:
             added += len(found)
         if not added:
             return None
-        return dataclasses.replace(inputs, anchors=merged, ppr={}, encoded=None), added
+        return dataclasses.replace(inputs, anchors=merged, encoded=None), added

@@ -57,7 +57,7 @@ class Calibrator:
         split = holdout_split(inputs.anchors, cfg.calibration_holdout, cfg.calibration_min_anchors, rng)
         if split is None:
             return None
-        return dataclasses.replace(inputs, anchors=split[0], ppr={}, encoded=None), split[1]
+        return dataclasses.replace(inputs, anchors=split[0], encoded=None), split[1]
 
     def run(self, aligner: "Aligner", fit: SnapshotInputs, heldout: dict[tuple[str, str], np.ndarray]) -> dict:
         """Adapt ``aligner`` on ``fit``, solve every pair's plan under each candidate setting, rank the

@@ -19,6 +19,7 @@ from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
 
 
 LOSS_CELLS = 16_000_000  # labels x nodes one loss evaluation scores (see AlignmentTask)
+SEED_CELLS = 16_000_000  # seeds x nodes of a network's sketch (see SnapshotInputs.seed_pools)
 
 
 @dataclass
@@ -49,10 +50,10 @@ class SnapshotInputs:
 
     def seed_pools(self) -> dict[tuple[str, str], np.ndarray]:
         """Per pair, the anchors that seed anchor-relative positions (the coordinates inference uses, and what
-        tasks draw their seeds from): all of them while every network's PPR of its seeds fits in
-        ``NodePPR.MAX_CELLS``; past it, the pair's share of that budget (:meth:`seed_pool_index`). A sketch
-        costs nodes x seeds; with seeds capped by nodes, a large pair's sketches cost what the budget allows,
-        not nodes x anchors."""
+        tasks draw their seeds from): all of them while each network's seeds x nodes stays within
+        ``SEED_CELLS``; past it, the pair's share of that budget (:meth:`seed_pool_index`). A sketch costs
+        nodes x seeds random-walk work; with seeds capped by nodes, a large pair's sketches cost what the budget
+        allows, not nodes x anchors (and the seeds' PPR fits in :class:`NodePPR`, computed once per snapshot)."""
         return {pair: self.anchors[pair][index] for pair, index in self.seed_pool_index().items()}
 
     def seed_pool_index(self) -> dict[tuple[str, str], np.ndarray]:
@@ -64,7 +65,7 @@ class SnapshotInputs:
                 pairs_of[net] = pairs_of.get(net, 0) + 1
         index = {}
         for pair, rows in self.anchors.items():
-            capacity = min(NodePPR.MAX_CELLS // max(self.graphs[net].num_nodes * pairs_of[net], 1) for net in pair)
+            capacity = min(SEED_CELLS // max(self.graphs[net].num_nodes * pairs_of[net], 1) for net in pair)
             every = np.arange(len(rows))
             index[pair] = every if len(rows) <= capacity else np.sort(np.argsort(_pair_hash(rows), kind="stable")[:capacity])
         return index
@@ -72,12 +73,16 @@ class SnapshotInputs:
     def node_ppr(self, net: str, restart: float, steps: int) -> NodePPR | None:
         """Personalised PageRank of every node of ``net`` in a seed pool (:meth:`seed_pools`), shared by every
         task drawn from this snapshot (``None`` where it would not fit in memory: sketches then walk on their
-        own)."""
-        if net not in self.ppr:
-            nodes = {i for pair, rows in self.seed_pools().items() for col, name in enumerate(pair) if name == net
-                     for i in rows[:, col].tolist()}
-            g = self.graphs[net]
-            self.ppr[net] = NodePPR(g, nodes, restart, steps) if NodePPR.fits(g, len(nodes)) else None
+        own). Inputs derived from these (other anchors, same graphs) share the cache: a node's vector, once
+        walked, is copied into the next one that needs it."""
+        nodes = {i for pair, rows in self.seed_pools().items() for col, name in enumerate(pair) if name == net
+                 for i in rows[:, col].tolist()}
+        current, g = self.ppr.get(net), self.graphs[net]
+        if current is not None and current.has(nodes, restart, steps):
+            return current
+        if not NodePPR.fits(g, len(nodes)):
+            return None
+        self.ppr[net] = NodePPR(g, nodes, restart, steps, reuse=current)
         return self.ppr[net]
 
 

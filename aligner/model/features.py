@@ -162,25 +162,39 @@ class NodePPR:
 
     MAX_CELLS = 64_000_000  # nodes x n floats kept (256 MB); beyond it sketches walk on their own
 
-    def __init__(self, graph: GraphTensors, nodes, restart: float, steps: int, chunk: int = 1024):
+    def __init__(self, graph: GraphTensors, nodes, restart: float, steps: int, chunk: int = 1024,
+                 reuse: "NodePPR | None" = None):
+        """``reuse``: an earlier cache of the same graph, whose nodes' vectors are copied instead of walked again
+        (each node's walk is a column of its own, so a copied vector is the one a walk would give)."""
         self.nodes = sorted(set(int(i) for i in nodes))
         self.column = {node: c for c, node in enumerate(self.nodes)}
         self.restart, self.steps = restart, steps
         n = graph.num_nodes
         # Kept log-scaled (what sketches project) and one node per row, so a task's seeds are a row gather.
         self.log_ppr = torch.empty(len(self.nodes), n)
-        for start in range(0, len(self.nodes), chunk):
-            part = self.nodes[start:start + chunk]
+        known = reuse.column if reuse is not None and (reuse.restart, reuse.steps) == (restart, steps) else {}
+        if known:
+            copied = [(c, known[node]) for c, node in enumerate(self.nodes) if node in known]
+            if copied:
+                rows, old = torch.tensor(copied).T
+                self.log_ppr[rows] = reuse.log_ppr[old]
+        walked = [(c, node) for c, node in enumerate(self.nodes) if node not in known]
+        for start in range(0, len(walked), chunk):
+            rows, part = (list(x) for x in zip(*walked[start:start + chunk]))
             signal = torch.zeros(n, len(part))
             signal[torch.tensor(part), torch.arange(len(part))] = 1.0
-            self.log_ppr[start:start + len(part)] = torch.log1p(n * personalized_pagerank(graph, signal, restart, steps)).T
+            self.log_ppr[rows] = torch.log1p(n * personalized_pagerank(graph, signal, restart, steps)).T
 
     @classmethod
     def fits(cls, graph: GraphTensors, count: int) -> bool:
         return graph.num_nodes * count <= cls.MAX_CELLS
 
     def covers(self, seeds: list[tuple[int, str]], restart: float, steps: int) -> bool:
-        return (restart, steps) == (self.restart, self.steps) and all(node in self.column for node, _ in seeds)
+        return self.has([node for node, _ in seeds], restart, steps)
+
+    def has(self, nodes, restart: float, steps: int) -> bool:
+        """Whether every one of ``nodes`` has its vector here, for this walk."""
+        return (restart, steps) == (self.restart, self.steps) and all(node in self.column for node in nodes)
 
 
 def position_sketch(

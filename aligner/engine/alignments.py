@@ -17,7 +17,7 @@ import torch
 from aligner.config import RefineConfig
 from aligner.engine.network_state import NetworkState
 from aligner.engine.tasks import SnapshotInputs
-from aligner.matching.candidates import candidate_set, pair_similarity
+from aligner.matching.candidates import CandidateSet, candidate_set, pair_similarity
 from aligner.matching.incremental import DENSE_CELLS, Direction, DirectionScorer, PairMatcher, similarity_block
 from aligner.matching.pseudo_anchors import confident_pairs
 from aligner.matching.ranking import ranking_metrics
@@ -35,6 +35,9 @@ class Alignments:
         self.refine = refine  # the configured settings, with what self-calibration chose
         self.k = top_k
         self.matchers: dict[tuple[str, str], PairMatcher] = {}
+        # Per pair, the candidate set of the sparse plan and what it was found from: self-calibration solves one
+        # pair under several settings on the same embeddings, and the search costs n x m similarity scores.
+        self._candidates: dict[tuple[str, str], tuple[NetworkState, NetworkState, tuple, CandidateSet]] = {}
 
     def full_match(self, a: str, b: str, warm: PlanContext | None = None) -> PairMatcher:
         """Solve the structure-consistent transport plan (:mod:`aligner.matching.refine`; on candidate pairs,
@@ -47,12 +50,12 @@ class Alignments:
             return PairMatcher(va, vb, None, 1.0, 0.0, cfg.feature_weight, self.k)
         rounds = cfg.rounds if warm is None else cfg.warm_rounds
         if self.sparse(va.n, vb.n):
-            found = candidate_set(va, vb, self.seed_pairs(a, b), cfg.candidates, cfg.structural_candidates,
-                                  cfg.feature_weight)
-            sparse = solve_sparse_plan(found.pattern, lambda r, c: pair_similarity(va, vb, r, c, cfg.feature_weight),
-                                       va.adjacency, vb.adjacency, cfg.tau, cfg.beta, rounds, cfg.sinkhorn_iters,
-                                       va.alive, vb.alive, cfg.marginal_weight, cfg.candidate_growth, warm)
-            return PairMatcher(va, vb, sparse.context(), cfg.tau, cfg.beta, cfg.feature_weight, self.k)
+            score = lambda r, c: pair_similarity(va, vb, r, c, cfg.feature_weight)  # noqa: E731
+            sparse = solve_sparse_plan(self.candidates(a, b).pattern, score, va.adjacency, vb.adjacency, cfg.tau,
+                                       cfg.beta, rounds, cfg.sinkhorn_iters, va.alive, vb.alive, cfg.marginal_weight,
+                                       cfg.candidate_growth, warm)
+            # Ranked on first use: self-calibration only scores its held-back anchors' rows.
+            return PairMatcher(va, vb, sparse.context(), cfg.tau, cfg.beta, cfg.feature_weight, self.k, lazy=True)
         with torch.no_grad():
             similarity = self.similarity(a, b)
             plan = solve_plan(similarity, va.adjacency, vb.adjacency, cfg.tau, cfg.beta, rounds, cfg.sinkhorn_iters,
@@ -65,6 +68,18 @@ class Alignments:
         """Whether an ``n_a x n_b`` pair's plan is solved on candidate pairs (``refine.plan``)."""
         plan = self.refine.plan
         return plan == "sparse" or (plan == "auto" and n_a * n_b > self.refine.max_cells)
+
+    def candidates(self, a: str, b: str) -> CandidateSet:
+        """The sparse plan's candidate pairs of ``a`` x ``b`` (:func:`aligner.matching.candidates.candidate_set`),
+        found again only when either network's state or the candidate settings changed."""
+        cfg, (sa, sb) = self.refine, (self.networks[a], self.networks[b])
+        settings = (cfg.candidates, cfg.structural_candidates, cfg.feature_weight)
+        cached = self._candidates.get((a, b))
+        if cached is not None and cached[0] is sa and cached[1] is sb and cached[2] == settings:
+            return cached[3]
+        found = candidate_set(sa.view(), sb.view(), self.seed_pairs(a, b), *settings)
+        self._candidates[(a, b)] = (sa, sb, settings, found)
+        return found
 
     def seed_pairs(self, a: str, b: str) -> np.ndarray:
         """``(k, 2)`` node pairs of ``a`` and ``b`` anchored to the same entity (known and pseudo-anchors: the

@@ -17,7 +17,6 @@ from aligner.model.meta import FastWeights
 from snapshots.snapshot import Snapshot
 from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
 
-
 LOSS_CELLS = 16_000_000  # labels x nodes one loss evaluation scores (see AlignmentTask)
 SEED_CELLS = 16_000_000  # seeds x nodes of a network's sketch (see SnapshotInputs.seed_pools)
 

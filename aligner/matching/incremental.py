@@ -102,10 +102,11 @@ class PairMatcher:
     context; :meth:`update` applies new views incrementally (see the module docstring)."""
 
     def __init__(self, va: NetworkView, vb: NetworkView, context: PlanContext | None, tau: float, beta: float,
-                 feature_weight: float, k: int, similarity: torch.Tensor | None = None):
+                 feature_weight: float, k: int, similarity: torch.Tensor | None = None, lazy: bool = False):
         """``context``: the solved plan's (``None``: no plan, candidates ranked by prior similarity);
         ``similarity``: the dense :func:`similarity_block` of every pair of ``va`` x ``vb`` where the caller
-        has it (it solved the plan from it), so ranking does not compute it again; it is consumed."""
+        has it (it solved the plan from it), so ranking does not compute it again; it is consumed. ``lazy``:
+        every node is ranked on first use of :attr:`ranked`, not here (scores of a few rows need no ranking)."""
         self.va, self.vb = va, vb
         self.tau, self.beta, self.feature_weight, self.k = tau, beta, feature_weight, k
         self.structure = None if context is None else context.structure
@@ -114,7 +115,18 @@ class PairMatcher:
         else:
             self.u, self.v = torch.zeros(va.n), torch.zeros(vb.n)
         self._extend_potentials()
-        self.ranked = self._rank_all(similarity)
+        self._ranked: dict[str, RankedRows] | None = None if lazy and similarity is None else self._rank_all(similarity)
+
+    @property
+    def ranked(self) -> dict[str, RankedRows]:
+        """Per direction, every source row's top-k and log-partition."""
+        if self._ranked is None:
+            self._ranked = self._rank_all()
+        return self._ranked
+
+    @ranked.setter
+    def ranked(self, value: dict[str, RankedRows]) -> None:
+        self._ranked = value
 
     # -- scores ----------------------------------------------------------------------------------------------
     def base(self, rows_a: torch.Tensor, cols_b: torch.Tensor, similarity: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,7 +164,8 @@ class PairMatcher:
         """Confidences (softmax over all destinations) of the given source rows: the scorer protocol of
         :mod:`aligner.matching.ranking`."""
         raw = self.scores(direction, index, torch.arange(self._dst(direction).n))
-        return torch.exp(raw.double() - self.ranked[direction].lse[index][:, None]).float()
+        lse = self._ranked[direction].lse[index] if self._ranked is not None else torch.logsumexp(raw.double(), 1)
+        return torch.exp(raw.double() - lse[:, None]).float()
 
     def top(self, direction: Direction) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k indices and confidences of every source row."""

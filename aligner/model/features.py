@@ -172,8 +172,9 @@ class NodePPR:
         n = graph.num_nodes
         # Kept log-scaled (what sketches project) and one node per row, so a task's seeds are a row gather.
         self.log_ppr = torch.empty(len(self.nodes), n)
-        known = reuse.column if reuse is not None and (reuse.restart, reuse.steps) == (restart, steps) else {}
-        if known:
+        known: dict[int, int] = {}
+        if reuse is not None and (reuse.restart, reuse.steps) == (restart, steps):
+            known = reuse.column
             copied = [(c, known[node]) for c, node in enumerate(self.nodes) if node in known]
             if copied:
                 rows, old = torch.tensor(copied).T

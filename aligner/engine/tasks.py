@@ -18,7 +18,6 @@ from snapshots.snapshot import Snapshot
 from snapshots.snapshot_codec import snapshot_from_bytes, snapshot_to_bytes
 
 LOSS_CELLS = 16_000_000  # labels x nodes one loss evaluation scores (see AlignmentTask)
-SEED_CELLS = 16_000_000  # seeds x nodes of a network's sketch (see SnapshotInputs.seed_pools)
 
 
 @dataclass
@@ -49,8 +48,8 @@ class SnapshotInputs:
 
     def seed_pools(self) -> dict[tuple[str, str], np.ndarray]:
         """Per pair, the anchors that seed anchor-relative positions (the coordinates inference uses, and what
-        tasks draw their seeds from): all of them while each network's seeds x nodes stays within
-        ``SEED_CELLS``; past it, the pair's share of that budget (:meth:`seed_pool_index`). A sketch costs
+        tasks draw their seeds from): all of them while each network's seeds x nodes fits in the PPR cache
+        (``NodePPR.MAX_CELLS``); past it, the pair's share of that budget (:meth:`seed_pool_index`). A sketch costs
         nodes x seeds random-walk work; with seeds capped by nodes, a large pair's sketches cost what the budget
         allows, not nodes x anchors (and the seeds' PPR fits in :class:`NodePPR`, computed once per snapshot)."""
         return {pair: self.anchors[pair][index] for pair, index in self.seed_pool_index().items()}
@@ -64,7 +63,7 @@ class SnapshotInputs:
                 pairs_of[net] = pairs_of.get(net, 0) + 1
         index = {}
         for pair, rows in self.anchors.items():
-            capacity = min(SEED_CELLS // max(self.graphs[net].num_nodes * pairs_of[net], 1) for net in pair)
+            capacity = min(NodePPR.MAX_CELLS // max(self.graphs[net].num_nodes * pairs_of[net], 1) for net in pair)
             every = np.arange(len(rows))
             index[pair] = every if len(rows) <= capacity else np.sort(np.argsort(_pair_hash(rows), kind="stable")[:capacity])
         return index

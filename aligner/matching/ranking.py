@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 
 CHUNK_ROWS = 2048
+CHUNK_CELLS = 2048 * 12_000  # rows x destination nodes scored at once: past 12k destinations, fewer rows
 
 
 class Scorer(Protocol):
@@ -41,9 +42,10 @@ def rank_bounds(scorer: Scorer, pairs: torch.Tensor, alive_dst: torch.Tensor) ->
     other candidate ties with it."""
     best = torch.empty(len(pairs), dtype=torch.long)
     worst = torch.empty(len(pairs), dtype=torch.long)
+    chunk = max(1, min(CHUNK_ROWS, CHUNK_CELLS // max(len(alive_dst), 1)))
     with torch.no_grad():
-        for start in range(0, len(pairs), CHUNK_ROWS):
-            p = pairs[start:start + CHUNK_ROWS]
+        for start in range(0, len(pairs), chunk):
+            p = pairs[start:start + chunk]
             # A nan score must not rank first: it counts as the worst possible.
             scores = torch.nan_to_num(scorer.rows(p[:, 0]), nan=float("-inf")).masked_fill(~alive_dst, float("-inf"))
             true = scores.gather(1, p[:, 1:2])

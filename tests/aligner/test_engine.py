@@ -148,18 +148,17 @@ def test_pseudo_anchors_are_confident_mutual_matches_of_unanchored_nodes_right_m
 
 
 def test_past_the_sketch_budget_seeds_come_from_a_stable_pool_and_alignment_still_works(dataset, monkeypatch):
-    """Sketching positions costs nodes x seeds: past ``SEED_CELLS`` a pair seeds its coordinates and its
+    """Sketching positions costs nodes x seeds: past ``NodePPR.MAX_CELLS`` a pair seeds its coordinates and its
     tasks from a pool of the budget's size, which new anchors leave mostly as it was."""
-    from aligner.engine import tasks
     from aligner.engine.tasks import SnapshotInputs, draw_task
-    from aligner.model.features import GraphTensors
+    from aligner.model.features import GraphTensors, NodePPR
 
     ds, snaps = dataset
     last = snaps[-1]
     graphs = {n: GraphTensors.from_snapshot(last.networks[n]) for n in ("left", "right")}
     anchors = {("left", "right"): last.anchors[("left", "right")]}
     n = max(g.num_nodes for g in graphs.values())
-    monkeypatch.setattr(tasks, "SEED_CELLS", n * 12)
+    monkeypatch.setattr(NodePPR, "MAX_CELLS", n * 12)
     inputs = SnapshotInputs(last, graphs, {"left": None, "right": None}, anchors)
     rows = anchors[("left", "right")]
     assert len(rows) > 20

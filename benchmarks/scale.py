@@ -35,9 +35,12 @@ def power_law_pair(n: int, seed: int, mean_degree: float, exponent: float, keep:
     ends = np.unique(np.sort(ends, axis=1), axis=0)
     perm = rng.permutation(n)  # node i of the source is node perm[i] of the target
     views = [ends[rng.random(len(ends)) < keep] for _ in range(2)]
-    source, target = views[0], perm[views[1]]
-    present = np.intersect1d(np.unique(source), np.unique(views[1]))
-    anchors = np.stack([present, perm[present]], axis=1)
+    # Nodes a view lost every edge of are not in it; the rest are numbered 0.. in each view.
+    kept_a, source = np.unique(views[0], return_inverse=True)
+    kept_b, target = np.unique(perm[views[1]], return_inverse=True)
+    source, target = source.reshape(-1, 2), target.reshape(-1, 2)
+    present = np.intersect1d(kept_a, np.unique(views[1]))
+    anchors = np.stack([np.searchsorted(kept_a, present), np.searchsorted(kept_b, perm[present])], axis=1)
     order = rng.permutation(len(anchors))
     n_train = int(round(train * len(anchors)))
     return {"source": source, "target": target, "anchors": anchors,

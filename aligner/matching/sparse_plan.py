@@ -36,13 +36,13 @@ BONUS_BLOCK = 2048  # source rows whose two-hop products exist at once
 @dataclass
 class SparsePlan:
     """A log transport plan on a support: ``log_plan[k]`` for the pair ``(rows[k], cols[k])``; ``structure`` the
-    row-normalised plan of the round before the last (its bonus built the last kernel); ``u``, ``v`` the dual
-    potentials."""
+    row-normalised plan of the round before the last, on that round's support (its bonus built the last
+    kernel; with candidates grown, the last support is larger); ``u``, ``v`` the dual potentials."""
 
     rows: torch.Tensor
     cols: torch.Tensor
     log_plan: torch.Tensor
-    structure: torch.Tensor
+    structure: sp.csr_matrix
     u: torch.Tensor
     v: torch.Tensor
     shape: tuple[int, int]
@@ -57,7 +57,7 @@ class SparsePlan:
 
     def context(self, top: int = STRUCTURE_TOP) -> PlanContext:
         """What ranking and the next solve need, as of a dense plan (:meth:`PlanContext.of`)."""
-        structure = sp.csr_matrix((self.structure.numpy(), (self.rows.numpy(), self.cols.numpy())), shape=self.shape)
+        structure = self.structure.copy()
         structure.eliminate_zeros()
         return PlanContext(_top_values(structure, top), self.u, self.v)
 
@@ -92,10 +92,11 @@ def solve_sparse_plan(support: sp.csr_matrix, score: PairScore, adjacency_src: s
     rows, cols = _entries(support)
     similarity = score(rows, cols)
     bonus = torch.zeros_like(similarity)
-    structure = torch.zeros_like(similarity)
+    structure = sp.csr_matrix(support.shape, dtype=np.float32)  # the plan whose bonus built the kernel
     if warm is not None:
         u, v = _finite(warm.u.double()), _finite(warm.v.double())
-        bonus = _bonus_on(support, warm.structure, adjacency_src, adjacency_dst)
+        structure = warm.structure
+        bonus = _bonus_on(support, structure, adjacency_src, adjacency_dst)
     with torch.no_grad():
         for round_ in range(rounds):
             live = alive_src[rows] & alive_dst[cols]
@@ -106,10 +107,9 @@ def solve_sparse_plan(support: sp.csr_matrix, score: PairScore, adjacency_src: s
             log_plan = log_kernel + u[rows] + v[cols]
             if round_ == rounds - 1:
                 break
-            structure = torch.exp(log_plan - _segment_logsumexp(log_plan, rows, n_src)[rows]).nan_to_num_(0.0)
-            structure = structure.float()
-            plan = sp.csr_matrix((structure.numpy(), support.indices, support.indptr), shape=support.shape)
-            grown, bonus = _bonus_and_growth(support, plan, adjacency_src, adjacency_dst, grow, alive_dst)
+            row_share = torch.exp(log_plan - _segment_logsumexp(log_plan, rows, n_src)[rows]).nan_to_num_(0.0)
+            structure = sp.csr_matrix((row_share.float().numpy(), support.indices, support.indptr), shape=support.shape)
+            grown, bonus = _bonus_and_growth(support, structure, adjacency_src, adjacency_dst, grow, alive_dst)
             if grown.nnz != support.nnz:
                 support, (rows, cols) = grown, _entries(grown)
                 similarity = score(rows, cols)

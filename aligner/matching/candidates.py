@@ -1,4 +1,4 @@
-"""Candidates, not all pairs: for each node of one network, the few nodes of the other it could be, found
+"""Candidates, not all pairs: for each node of either network, the few nodes of the other it could be, found
 without materialising the ``n x m`` similarity matrix.
 
 A dense transport plan costs ``n m`` memory and time, which caps a pair at about 11k x 11k nodes (issue 18).
@@ -64,19 +64,26 @@ class CandidateSet:
 
 
 def similar_top(va: NetworkView, vb: NetworkView, c: int, feature_weight: float,
-                block: int = ROW_CHUNK) -> torch.Tensor:
-    """``(n_src, c')`` column indices: each source node's ``c' = min(c, alive targets)`` most similar alive
-    targets under the prior similarity, ``block`` source rows at a time."""
-    c = min(c, int(vb.alive.sum()))
-    out = torch.empty(va.n, c, dtype=torch.long)
+                block: int = ROW_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each node's ``c`` most similar alive nodes of the other network under the prior similarity, both ways,
+    in one pass of ``block`` source rows at a time: ``(n_src, c')`` target columns per source row and
+    ``(n_dst, c'')`` source rows per target column (``c'``, ``c''``: ``c`` or the alive nodes, if fewer)."""
+    to_dst = torch.empty(va.n, min(c, int(vb.alive.sum())), dtype=torch.long)
+    c_src = min(c, int(va.alive.sum()))
+    best = torch.full((c_src, vb.n), float("-inf"))  # per column, the best scores of the rows seen so far
+    best_rows = torch.zeros((c_src, vb.n), dtype=torch.long)
     dead = ~vb.alive
     with torch.no_grad():
         for start in range(0, va.n, block):
             rows = slice(start, min(start + block, va.n))
             scores = similarity_block(va, vb, rows, slice(None), feature_weight)
             scores[:, dead] = float("-inf")
-            out[rows] = scores.topk(c, dim=1).indices
-    return out
+            to_dst[rows] = scores.topk(to_dst.shape[1], dim=1).indices
+            scores[~va.alive[rows]] = float("-inf")
+            merged, at = torch.cat([best, scores]).topk(c_src, dim=0)
+            ids = torch.cat([best_rows, torch.arange(rows.start, rows.stop)[:, None].expand(-1, vb.n)])
+            best, best_rows = merged, ids.gather(0, at)
+    return to_dst, best_rows.T.contiguous()
 
 
 def anchored_neighbourhood(adjacency_src: sp.csr_matrix, adjacency_dst: sp.csr_matrix, anchors: np.ndarray,
@@ -123,20 +130,32 @@ def pair_similarity(va: NetworkView, vb: NetworkView, rows: torch.Tensor, cols: 
 
 def candidate_set(va: NetworkView, vb: NetworkView, anchors: np.ndarray, similar: int, structural: int,
                   feature_weight: float = 1.0) -> CandidateSet:
-    """Each alive source node's ``similar`` most similar targets and ``structural`` targets sharing the most
-    anchored neighbours with it (see the module docstring), dead targets excluded; ``anchors``: ``(k, 2)``
-    known pairs, source node then target node."""
-    top = similar_top(va, vb, similar, feature_weight) if similar else torch.empty(va.n, 0, dtype=torch.long)
-    rows = np.repeat(np.arange(va.n), top.shape[1])
-    pattern = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, top.numpy().ravel())),
-                            shape=(va.n, vb.n))
+    """For each alive node of either network, its ``similar`` most similar nodes of the other and the
+    ``structural`` ones sharing the most anchored neighbours with it (see the module docstring), dead nodes
+    excluded; ``anchors``: ``(k, 2)`` known pairs, source node then target node.
+
+    Both ways, because a plan on candidates prices each target by the rows that propose it: a target proposed
+    by no row, or only by rows it does not fit, gets a dual potential that no competition set, and ranked
+    against every row under it, it outbids the true partners."""
+    pattern = sp.csr_matrix((va.n, vb.n), dtype=np.float32)
+    if similar:
+        to_dst, to_src = similar_top(va, vb, similar, feature_weight)
+        pattern = pattern + _pattern_of(to_dst, vb.n) + _pattern_of(to_src, va.n).T
     if structural and len(anchors):
         counts = anchored_neighbourhood(va.adjacency, vb.adjacency, anchors, vb.n)
-        counts = sp.csr_matrix(counts.multiply(vb.alive.numpy()[None, :]))
+        counts = sp.csr_matrix(counts.multiply(va.alive.numpy()[:, None]).multiply(vb.alive.numpy()[None, :]))
         counts.eliminate_zeros()
-        pattern = pattern + top_per_row(counts, structural)
-    pattern = sp.csr_matrix(pattern.multiply(va.alive.numpy()[:, None]))
+        pattern = pattern + top_per_row(counts, structural) + top_per_row(counts.T.tocsr(), structural).T
+    pattern = sp.csr_matrix(sp.csr_matrix(pattern).multiply(va.alive.numpy()[:, None]))
+    pattern = sp.csr_matrix(pattern.multiply(vb.alive.numpy()[None, :]))
     pattern.eliminate_zeros()
     pattern.data[:] = 1.0
     pattern.sort_indices()
     return CandidateSet(pattern)
+
+
+def _pattern_of(top: torch.Tensor, n_cols: int) -> sp.csr_matrix:
+    """``(n, c)`` column indices per row as a 0/1 CSR pattern ``(n, n_cols)``."""
+    rows = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, top.numpy().ravel())),
+                         shape=(top.shape[0], n_cols))

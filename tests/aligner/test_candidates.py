@@ -20,14 +20,30 @@ def random_view(n: int, seed: int, dead: tuple[int, ...] = (), attrs: bool = Tru
                        unit(torch.randn(n, 3, generator=g)) if attrs else None, adjacency_csr(edges, n), alive)
 
 
-def test_similar_top_is_the_dense_top_k_computed_block_by_block():
-    va, vb = random_view(50, 0), random_view(40, 1, dead=(3, 7))
+def test_similar_top_is_the_dense_top_k_of_both_ways_computed_block_by_block():
+    va, vb = random_view(50, 0, dead=(11,)), random_view(40, 1, dead=(3, 7))
     dense = similarity_block(va, vb, slice(None), slice(None), 0.5)
     dense[:, ~vb.alive] = float("-inf")
-    expected = dense.topk(6, dim=1).indices
-    found = similar_top(va, vb, 6, 0.5, block=7)
-    assert torch.equal(torch.sort(found, dim=1).values, torch.sort(expected, dim=1).values)
-    assert not set(found.flatten().tolist()) & {3, 7}
+    dense[~va.alive] = float("-inf")
+    to_dst, to_src = similar_top(va, vb, 6, 0.5, block=7)
+    alive = va.alive.nonzero().flatten()
+    expected = dense[alive].topk(6, dim=1).indices
+    assert torch.equal(torch.sort(to_dst[alive], dim=1).values, torch.sort(expected, dim=1).values)
+    alive = vb.alive.nonzero().flatten()
+    expected = dense.T[alive].topk(6, dim=1).indices
+    assert torch.equal(torch.sort(to_src[alive], dim=1).values, torch.sort(expected, dim=1).values)
+    assert not set(to_dst.flatten().tolist()) & {3, 7} and 11 not in to_src.flatten().tolist()
+
+
+def test_every_alive_target_has_candidates_even_when_no_row_prefers_it():
+    # One hub every source node finds most similar: row-wise, it is everyone's candidate and the rest are
+    # nobody's; each target still gets its own best sources.
+    va, vb = random_view(30, 9, attrs=False), random_view(20, 10, attrs=False)
+    vb.z[0] = va.z.mean(0) / va.z.mean(0).norm()
+    found = candidate_set(va, vb, np.zeros((0, 2), dtype=np.int64), similar=1, structural=0, feature_weight=0.0)
+    per_column = np.diff(found.pattern.tocsc().indptr)
+    assert (per_column >= 1).all()
+    assert found.cells <= 30 + 20
 
 
 def test_asking_for_every_target_gives_every_alive_pair():

@@ -103,8 +103,8 @@ def measure(dataset_dir: Path, counts: list[int], seed: int, plan_candidates: in
                                  vb.adjacency, *settings, grow=extra)
         seconds = time.perf_counter() - started
         out[name] = {"hits@1": hits1(plan.rows, plan.cols, plan.log_plan, va.n), "s": round(seconds, 2),
-                     "ranked_hits@1": ranked_hits1(plan.context()), "cells_share": round(len(plan.rows) / dense_cells, 5), "candidates": plan_candidates,
-                     "grow": extra}
+                     "ranked_hits@1": ranked_hits1(plan.context()),
+                     "cells_share": round(len(plan.rows) / dense_cells, 5), "candidates": plan_candidates, "grow": extra}
     return out
 
 

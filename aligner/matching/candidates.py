@@ -80,9 +80,9 @@ def similar_top(va: NetworkView, vb: NetworkView, c: int, feature_weight: float,
             scores[:, dead] = float("-inf")
             to_dst[rows] = scores.topk(to_dst.shape[1], dim=1).indices
             scores[~va.alive[rows]] = float("-inf")
-            merged, at = torch.cat([best, scores]).topk(c_src, dim=0)
-            ids = torch.cat([best_rows, torch.arange(rows.start, rows.stop)[:, None].expand(-1, vb.n)])
-            best, best_rows = merged, ids.gather(0, at)
+            best, at = torch.cat([best, scores]).topk(c_src, dim=0)
+            # A position past the kept rows is a row of this block: no (block x m) index tensor is built.
+            best_rows = torch.where(at < c_src, best_rows.gather(0, at.clamp_max(c_src - 1)), at - c_src + start)
     return to_dst, best_rows.T.contiguous()
 
 
@@ -146,8 +146,7 @@ def candidate_set(va: NetworkView, vb: NetworkView, anchors: np.ndarray, similar
         counts = sp.csr_matrix(counts.multiply(va.alive.numpy()[:, None]).multiply(vb.alive.numpy()[None, :]))
         counts.eliminate_zeros()
         pattern = pattern + top_per_row(counts, structural) + top_per_row(counts.T.tocsr(), structural).T
-    pattern = sp.csr_matrix(sp.csr_matrix(pattern).multiply(va.alive.numpy()[:, None]))
-    pattern = sp.csr_matrix(pattern.multiply(vb.alive.numpy()[None, :]))
+    pattern = sp.csr_matrix(pattern.multiply(va.alive.numpy()[:, None]).multiply(vb.alive.numpy()[None, :]))
     pattern.eliminate_zeros()
     pattern.data[:] = 1.0
     pattern.sort_indices()

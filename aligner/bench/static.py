@@ -35,6 +35,7 @@ import numpy as np
 from aligner.config import Config
 
 FULL_STEPS = 200
+STEP_SECONDS = ("meta_s", "calibration_s", "adapt_s", "align_s")  # an adaptation's steps (Aligner._adaptation_path)
 Variant = Literal["fast", "full"]
 VARIANTS: tuple[Variant, ...] = ("fast", "full")
 
@@ -96,8 +97,9 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
         metrics = aligner.alignments.evaluate(ds.source_net, ds.target_net, test_ids)
         out[name] = {**{k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
                      "train_s": round(t_train, 2), "total_s": round(time.perf_counter() - t0, 2)}
-        # What self-calibration chose on the train anchors it held back, and what each candidate scored there.
-        out[name].update({k: update.stats[k] for k in ("calibrated", "calibration_mrr", "calibration_s")
+        # What self-calibration chose on the train anchors it held back, what each candidate scored there, and
+        # where the training time went (meta-learning, calibration, adaptation, plans and ranking).
+        out[name].update({k: update.stats[k] for k in ("calibrated", "calibration_mrr", *STEP_SECONDS)
                           if update is not None and k in update.stats})
         # The same aligner ranks the other way: no retraining, so both directions score one model.
         reverse = aligner.alignments.evaluate(ds.target_net, ds.source_net, [(t, s) for s, t in test_ids])

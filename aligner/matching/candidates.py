@@ -36,6 +36,8 @@ import torch
 
 from aligner.matching.incremental import ROW_CHUNK, NetworkView, similarity_block
 
+PAIR_CHUNK = 1 << 15  # candidate pairs whose feature rows are gathered at once (pair_similarity)
+
 
 @dataclasses.dataclass(frozen=True)
 class CandidateSet:
@@ -116,16 +118,21 @@ def top_per_row(counts: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 
 def pair_similarity(va: NetworkView, vb: NetworkView, rows: torch.Tensor, cols: torch.Tensor,
-                    feature_weight: float) -> torch.Tensor:
+                    feature_weight: float, chunk: int = PAIR_CHUNK) -> torch.Tensor:
     """The prior similarity of :func:`aligner.matching.incremental.similarity_block` for the pairs
-    ``(rows[k], cols[k])`` only."""
-    sim = (va.z[rows] * vb.z[cols]).sum(1)
-    if feature_weight:
-        sim += feature_weight * (va.pos[rows] * vb.pos[cols]).sum(1)
-        if va.attrs is not None and vb.attrs is not None:
-            width = min(va.attrs.shape[1], vb.attrs.shape[1])
-            sim += feature_weight * (va.attrs[rows, :width] * vb.attrs[cols, :width]).sum(1)
-    return sim
+    ``(rows[k], cols[k])`` only, ``chunk`` pairs at a time: each pair gathers both nodes' feature rows, and
+    gathering all of a large support at once would hold ``pairs x width`` floats twice."""
+    out = torch.empty(len(rows))
+    width = None if va.attrs is None or vb.attrs is None else min(va.attrs.shape[1], vb.attrs.shape[1])
+    for start in range(0, len(rows), chunk):
+        r, c = rows[start:start + chunk], cols[start:start + chunk]
+        sim = (va.z[r] * vb.z[c]).sum(1)
+        if feature_weight:
+            sim += feature_weight * (va.pos[r] * vb.pos[c]).sum(1)
+            if width is not None:
+                sim += feature_weight * (va.attrs[r, :width] * vb.attrs[c, :width]).sum(1)
+        out[start:start + chunk] = sim
+    return out
 
 
 def candidate_set(va: NetworkView, vb: NetworkView, anchors: np.ndarray, similar: int, structural: int,

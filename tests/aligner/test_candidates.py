@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aligner.matching.candidates import anchored_neighbourhood, candidate_set, similar_top
+from aligner.matching.candidates import anchored_neighbourhood, candidate_set, pair_similarity, similar_top
 from aligner.matching.incremental import NetworkView, adjacency_csr, similarity_block
 
 
@@ -33,6 +33,17 @@ def test_similar_top_is_the_dense_top_k_of_both_ways_computed_block_by_block():
     expected = dense.T[alive].topk(6, dim=1).indices
     assert torch.equal(torch.sort(to_src[alive], dim=1).values, torch.sort(expected, dim=1).values)
     assert not set(to_dst.flatten().tolist()) & {3, 7} and 11 not in to_src.flatten().tolist()
+
+
+def test_pair_similarity_gathers_a_chunk_of_pairs_at_a_time_and_equals_the_dense_entries():
+    va, vb = random_view(30, 2), random_view(20, 3)
+    dense = similarity_block(va, vb, slice(None), slice(None), 0.7)
+    g = torch.Generator().manual_seed(4)
+    rows, cols = torch.randint(0, 30, (101,), generator=g), torch.randint(0, 20, (101,), generator=g)
+    chunked = pair_similarity(va, vb, rows, cols, 0.7, chunk=8)
+    assert torch.equal(chunked, pair_similarity(va, vb, rows, cols, 0.7, chunk=1000))
+    assert torch.allclose(chunked, dense[rows, cols], atol=1e-6)
+    assert pair_similarity(va, vb, rows[:0], cols[:0], 0.7).shape == (0,)
 
 
 def test_every_alive_target_has_candidates_even_when_no_row_prefers_it():

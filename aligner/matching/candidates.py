@@ -123,14 +123,15 @@ def pair_similarity(va: NetworkView, vb: NetworkView, rows: torch.Tensor, cols: 
     ``(rows[k], cols[k])`` only, ``chunk`` pairs at a time: each pair gathers both nodes' feature rows, and
     gathering all of a large support at once would hold ``pairs x width`` floats twice."""
     out = torch.empty(len(rows))
-    width = None if va.attrs is None or vb.attrs is None else min(va.attrs.shape[1], vb.attrs.shape[1])
+    attrs = None if va.attrs is None or vb.attrs is None else (va.attrs, vb.attrs)
+    width = 0 if attrs is None else min(attrs[0].shape[1], attrs[1].shape[1])
     for start in range(0, len(rows), chunk):
         r, c = rows[start:start + chunk], cols[start:start + chunk]
         sim = (va.z[r] * vb.z[c]).sum(1)
         if feature_weight:
             sim += feature_weight * (va.pos[r] * vb.pos[c]).sum(1)
-            if width is not None:
-                sim += feature_weight * (va.attrs[r, :width] * vb.attrs[c, :width]).sum(1)
+            if attrs is not None:
+                sim += feature_weight * (attrs[0][r, :width] * attrs[1][c, :width]).sum(1)
         out[start:start + chunk] = sim
     return out
 

@@ -10,7 +10,8 @@ in its own process, as ``dynalign bench DIR --seeds 1 --variants fast``); extra 
     .venv/bin/python benchmarks/scale.py --sizes 10000,50000,100000,200000 \
         --with ../shared/data/enron-views --json docs/bench/scale.json --plot docs/bench/scale.svg
 
-Per size it reports seconds, peak memory (and per node), Hits@1 and the plan's candidate cells against ``n m``.
+Per size it reports seconds (and per training step), peak memory (and per node), Hits@1, the plan's cells
+against ``n m`` and the share of test partners among the plan's candidates.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def measure(folder: Path) -> dict:
     seed = result["per_seed"][0]
     n_a, n_b = meta["n_source"], meta["n_target"]
     return {"dataset": folder.name, "nodes": [n_a, n_b], "edges": [meta["m_source"], meta["m_target"]],
-            "dense_cells": n_a * n_b, "hits@1": seed["fast"]["hits@1"], "mrr": seed["fast"]["mrr"],
+            "dense_cells": n_a * n_b, "plan_cells": seed["fast"]["plan_cells"],
+            "candidate_recall": seed["fast"].get("candidate_recall"),
+            "hits@1": seed["fast"]["hits@1"], "mrr": seed["fast"]["mrr"],
+            "step_s": {k: seed["fast"][k] for k in ("meta_s", "calibration_s", "adapt_s", "align_s") if k in seed["fast"]},
             "wall_s": seed["wall_s"], "peak_rss_mb": seed["peak_rss_mb"],
             "peak_kb_per_node": round(seed["peak_rss_mb"] * 1024 / (n_a + n_b), 1),
             "measured_s": round(time.perf_counter() - started, 1)}

@@ -70,6 +70,7 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
 
     from aligner.engine.factory import build_aligner
     from aligner.tools.explain import evidence_agreement
+    from snapshots.snapshot import pair_key
     from stream.datasets import load_dataset, split_anchors
 
     started = time.perf_counter()
@@ -101,6 +102,7 @@ def run_seed(dataset_dir: str, seed: int, train_ratio: float | None, cfg: Config
         # where the training time went (meta-learning, calibration, adaptation, plans and ranking).
         out[name].update({k: update.stats[k] for k in ("calibrated", "calibration_mrr", *STEP_SECONDS)
                           if update is not None and k in update.stats})
+        out[name]["plan_cells"] = aligner.alignments.plan_cells(*pair_key(ds.source_net, ds.target_net))
         # The same aligner ranks the other way: no retraining, so both directions score one model.
         reverse = aligner.alignments.evaluate(ds.target_net, ds.source_net, [(t, s) for s, t in test_ids])
         out[name]["target_to_source"] = {k: round(v, 4) for k, v in reverse.items() if isinstance(v, float)}

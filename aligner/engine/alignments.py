@@ -142,7 +142,25 @@ class Alignments:
         pairs = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
         out = ranking_metrics(self.scorers(net, to)[(net, to)], pairs, self.networks[to].alive)
         out["unknown"] = len(id_pairs) - len(rows)
+        key = pair_key(net, to)
+        support = self.plan_support(*key)
+        if support is not None:  # a true partner outside the candidates is one the plan could not move mass to
+            oriented = pairs.numpy() if key == (net, to) else pairs.numpy()[:, ::-1]
+            out["candidate_recall"] = support.recall(np.ascontiguousarray(oriented))
         return out
+
+    def plan_support(self, a: str, b: str) -> CandidateSet | None:
+        """The candidate pairs the current plan of ``a`` x ``b`` (``pair_key`` order) was solved on; ``None`` for
+        a dense plan (every pair) or a pair not matched on its networks' current states."""
+        cached = self._candidates.get((a, b))
+        if cached is None or cached[0] is not self.networks[a] or cached[1] is not self.networks[b]:
+            return None
+        return cached[3] if self.sparse(cached[0].view().n, cached[1].view().n) else None
+
+    def plan_cells(self, a: str, b: str) -> int:
+        """How many node pairs the current plan of ``a`` x ``b`` carries: its candidate pairs, or ``n x m``."""
+        support = self.plan_support(a, b)
+        return support.cells if support is not None else self.networks[a].view().n * self.networks[b].view().n
 
     def anchor_ranks(self, pair: tuple[str, str], fresh: list[tuple[int, int]]) -> list[int]:
         """The rank of each newly revealed anchor's partner under the pair's current alignment (test-then-train);

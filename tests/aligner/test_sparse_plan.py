@@ -100,7 +100,17 @@ def test_the_engine_solves_a_pair_past_max_cells_on_candidates_and_ranks_like_th
         alignments = Alignments(networks, cfg, top_k=10)
         np.testing.assert_array_equal(alignments.seed_pairs("a", "b"), seeds)
         alignments.match_afresh([("a", "b")], warm=False)
-        hits[name] = alignments.evaluate("a", "b", pairs)["hits@1"]
+        metrics = alignments.evaluate("a", "b", pairs)
+        hits[name] = metrics["hits@1"]
+        support = alignments.plan_support("a", "b")
+        if name == "dense":
+            assert support is None and "candidate_recall" not in metrics
+            assert alignments.plan_cells("a", "b") == 400 * 400
+        else:  # the share of true partners among the candidates, the same read from either side
+            assert support is not None and alignments.plan_cells("a", "b") == support.cells < 400 * 400 / 4
+            assert metrics["candidate_recall"] == support.recall(truth) >= 0.8
+            reverse = [(b, a) for a, b in pairs]
+            assert alignments.evaluate("b", "a", reverse)["candidate_recall"] == metrics["candidate_recall"]
         alignments.match_afresh([("a", "b")], warm=True)  # warm from its own context
         assert abs(alignments.evaluate("a", "b", pairs)["hits@1"] - hits[name]) <= 0.02
     assert hits["dense"] > 0.8 and all(abs(hits[k] - hits["dense"]) <= 0.02 for k in hits), hits

@@ -4,7 +4,9 @@ The exchange format (``/work/shared/data/README.md``): a folder with ``source.ed
 ``target.edges.tsv`` (``u v`` or ``u v ts``), optional ``{source,target}.attr.npy``, ``anchors.tsv``,
 optional ``train.tsv``/``test.tsv`` and ``meta.json``. :func:`load_dataset` reads it; :func:`dataset_events`
 replays it as :class:`stream.events.Event` objects so that experiments exercise the same path as production,
-revealing only training anchors, never test ones.
+revealing only training anchors, never test ones. The multi-network format (any number of networks, anchors
+per pair, some pairs with none to train on) is read by :func:`load_multi_dataset` and replayed by
+:func:`multi_dataset_events`, on the same replay.
 """
 
 from __future__ import annotations
@@ -50,6 +52,35 @@ class Dataset:
         return self.source_times is not None
 
 
+@dataclass(frozen=True)
+class NetworkData:
+    """One network of a dataset: its edge lines (``u v``), their timestamps or None, attributes or None."""
+
+    name: str
+    edges: np.ndarray
+    times: np.ndarray | None
+    attrs: np.ndarray | None
+    num_nodes: int
+
+
+@dataclass
+class MultiDataset:
+    """Any number of networks and, per pair ``(a, b)`` (``a < b``; the files may name it either way), every true
+    pair of nodes (``anchors``, node of ``a`` first) and its split; a pair may have no train anchors at all (it
+    is aligned through the others)."""
+
+    name: str
+    networks: dict[str, NetworkData]
+    anchors: dict[tuple[str, str], np.ndarray]
+    train: dict[tuple[str, str], np.ndarray]
+    test: dict[tuple[str, str], np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timestamped(self) -> bool:
+        return any(net.times is not None for net in self.networks.values())
+
+
 def _read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
     """A whitespace-separated integer table with one of ``columns`` column counts, as int64 (rows, cols)."""
     data = path.read_bytes()
@@ -69,11 +100,8 @@ def _read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
     return table
 
 
-def load_dataset(path: Path | str) -> Dataset:
-    """Read a dataset folder; missing edges/anchors are errors, missing attributes or splits are None."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
+def _read_meta(root: Path) -> dict[str, Any]:
+    """``meta.json`` as a dict (``{}`` without one)."""
     meta_path = root / "meta.json"
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -81,6 +109,42 @@ def load_dataset(path: Path | str) -> Dataset:
         raise ValueError(f"{meta_path} is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_path} must hold a JSON object, not {type(meta).__name__}")
+    return meta
+
+
+def _read_network(edges_path: Path, attr_path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One network's edges (``u v``), their timestamps (third column) or None, and its attributes or None."""
+    table = _read_table(edges_path, (2, 3), "edges")
+    times = table[:, 2].astype(np.float64) if table.shape[1] == 3 else None
+    try:
+        attrs = np.load(attr_path, allow_pickle=False) if attr_path.exists() else None
+    except (ValueError, OSError, EOFError) as e:  # pickled, torn or not .npy at all
+        raise ValueError(f"{attr_path} is not a numeric .npy matrix ({e}); {FORMAT_HINT}") from None
+    if attrs is not None and attrs.ndim != 2:
+        raise ValueError(f"{attr_path}: attributes must be a matrix (row i = node i), not {attrs.shape}")
+    return np.ascontiguousarray(table[:, :2]), times, attrs
+
+
+def _network_size(root: Path, what: str, ids: np.ndarray, attrs: np.ndarray | None, meta: dict, key: str) -> int:
+    """A network's node count: ``meta[key]`` where meta.json says it, else one past the largest id its files use."""
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"dataset {root}: negative {what} node id")
+    seen = max(int(ids.max()) + 1 if ids.size else 0, 0 if attrs is None else len(attrs))
+    size = int(meta.get(key, seen))
+    if seen > size:
+        raise ValueError(f"dataset {root}: {what} node ids reach {seen - 1}, but meta.json says {key} = {size}")
+    return size
+
+
+def load_dataset(path: Path | str) -> Dataset:
+    """Read a dataset folder; missing edges/anchors are errors, missing attributes or splits are None."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    if is_multi_dataset(root):
+        raise ValueError(f"dataset {root} is a multi-network folder (it has networks/); this takes a pair folder: "
+                         f"{FORMAT_HINT}")
+    meta = _read_meta(root)
 
     def required(name: str) -> Path:
         p = root / name
@@ -88,51 +152,28 @@ def load_dataset(path: Path | str) -> Dataset:
             raise FileNotFoundError(f"dataset {root}: required file {name} is missing; {FORMAT_HINT}")
         return p
 
-    edges: dict[str, np.ndarray] = {}
-    times: dict[str, np.ndarray | None] = {}
-    attrs: dict[str, np.ndarray | None] = {}
-    sizes: dict[str, int] = {}
-    for side in _SIDES:
-        table = _read_table(required(f"{side}.edges.tsv"), (2, 3), "edges")
-        edges[side] = np.ascontiguousarray(table[:, :2])
-        times[side] = table[:, 2].astype(np.float64) if table.shape[1] == 3 else None
-        attr_path = root / f"{side}.attr.npy"
-        try:
-            matrix = attrs[side] = np.load(attr_path, allow_pickle=False) if attr_path.exists() else None
-        except (ValueError, OSError, EOFError) as e:  # pickled, torn or not .npy at all
-            raise ValueError(f"{attr_path} is not a numeric .npy matrix ({e}); {FORMAT_HINT}") from None
-        if matrix is not None and matrix.ndim != 2:
-            raise ValueError(f"{attr_path}: attributes must be a matrix (row i = node i), not {matrix.shape}")
-    if (times["source"] is None) != (times["target"] is None):
+    nets = {side: _read_network(required(f"{side}.edges.tsv"), root / f"{side}.attr.npy") for side in _SIDES}
+    if (nets["source"][1] is None) != (nets["target"][1] is None):
         raise ValueError(f"dataset {root}: only one network's edges carry timestamps")
     anchors = _read_table(required("anchors.tsv"), (2,), "anchors")
     split = {}
     for name in ("train", "test"):
         p = root / f"{name}.tsv"
         split[name] = _read_table(p, (2,), name) if p.exists() else None
-
-    for i, side in enumerate(_SIDES):
-        ids = np.concatenate([edges[side].ravel(), anchors[:, i]])
-        if ids.size and ids.min() < 0:
-            raise ValueError(f"dataset {root}: negative {side} node id")
-        matrix = attrs[side]
-        seen = max(int(ids.max()) + 1 if ids.size else 0, 0 if matrix is None else len(matrix))
-        sizes[side] = int(meta.get(f"n_{side}", seen))
-        if seen > sizes[side]:
-            raise ValueError(
-                f"dataset {root}: {side} node ids reach {seen - 1}, but meta.json says n_{side} = {sizes[side]}"
-            )
+    sizes = {side: _network_size(root, side, np.concatenate([nets[side][0].ravel(), anchors[:, i]]), nets[side][2],
+                                 meta, f"n_{side}")
+             for i, side in enumerate(_SIDES)}
 
     return Dataset(
         name=str(meta.get("name", root.name)),
         source_net=str(meta.get("source", "source")),
         target_net=str(meta.get("target", "target")),
-        source_edges=edges["source"],
-        target_edges=edges["target"],
-        source_times=times["source"],
-        target_times=times["target"],
-        source_attrs=attrs["source"],
-        target_attrs=attrs["target"],
+        source_edges=nets["source"][0],
+        target_edges=nets["target"][0],
+        source_times=nets["source"][1],
+        target_times=nets["target"][1],
+        source_attrs=nets["source"][2],
+        target_attrs=nets["target"][2],
         num_source=sizes["source"],
         num_target=sizes["target"],
         anchors=anchors,
@@ -140,6 +181,68 @@ def load_dataset(path: Path | str) -> Dataset:
         test=split["test"],
         meta=meta,
     )
+
+
+MULTI_FORMAT_HINT = ("a multi-network folder: networks/<name>.edges.tsv (lines 'u v' or 'u v time') and optional "
+                     "networks/<name>.attr.npy per network, anchors/<a>~<b>.tsv (every true pair, ids of a then "
+                     "of b), train/<a>~<b>.tsv and test/<a>~<b>.tsv per pair (a train file may be empty), meta.json "
+                     "(../shared/data/README.md)")
+
+
+def is_multi_dataset(path: Path | str) -> bool:
+    """Whether ``path`` is a multi-network folder (it has ``networks/``) rather than a pair folder."""
+    return (Path(path) / "networks").is_dir()
+
+
+def load_multi_dataset(path: Path | str) -> MultiDataset:
+    """Read a multi-network folder (:data:`MULTI_FORMAT_HINT`). Every pair with an ``anchors/`` file is a pair
+    of the dataset; its ``train/`` file may be empty or missing (no train anchors), its ``test/`` file missing
+    (then every anchor not in train is a test anchor)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    if not is_multi_dataset(root):
+        raise ValueError(f"dataset {root} has no networks/ folder; {MULTI_FORMAT_HINT}")
+    meta = _read_meta(root)
+    edge_files = sorted((root / "networks").glob("*.edges.tsv"))
+    if len(edge_files) < 2:
+        raise ValueError(f"dataset {root}: networks/ holds {len(edge_files)} edge file(s), at least 2 are needed; "
+                         f"{MULTI_FORMAT_HINT}")
+    read = {f.name.removesuffix(".edges.tsv"): _read_network(f, f.with_name(f.name.replace(".edges.tsv", ".attr.npy")))
+            for f in edge_files}
+    if len({times is None for _, times, _ in read.values()}) > 1:
+        raise ValueError(f"dataset {root}: only some networks' edges carry timestamps")
+    anchors, train, test = {}, {}, {}
+    for f in sorted((root / "anchors").glob("*.tsv")):
+        pair = tuple(f.name.removesuffix(".tsv").split("~"))
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(read):
+            raise ValueError(f"{f}: an anchor file is named <a>~<b>.tsv after two different networks of "
+                             f"networks/ ({', '.join(read)})")
+        # Kept with the names in sorted order (the order pairs are aligned in), the columns turned to match.
+        key, turn = (min(pair), max(pair)), slice(None, None, 1 if pair[0] < pair[1] else -1)
+        if key in anchors:
+            raise ValueError(f"{f}: the pair {key[0]}~{key[1]} has two anchor files")
+        anchors[key] = _read_table(f, (2,), "anchors")[:, turn]
+        p = root / "train" / f.name
+        train[key] = (_read_table(p, (2,), "train anchors") if p.exists() else np.empty((0, 2), dtype=np.int64))[:, turn]
+        p = root / "test" / f.name
+        test[key] = (_read_table(p, (2,), "test anchors")[:, turn] if p.exists()
+                     else _rows_not_in(anchors[key], train[key]))
+    if not anchors:
+        raise ValueError(f"dataset {root}: anchors/ holds no <a>~<b>.tsv file; {MULTI_FORMAT_HINT}")
+    declared = meta.get("networks") if isinstance(meta.get("networks"), dict) else {}
+    networks = {}
+    for name, (edges, times, attrs) in read.items():
+        ids = [edges.ravel()] + [rows[:, pair.index(name)] for pair, rows in anchors.items() if name in pair]
+        size = _network_size(root, f"network {name!r}", np.concatenate(ids), attrs, declared, name)
+        networks[name] = NetworkData(name, edges, times, attrs, size)
+    return MultiDataset(str(meta.get("name", root.name)), networks, anchors, train, test, meta)
+
+
+def _rows_not_in(rows: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` (``(k, 2)``) that are not rows of ``removed``, in their order."""
+    gone = {tuple(r) for r in removed.tolist()}
+    return rows[np.array([tuple(r) not in gone for r in rows.tolist()], dtype=bool)].reshape(-1, 2)
 
 
 def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,12 +255,26 @@ def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tup
             raise ValueError(f"dataset {dataset.name} has no train.tsv/test.tsv; give a train ratio (--train-ratio "
                              "0.2 draws a seeded 20% of anchors.tsv for training)")
         return dataset.train, dataset.test
+    return _ratio_split(dataset.anchors, train_ratio, seed)
+
+
+def split_multi_anchors(dataset: MultiDataset, train_ratio: float | None, seed: int
+                        ) -> tuple[dict[tuple[str, str], np.ndarray], dict[tuple[str, str], np.ndarray]]:
+    """:func:`split_anchors` per pair of a multi-network dataset: its own split, or a seeded ``train_ratio``
+    share of every pair's anchors (each pair its own draw)."""
+    if train_ratio is None:
+        return dataset.train, dataset.test
+    parts = {pair: _ratio_split(rows, train_ratio, seed + k) for k, (pair, rows) in enumerate(dataset.anchors.items())}
+    return {p: t for p, (t, _) in parts.items()}, {p: t for p, (_, t) in parts.items()}
+
+
+def _ratio_split(anchors: np.ndarray, train_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= train_ratio <= 1.0:
         raise ValueError(f"train ratio must be within [0, 1], got {train_ratio}")
-    n = len(dataset.anchors)
+    n = len(anchors)
     chosen = np.zeros(n, dtype=bool)
     chosen[np.random.default_rng(seed).permutation(n)[: round(train_ratio * n)]] = True
-    return dataset.anchors[chosen], dataset.anchors[~chosen]
+    return anchors[chosen], anchors[~chosen]
 
 
 # Midnight UTC, a multiple of any whole-hour or whole-day window, so synthetic windows coincide with the
@@ -185,31 +302,54 @@ def dataset_events(
     order is attributes, anchors, edges. Self-loops, which the event contract rejects, are left out.
     Arguments are checked at once; events are then built as they are consumed.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    if windows < 1:
-        raise ValueError(f"windows must be >= 1, got {windows}")
     if train is None:
         if ds.train is None:
             raise ValueError(f"dataset {ds.name} has no train.tsv; pass train= (see split_anchors)")
         train = ds.train
-    rng = np.random.default_rng(seed)
-    nets = (ds.source_net, ds.target_net)
+    networks = [NetworkData(ds.source_net, ds.source_edges, ds.source_times, ds.source_attrs, ds.num_source),
+                NetworkData(ds.target_net, ds.target_edges, ds.target_times, ds.target_attrs, ds.num_target)]
+    return _network_events(ds.name, networks, [("anchor", ds.source_net, ds.target_net, train)], protocol,
+                           windows, seed, window_seconds, base_time)
 
-    # Both networks' edges as one table of (network index, line in its file, u, v).
+
+def multi_dataset_events(ds: MultiDataset, *, protocol: str = "stream", windows: int = 10, seed: int = 0,
+                         train: dict[tuple[str, str], np.ndarray] | None = None, window_seconds: float = 3600.0,
+                         base_time: float = BASE_TIME) -> Iterator[Event]:
+    """:func:`dataset_events` for a multi-network dataset: every network's edges on one clock, the ``train``
+    anchors of every pair (default: the dataset's train split) revealed together. Anchor event ids name the
+    pair (``anchor:a~b:i:j``): the same two node ids may be anchored in several pairs."""
+    train = ds.train if train is None else train
+    sets = [(f"anchor:{a}~{b}", a, b, train.get((a, b), np.empty((0, 2), dtype=np.int64))) for a, b in ds.anchors]
+    return _network_events(ds.name, list(ds.networks.values()), sets, protocol, windows, seed, window_seconds,
+                           base_time)
+
+
+def _network_events(name: str, networks: list[NetworkData], anchor_sets: list[tuple[str, str, str, np.ndarray]],
+                    protocol: str, windows: int, seed: int, window_seconds: float,
+                    base_time: float) -> Iterator[Event]:
+    """The replay of :func:`dataset_events` for any number of networks; ``anchor_sets`` are ``(id prefix,
+    network, other network, rows)``, revealed together (concatenated in this order before the seeded shuffle)."""
+    if len({net.times is None for net in networks}) > 1:  # built by hand: the loaders refuse it
+        raise ValueError(f"dataset {name}: only some networks' edges carry timestamps")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    rng = np.random.default_rng(seed)
+
+    # Every network's edges as one table of (network index, line in its file, u, v).
     parts: list[np.ndarray] = []
     time_parts: list[np.ndarray] = []
-    for k, (e, t) in enumerate(((ds.source_edges, ds.source_times), (ds.target_edges, ds.target_times))):
+    for k, net in enumerate(networks):
+        e = net.edges
         keep = e[:, 0] != e[:, 1]
         parts.append(np.column_stack([np.full(len(e), k), np.arange(len(e)), e])[keep])
-        if t is not None:
-            time_parts.append(t[keep])
+        if net.times is not None:
+            time_parts.append(net.times[keep])
     table = np.concatenate(parts)
-    if ds.timestamped:
-        if len(time_parts) != len(parts):  # a Dataset built by hand; load_dataset refuses it
-            raise ValueError(f"dataset {ds.name}: only one network's edges carry timestamps")
+    if time_parts:
         edge_times = np.concatenate(time_parts)
-        # A stable sort keeps source before target at equal times, and each file's own order.
+        # A stable sort keeps earlier networks first at equal times, and each file's own order.
         order = np.argsort(edge_times, kind="stable")
         table, edge_times = table[order], edge_times[order]
         start = float(edge_times[0]) if len(edge_times) else base_time
@@ -219,19 +359,20 @@ def dataset_events(
         start, span = base_time, windows * window_seconds
         edge_times = start + np.arange(len(table)) * (span / max(len(table), 1))
 
-    anchors = np.asarray(train, dtype=np.int64).reshape(-1, 2)
+    rows = [np.asarray(r, dtype=np.int64).reshape(-1, 2) for *_, r in anchor_sets]
+    anchors = np.concatenate([np.column_stack([np.full(len(r), k), r]) for k, r in enumerate(rows)])
     if protocol == "static":
         anchor_times = np.full(len(anchors), start)
     else:
         anchors = anchors[rng.permutation(len(anchors))]
         anchor_times = start + np.arange(len(anchors)) * (span / max(len(anchors), 1))
 
-    return _replay(ds, nets, start, table, edge_times, anchors, anchor_times)
+    return _replay(networks, [s[:3] for s in anchor_sets], start, table, edge_times, anchors, anchor_times)
 
 
 def _replay(
-    ds: Dataset,
-    nets: tuple[str, str],
+    networks: list[NetworkData],
+    anchor_sets: list[tuple[str, str, str]],
     start: float,
     table: np.ndarray,
     edge_times: np.ndarray,
@@ -239,12 +380,12 @@ def _replay(
     anchor_times: np.ndarray,
 ) -> Iterator[Event]:
     # Every other event is at or after `start`, so attributes can simply go first.
-    for k, matrix in enumerate((ds.source_attrs, ds.target_attrs)):
-        if matrix is None:
+    for net in networks:
+        if net.attrs is None:
             continue
-        for i in range(len(matrix)):
-            attrs = tuple(matrix[i].astype(np.float64).tolist())
-            yield Event(op=SET_ATTR, time=start, net=nets[k], u=str(i), attrs=attrs, id=f"{nets[k]}:a{i}")
+        for i in range(len(net.attrs)):
+            attrs = tuple(net.attrs[i].astype(np.float64).tolist())
+            yield Event(op=SET_ATTR, time=start, net=net.name, u=str(i), attrs=attrs, id=f"{net.name}:a{i}")
 
     # One stable sort over [anchors | edges] puts anchors first at equal times.
     times = np.concatenate([anchor_times, edge_times])
@@ -252,11 +393,13 @@ def _replay(
     order = np.argsort(times, kind="stable")
     for j, t in zip(order.tolist(), times[order].tolist()):
         if j < len(anchor_rows):
-            s, d = anchor_rows[j]
-            yield Event(op=ADD_ANCHOR, time=t, net=nets[0], u=str(s), to=nets[1], v=str(d), id=f"anchor:{s}:{d}")
+            k, s, d = anchor_rows[j]
+            prefix, a, b = anchor_sets[k]
+            yield Event(op=ADD_ANCHOR, time=t, net=a, u=str(s), to=b, v=str(d), id=f"{prefix}:{s}:{d}")
         else:
             k, line, u, v = edge_rows[j - len(anchor_rows)]
-            yield Event(op=ADD_EDGE, time=t, net=nets[k], u=str(u), v=str(v), id=f"{nets[k]}:e{line}")
+            name = networks[k].name
+            yield Event(op=ADD_EDGE, time=t, net=name, u=str(u), v=str(v), id=f"{name}:e{line}")
 
 
 def write_events(events: Iterable[Event], out: TextIO) -> int:

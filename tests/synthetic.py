@@ -57,3 +57,37 @@ def write_pair_dataset(root: Path, n: int = 150, seed: int = 0, edge_keep: float
         "anchors": n, "train": len(train), "attributes": attributes, "timestamps": timestamps,
     }))
     return root
+
+
+def write_multi_dataset(root: Path, names: str = "abc", n: int = 150, seed: int = 0, edge_keep: float = 0.85,
+                        train_ratio: float = 0.3, trained: tuple[str, ...] = ("a~b", "b~c")) -> Path:
+    """Noisy, permuted views of one preferential-attachment graph in the multi-network format: every pair of
+    views has all its true pairs as anchors, and only the ``trained`` pairs have train anchors."""
+    rng = np.random.default_rng(seed)
+    edges = {(0, 1)}
+    targets = [0, 1]
+    for v in range(2, n):
+        for u in set(rng.choice(targets, size=min(3, len(targets)), replace=False).tolist()):
+            edges.add((min(u, v), max(u, v)))
+            targets += [u, v]
+    base = np.array(sorted(edges), dtype=np.int64)
+    perms = {name: rng.permutation(n) for name in names}  # node i of the graph is node perms[name][i] of a view
+    for name in names:
+        kept = perms[name][base[rng.random(len(base)) < edge_keep]]
+        (root / "networks").mkdir(parents=True, exist_ok=True)
+        np.savetxt(root / "networks" / f"{name}.edges.tsv", np.unique(np.sort(kept, axis=1), axis=0), fmt="%d",
+                   delimiter="\t")
+    pairs = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            anchors = np.stack([perms[a], perms[b]], axis=1)
+            order = rng.permutation(n)
+            n_train = int(round(n * train_ratio)) if f"{a}~{b}" in trained else 0
+            train, test = anchors[np.sort(order[:n_train])], anchors[np.sort(order[n_train:])]
+            for folder, rows in (("anchors", anchors), ("train", train), ("test", test)):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                np.savetxt(root / folder / f"{a}~{b}.tsv", rows.reshape(-1, 2), fmt="%d", delimiter="\t")
+            pairs[f"{a}~{b}"] = {"anchors": n, "train": len(train)}
+    (root / "meta.json").write_text(json.dumps({"name": f"synthetic-multi-{seed}", "networks": {m: n for m in names},
+                                                "pairs": pairs, "attributes": False, "timestamps": False}))
+    return root

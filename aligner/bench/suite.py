@@ -94,7 +94,7 @@ def skip_reason(folder: Path) -> str | None:
     """Why ``folder`` is not a source/target pair of the exchange format, or None when it is one (it may still be a
     broken one: that shows when it is loaded)."""
     if (folder / "networks").is_dir():
-        return "multi-network format (networks/), not a source/target pair"
+        return "multi-network format (networks/), not a source/target pair: dynalign bench DIR --protocol multi"
     missing = [f for f in ("source.edges.tsv", "target.edges.tsv") if not (folder / f).exists()]
     if missing:
         return f"not a pair dataset: no {' or '.join(missing)}"

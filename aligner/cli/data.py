@@ -19,18 +19,23 @@ from aligner.cli.app import cli, config_for, log
 @click.option("--train-ratio", type=float, default=None, help="Seeded fraction of anchors.tsv instead of train.tsv.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", help="Output JSONL file (default stdout).")
 def events(dataset_dir, protocol, windows, window_seconds, seed, train_ratio, output) -> None:
-    """Write a dataset (exchange format) as an event stream: edges, attributes and train anchors only."""
-    from stream.datasets import dataset_events, load_dataset, split_anchors, write_events
+    """Write a dataset (exchange format: a pair folder, or a multi-network folder with networks/) as an event
+    stream: edges, attributes and train anchors only."""
+    from stream import datasets
 
-    ds = load_dataset(dataset_dir)
-    train, _ = split_anchors(ds, train_ratio, seed)
-    stream = dataset_events(ds, protocol=protocol, windows=windows, seed=seed, train=train,
-                            window_seconds=window_seconds)
+    replay = dict(protocol=protocol, windows=windows, seed=seed, window_seconds=window_seconds)
+    if datasets.is_multi_dataset(dataset_dir):
+        multi = datasets.load_multi_dataset(dataset_dir)
+        stream = datasets.multi_dataset_events(multi, train=datasets.split_multi_anchors(multi, train_ratio, seed)[0],
+                                               **replay)
+    else:
+        ds = datasets.load_dataset(dataset_dir)
+        stream = datasets.dataset_events(ds, train=datasets.split_anchors(ds, train_ratio, seed)[0], **replay)
     if output == "-":
-        n = write_events(stream, sys.stdout)
+        n = datasets.write_events(stream, sys.stdout)
     else:
         with open(output, "w") as f:
-            n = write_events(stream, f)
+            n = datasets.write_events(stream, f)
     click.echo(f"{n} events", err=True)
 
 

@@ -59,18 +59,34 @@ def explain(ctx, node, net, to, k, state_dir, as_json) -> None:
         click.echo(describe(node, net, to, evidence))
 
 
+def chosen_variants(value: str | None, known: tuple[str, ...]) -> tuple:
+    """``--variants`` as a tuple of ``known`` names (``None``: all of them)."""
+    if value is None:
+        return known
+    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = sorted(set(chosen) - set(known))
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; choose from "
+                                 f"{', '.join(known)}", param_hint="--variants")
+    return chosen
+
+
 @cli.command()
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--protocol", type=click.Choice(["static", "stream"]), default="static", show_default=True)
+@click.option("--protocol", type=click.Choice(["static", "stream", "multi"]), default="static", show_default=True,
+              help="multi: a multi-network folder, every pair aligned jointly next to each pair alone.")
 @click.option("--seeds", type=int, default=3, show_default=True)
 @click.option("--train-ratio", type=float, default=None, help="Seeded fraction of anchors.tsv instead of train.tsv.")
 @click.option("--full-steps", type=int, default=200, show_default=True, help="Steps of ordinary training ('full').")
 @click.option("--validation", is_flag=True,
               help="Score on a held-out quarter of the train anchors instead of the test anchors (to choose settings).")
 @click.option("--windows", type=int, default=10, show_default=True, help="Stream protocol: event-time windows.")
-@click.option("--variants", default=",".join(("dynalign", "retrain", "frozen", "init:meta", "init:pretrained",
-                                             "init:random")), show_default=True,
-              help="Stream protocol: which variants to run, comma-separated.")
+@click.option("--variants", default=None,
+              help="Stream protocol: which variants to run, comma-separated (default: dynalign, retrain, frozen, "
+                   "init:meta, init:pretrained, init:random). Multi protocol: joint, alone (default both).")
+@click.option("--train-share", "train_share", multiple=True, metavar="PAIR=SHARE",
+              help="Multi protocol: keep this seeded share of a pair's train anchors (e.g. a~b=0.1), to measure a "
+                   "few-anchor pair next to the others; repeatable.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
               help="Stream protocol: write accuracy and compute per window as a PNG here.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results as JSON here.")
@@ -81,8 +97,8 @@ def explain(ctx, node, net, to, k, state_dir, as_json) -> None:
 @click.option("--baseline", "baseline_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Suite: markdown file with a dataset | Hits@1 | Hits@10 | MRR table (default: DIR/README.md).")
 @click.pass_context
-def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation, windows, variants, plot_out,
-          json_out, suite, only, skip, baseline_file) -> None:
+def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation, windows, variants, train_share,
+          plot_out, json_out, suite, only, skip, baseline_file) -> None:
     """Alignment quality (Hits@1/5/10, MRR on test anchors), time and peak memory per seed.
 
     static: the meta-learned initialisation with few-step adaptation ('fast') next to ordinary full training
@@ -106,14 +122,32 @@ def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation
         result = bench_suite(folders, cfg, seeds=seeds, baseline=baseline, train_ratio=train_ratio,
                              validation=validation, echo=echo)
         click.echo(format_suite_table(result))
+    elif protocol == "multi":
+        from aligner.bench.multi import MULTI_VARIANTS, bench_multi, format_multi_table, kept_train
+        from stream.datasets import MULTI_FORMAT_HINT, is_multi_dataset, load_multi_dataset
+
+        if not is_multi_dataset(dataset_dir):
+            raise click.BadParameter(f"{dataset_dir} has no networks/ folder; the multi protocol takes "
+                                     f"{MULTI_FORMAT_HINT}", param_hint="DATASET_DIR")
+        shares = {}
+        for item in train_share:
+            name, _, value = item.partition("=")
+            try:
+                shares[name.strip()] = float(value)
+            except ValueError:
+                raise click.BadParameter(f"{item!r}: expected PAIR=SHARE, e.g. a~b=0.1",
+                                         param_hint="--train-share") from None
+        try:  # a share naming no pair, or out of range, is refused before any work
+            kept_train(load_multi_dataset(dataset_dir).train, shares, seed=0)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--train-share") from None
+        result = bench_multi(dataset_dir, cfg, seeds=seeds, echo=echo, train_share=shares,
+                             variants=chosen_variants(variants, MULTI_VARIANTS))
+        click.echo(format_multi_table(result))
     elif protocol == "stream":
         from aligner.bench.stream import VARIANTS, bench_stream, format_stream_table, plot_stream
 
-        chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
-        unknown = sorted(set(chosen) - set(VARIANTS))
-        if unknown:
-            raise click.BadParameter(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}",
-                                     param_hint="--variants")
+        chosen = chosen_variants(variants, VARIANTS)
         result = bench_stream(dataset_dir, cfg, seeds=seeds, windows=windows, full_steps=full_steps,
                               variants=chosen, validation=validation, echo=echo)
         click.echo(format_stream_table(result))

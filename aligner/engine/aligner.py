@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import time
 
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 class Aligner:
     """Stateful per-snapshot aligner (see the module docstring). ``pairs`` is ``"auto"`` (every pair of networks
-    that has anchors) or ``"a:b,c:d"``."""
+    that has anchors, or is joined through pairs that have) or ``"a:b,c:d"``."""
 
     def __init__(self, model: ModelConfig, meta: MetaConfig, adapt: AdaptConfig, pairs: str = "auto",
                  top_k: int = 10, seed: int = 0, refine: RefineConfig | None = None):
@@ -109,8 +110,10 @@ class Aligner:
 
     # -- the per-snapshot pipeline -------------------------------------------------------------------------
     def aligned_pairs(self, snapshot: Snapshot) -> list[tuple[str, str]]:
+        """The pairs to align (``"auto"``: every pair of the snapshot's networks); :func:`anchors_of` keeps those
+        with anchors, or joined through pairs with anchors."""
         if self.pairs_spec == "auto":
-            return sorted(p for p, rows in snapshot.anchors.items() if len(rows))
+            return list(itertools.combinations(sorted(snapshot.networks), 2))
         return [p for p in parse_pairs(self.pairs_spec) or ()
                 if p[0] in snapshot.networks and p[1] in snapshot.networks]
 
@@ -160,7 +163,9 @@ class Aligner:
 
     def _with_stats(self, update: AlignmentUpdate, stats: dict, anchors: dict, started: float) -> AlignmentUpdate:
         """``update`` with the step's stats, the online quality metrics, the anchor count and the step's time."""
+        cycles = {f"{a}|{c}": round(rate, 4) for (a, c), rate in self.alignments.cycle_consistency().items()}
         update.stats = {**stats, **self.monitor.metrics(), "anchors": anchor_count(anchors),
+                        **({"cycle_consistency": cycles} if cycles else {}),
                         "total_s": round(time.perf_counter() - started, 3)}
         return update
 

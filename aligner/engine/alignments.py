@@ -18,6 +18,7 @@ from aligner.config import RefineConfig
 from aligner.engine.network_state import NetworkState
 from aligner.engine.tasks import SnapshotInputs
 from aligner.matching.candidates import CandidateSet, candidate_set, pair_similarity
+from aligner.matching.cycles import NO_MATCH, cycle_consistency
 from aligner.matching.incremental import DENSE_CELLS, Direction, DirectionScorer, PairMatcher, similarity_block
 from aligner.matching.pseudo_anchors import confident_pairs
 from aligner.matching.ranking import ranking_metrics
@@ -131,6 +132,21 @@ class Alignments:
         node_ids = {n: snapshot.networks[n].node_ids for n in {n for p in pairs for n in p}}
         return AlignmentUpdate(snapshot.id, snapshot.end_time, node_ids, results)
 
+    def top1(self, src: str, dst: str) -> np.ndarray:
+        """Every node of ``src``'s best match in ``dst`` under the current alignment (``cycles.NO_MATCH`` for nodes
+        not alive)."""
+        key = pair_key(src, dst)
+        idx, _ = self.matchers[key].top("ab" if key == (src, dst) else "ba")
+        best = idx[:, 0].numpy().astype(np.int64)
+        best[~self.networks[src].alive.numpy()] = NO_MATCH
+        return best
+
+    def cycle_consistency(self) -> dict[tuple[str, str], float]:
+        """Per aligned pair with a pivot network aligned to both, the share of nodes whose top-1 agrees with the
+        top-1 composed through the pivot (:mod:`aligner.matching.cycles`); empty for fewer than three networks."""
+        top1 = {(s, d): self.top1(s, d) for a, b in self.matchers for s, d in ((a, b), (b, a))}
+        return cycle_consistency(top1)
+
     def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
         """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes are
         not known here are counted in ``unknown`` and left out."""
@@ -183,6 +199,9 @@ class Alignments:
         its anchors (``None``: no pair qualifies), and how many were added."""
         merged, added = {}, 0
         for pair, rows in inputs.anchors.items():
+            if not len(rows):  # a pair aligned through others: its plan was never checked against an anchor of its own
+                merged[pair] = rows
+                continue
             found = confident_pairs(self.matchers[pair], rows, self.refine.pseudo_anchor_confidence)
             merged[pair] = np.concatenate([rows, found]) if len(found) else rows
             added += len(found)

@@ -296,10 +296,28 @@ def position_features(sketch: torch.Tensor, graph: GraphTensors) -> torch.Tensor
 
 
 def anchors_of(snapshot: Snapshot, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
-    """The snapshot's anchors for the aligned pairs, keyed canonically."""
-    out = {}
-    for a, b in pairs:
-        key = pair_key(a, b)
-        if key in snapshot.anchors and len(snapshot.anchors[key]):
-            out[key] = snapshot.anchors[key]
-    return out
+    """The snapshot's anchors for the aligned pairs, keyed canonically, in ``pairs``' order. A pair with no
+    anchors of its own is kept, with no rows, where its two networks are joined through anchored pairs among
+    ``pairs`` (a ~ b and b ~ c join a and c): entities anchored along the way give it shared coordinates
+    (:func:`anchor_entities`). A pair joined through nothing has no coordinates and is left out.
+
+    >>> from types import SimpleNamespace
+    >>> rows = np.array([[0, 1]])
+    >>> cut = SimpleNamespace(anchors={("a", "b"): rows, ("b", "c"): rows})  # only its anchors are read
+    >>> {pair: len(r) for pair, r in anchors_of(cut, [("a", "b"), ("a", "c"), ("a", "d"), ("b", "c")]).items()}
+    {('a', 'b'): 1, ('a', 'c'): 0, ('b', 'c'): 1}
+    """
+    keys = list(dict.fromkeys(pair_key(a, b) for a, b in pairs))
+    anchored = {key: snapshot.anchors[key] for key in keys if key in snapshot.anchors and len(snapshot.anchors[key])}
+    group: dict[str, str] = {}
+
+    def root(net: str) -> str:
+        while group.setdefault(net, net) != net:
+            net = group[net]
+        return net
+
+    for a, b in anchored:
+        group[root(a)] = root(b)
+    joined = lambda a, b: a in group and b in group and root(a) == root(b)  # noqa: E731
+    empty = np.zeros((0, 2), dtype=np.int64)
+    return {key: anchored.get(key, empty) for key in keys if key in anchored or joined(*key)}

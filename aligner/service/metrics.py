@@ -169,6 +169,9 @@ class ServiceMetrics:
                          quality, registry=self.registry)
         self.scored = Gauge("dynalign_prequential_anchors", "Anchors scored prequentially so far.", quality,
                             registry=self.registry)
+        self.cycles = Gauge("dynalign_cycle_consistency", "Share of nodes whose top-1 in the pair agrees with the "
+                            "top-1 composed through another aligned network (three or more networks).", quality,
+                            registry=self.registry)
         self.quality: dict[str, dict[str, float]] = {}  # per pair "A|B", as the last alignment reported it
         self.last_aligned: float | None = None  # time.monotonic() of the last alignment finished
         self.redis_probe: redis.Redis | None = None  # made on the first health check
@@ -200,6 +203,8 @@ class ServiceMetrics:
                 self.hits_at_1.labels(pair).set(q["hits@1"])
                 self.mrr.labels(pair).set(q["mrr"])
                 self.scored.labels(pair).set(q["anchors"])
+            for pair, rate in stats.get("cycle_consistency", {}).items():
+                self.cycles.labels(pair).set(rate)
 
     def published(self, update: AlignmentUpdate, seconds: float) -> None:
         self.publish.observe(seconds)

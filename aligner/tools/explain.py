@@ -7,7 +7,12 @@ For each candidate the evidence is what a person could check by hand:
 - **attribute agreement**: cosine of the two attribute vectors (when both networks have attributes);
 - **position agreement**: cosine of the anchor-relative positions (personalised PageRank profiles);
 - **embedding score**: cosine of the learned embeddings;
-- **transport score**: the published confidence, after the structure-consistent refinement.
+- **transport score**: the published confidence, after the structure-consistent refinement;
+- **paths through other networks** (three or more aligned): for each pivot network aligned to both, where
+  ``u``'s best match there is matched in turn; a candidate such a path lands on is backed by two alignments.
+
+Anchors count when they join the two nodes' neighbourhoods through any chain of known anchors (an entity
+anchored in a ~ b and b ~ c joins a and c), so a pair aligned with no anchors of its own has evidence too.
 
 ``evidence_score`` combines only the checkable parts (shared anchors, attributes, positions); how often it
 alone ranks the chosen candidate first is the *evidence agreement* that ``dynalign bench`` reports.
@@ -23,7 +28,9 @@ import torch
 
 from aligner.engine.aligner import Aligner
 from aligner.logs import printable
-from snapshots.snapshot import Snapshot
+from aligner.matching.cycles import NO_MATCH
+from aligner.model.features import anchor_entities
+from snapshots.snapshot import Snapshot, pair_key
 
 
 @dataclass
@@ -35,6 +42,12 @@ class SharedAnchor:
 
 
 @dataclass
+class PivotPath:
+    pivot: str  # a third network aligned to both
+    via: str  # the node's best match in the pivot network, whose best match in the target is the candidate
+
+
+@dataclass
 class CandidateEvidence:
     candidate: str
     rank: int
@@ -43,6 +56,7 @@ class CandidateEvidence:
     position: float
     attributes: float | None
     shared_anchors: list[SharedAnchor] = field(default_factory=list)
+    through: list[PivotPath] = field(default_factory=list)
 
     @property
     def evidence_score(self) -> float:
@@ -61,9 +75,13 @@ class Explainer:
         self.aligner, self.snapshot, self.net, self.to, self.hops = aligner, snapshot, net, to, hops
         self.scorer = aligner.alignments.scorers(net, to)[(net, to)]
         self.neighbours = {n: _adjacency_lists(snapshot, n) for n in (net, to)}
-        pairs = snapshot.anchors_between(net, to)
-        self.partner = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
-        self.ids = {n: snapshot.networks[n].node_ids for n in (net, to)}
+        entities = anchor_entities(snapshot, snapshot.anchors)
+        in_to = {key: j for j, key in entities.get(to, [])}
+        self.partner = {i: in_to[key] for i, key in entities.get(net, []) if key in in_to}
+        matched = aligner.alignments.matchers
+        self.pivots = {b: (aligner.alignments.top1(net, b), aligner.alignments.top1(b, to)) for b in sorted(aligner.networks)
+                       if b not in (net, to) and pair_key(net, b) in matched and pair_key(b, to) in matched}
+        self.ids = {n: snapshot.networks[n].node_ids for n in (net, to, *self.pivots)}
 
     def explain(self, node: str, k: int = 5) -> list[CandidateEvidence]:
         u = self.snapshot.networks[self.net].index_of(node)
@@ -85,11 +103,13 @@ class Explainer:
         if xa is not None and xb is not None:
             width = min(xa.shape[1], xb.shape[1])
             attributes = round(float(xa[u, :width] @ xb[v, :width]), 4)
+        through = [PivotPath(b, self.ids[b][first[u]]) for b, (first, second) in self.pivots.items()
+                   if first[u] != NO_MATCH and second[first[u]] == v]
         return CandidateEvidence(
             candidate=self.ids[self.to][v], rank=rank, transport=round(transport, 4),
             embedding=round(float(src.embeddings[u] @ dst.embeddings[v]), 4),
             position=round(float(src.positions[u] @ dst.positions[v]), 4),
-            attributes=attributes, shared_anchors=shared,
+            attributes=attributes, shared_anchors=shared, through=through,
         )
 
     def agreement(self, nodes: list[int], k: int = 10) -> float:
@@ -117,6 +137,9 @@ def describe(node: str, net: str, to: str, evidence: list[CandidateEvidence]) ->
             lines.append(f"     {len(e.shared_anchors)} known anchor pair(s) around both: {shown}{more}")
         else:
             lines.append("     no known anchor pair around both")
+        for path in e.through:
+            lines.append(f"     through {path.pivot}: {node} is matched to {path.pivot}:{path.via}, which is matched "
+                         f"to {e.candidate}")
     return "\n".join(map(printable, lines))  # ids come from the data: no ESC/CR/newline of theirs reaches a terminal
 
 

@@ -4,9 +4,8 @@ The exchange format (``/work/shared/data/README.md``): a folder with ``source.ed
 ``target.edges.tsv`` (``u v`` or ``u v ts``), optional ``{source,target}.attr.npy``, ``anchors.tsv``,
 optional ``train.tsv``/``test.tsv`` and ``meta.json``. :func:`load_dataset` reads it; :func:`dataset_events`
 replays it as :class:`stream.events.Event` objects so that experiments exercise the same path as production,
-revealing only training anchors, never test ones. The multi-network format (any number of networks, anchors
-per pair, some pairs with none to train on) is read by :func:`load_multi_dataset` and replayed by
-:func:`multi_dataset_events`, on the same replay.
+revealing only training anchors, never test ones. The multi-network format has its own module
+(:mod:`stream.multi_datasets`), on the same readers and the same replay.
 """
 
 from __future__ import annotations
@@ -63,25 +62,7 @@ class NetworkData:
     num_nodes: int
 
 
-@dataclass
-class MultiDataset:
-    """Any number of networks and, per pair ``(a, b)`` (``a < b``; the files may name it either way), every true
-    pair of nodes (``anchors``, node of ``a`` first) and its split; a pair may have no train anchors at all (it
-    is aligned through the others)."""
-
-    name: str
-    networks: dict[str, NetworkData]
-    anchors: dict[tuple[str, str], np.ndarray]
-    train: dict[tuple[str, str], np.ndarray]
-    test: dict[tuple[str, str], np.ndarray]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def timestamped(self) -> bool:
-        return any(net.times is not None for net in self.networks.values())
-
-
-def _read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
+def read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
     """A whitespace-separated integer table with one of ``columns`` column counts, as int64 (rows, cols)."""
     data = path.read_bytes()
     tokens = data.split()
@@ -100,7 +81,7 @@ def _read_table(path: Path, columns: tuple[int, ...], what: str) -> np.ndarray:
     return table
 
 
-def _read_meta(root: Path) -> dict[str, Any]:
+def read_meta(root: Path) -> dict[str, Any]:
     """``meta.json`` as a dict (``{}`` without one)."""
     meta_path = root / "meta.json"
     try:
@@ -112,9 +93,9 @@ def _read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_network(edges_path: Path, attr_path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def read_network(edges_path: Path, attr_path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """One network's edges (``u v``), their timestamps (third column) or None, and its attributes or None."""
-    table = _read_table(edges_path, (2, 3), "edges")
+    table = read_table(edges_path, (2, 3), "edges")
     times = table[:, 2].astype(np.float64) if table.shape[1] == 3 else None
     try:
         attrs = np.load(attr_path, allow_pickle=False) if attr_path.exists() else None
@@ -125,7 +106,7 @@ def _read_network(edges_path: Path, attr_path: Path) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(table[:, :2]), times, attrs
 
 
-def _network_size(root: Path, what: str, ids: np.ndarray, attrs: np.ndarray | None, meta: dict, key: str) -> int:
+def network_size(root: Path, what: str, ids: np.ndarray, attrs: np.ndarray | None, meta: dict, key: str) -> int:
     """A network's node count: ``meta[key]`` where meta.json says it, else one past the largest id its files use."""
     if ids.size and ids.min() < 0:
         raise ValueError(f"dataset {root}: negative {what} node id")
@@ -144,7 +125,7 @@ def load_dataset(path: Path | str) -> Dataset:
     if is_multi_dataset(root):
         raise ValueError(f"dataset {root} is a multi-network folder (it has networks/); this takes a pair folder: "
                          f"{FORMAT_HINT}")
-    meta = _read_meta(root)
+    meta = read_meta(root)
 
     def required(name: str) -> Path:
         p = root / name
@@ -152,15 +133,15 @@ def load_dataset(path: Path | str) -> Dataset:
             raise FileNotFoundError(f"dataset {root}: required file {name} is missing; {FORMAT_HINT}")
         return p
 
-    nets = {side: _read_network(required(f"{side}.edges.tsv"), root / f"{side}.attr.npy") for side in _SIDES}
+    nets = {side: read_network(required(f"{side}.edges.tsv"), root / f"{side}.attr.npy") for side in _SIDES}
     if (nets["source"][1] is None) != (nets["target"][1] is None):
         raise ValueError(f"dataset {root}: only one network's edges carry timestamps")
-    anchors = _read_table(required("anchors.tsv"), (2,), "anchors")
+    anchors = read_table(required("anchors.tsv"), (2,), "anchors")
     split = {}
     for name in ("train", "test"):
         p = root / f"{name}.tsv"
-        split[name] = _read_table(p, (2,), name) if p.exists() else None
-    sizes = {side: _network_size(root, side, np.concatenate([nets[side][0].ravel(), anchors[:, i]]), nets[side][2],
+        split[name] = read_table(p, (2,), name) if p.exists() else None
+    sizes = {side: network_size(root, side, np.concatenate([nets[side][0].ravel(), anchors[:, i]]), nets[side][2],
                                  meta, f"n_{side}")
              for i, side in enumerate(_SIDES)}
 
@@ -183,66 +164,9 @@ def load_dataset(path: Path | str) -> Dataset:
     )
 
 
-MULTI_FORMAT_HINT = ("a multi-network folder: networks/<name>.edges.tsv (lines 'u v' or 'u v time') and optional "
-                     "networks/<name>.attr.npy per network, anchors/<a>~<b>.tsv (every true pair, ids of a then "
-                     "of b), train/<a>~<b>.tsv and test/<a>~<b>.tsv per pair (a train file may be empty), meta.json "
-                     "(../shared/data/README.md)")
-
-
 def is_multi_dataset(path: Path | str) -> bool:
     """Whether ``path`` is a multi-network folder (it has ``networks/``) rather than a pair folder."""
     return (Path(path) / "networks").is_dir()
-
-
-def load_multi_dataset(path: Path | str) -> MultiDataset:
-    """Read a multi-network folder (:data:`MULTI_FORMAT_HINT`). Every pair with an ``anchors/`` file is a pair
-    of the dataset; its ``train/`` file may be empty or missing (no train anchors), its ``test/`` file missing
-    (then every anchor not in train is a test anchor)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
-    if not is_multi_dataset(root):
-        raise ValueError(f"dataset {root} has no networks/ folder; {MULTI_FORMAT_HINT}")
-    meta = _read_meta(root)
-    edge_files = sorted((root / "networks").glob("*.edges.tsv"))
-    if len(edge_files) < 2:
-        raise ValueError(f"dataset {root}: networks/ holds {len(edge_files)} edge file(s), at least 2 are needed; "
-                         f"{MULTI_FORMAT_HINT}")
-    read = {f.name.removesuffix(".edges.tsv"): _read_network(f, f.with_name(f.name.replace(".edges.tsv", ".attr.npy")))
-            for f in edge_files}
-    if len({times is None for _, times, _ in read.values()}) > 1:
-        raise ValueError(f"dataset {root}: only some networks' edges carry timestamps")
-    anchors, train, test = {}, {}, {}
-    for f in sorted((root / "anchors").glob("*.tsv")):
-        pair = tuple(f.name.removesuffix(".tsv").split("~"))
-        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(read):
-            raise ValueError(f"{f}: an anchor file is named <a>~<b>.tsv after two different networks of "
-                             f"networks/ ({', '.join(read)})")
-        # Kept with the names in sorted order (the order pairs are aligned in), the columns turned to match.
-        key, turn = (min(pair), max(pair)), slice(None, None, 1 if pair[0] < pair[1] else -1)
-        if key in anchors:
-            raise ValueError(f"{f}: the pair {key[0]}~{key[1]} has two anchor files")
-        anchors[key] = _read_table(f, (2,), "anchors")[:, turn]
-        p = root / "train" / f.name
-        train[key] = (_read_table(p, (2,), "train anchors") if p.exists() else np.empty((0, 2), dtype=np.int64))[:, turn]
-        p = root / "test" / f.name
-        test[key] = (_read_table(p, (2,), "test anchors")[:, turn] if p.exists()
-                     else _rows_not_in(anchors[key], train[key]))
-    if not anchors:
-        raise ValueError(f"dataset {root}: anchors/ holds no <a>~<b>.tsv file; {MULTI_FORMAT_HINT}")
-    declared = meta.get("networks") if isinstance(meta.get("networks"), dict) else {}
-    networks = {}
-    for name, (edges, times, attrs) in read.items():
-        ids = [edges.ravel()] + [rows[:, pair.index(name)] for pair, rows in anchors.items() if name in pair]
-        size = _network_size(root, f"network {name!r}", np.concatenate(ids), attrs, declared, name)
-        networks[name] = NetworkData(name, edges, times, attrs, size)
-    return MultiDataset(str(meta.get("name", root.name)), networks, anchors, train, test, meta)
-
-
-def _rows_not_in(rows: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """The rows of ``rows`` (``(k, 2)``) that are not rows of ``removed``, in their order."""
-    gone = {tuple(r) for r in removed.tolist()}
-    return rows[np.array([tuple(r) not in gone for r in rows.tolist()], dtype=bool)].reshape(-1, 2)
 
 
 def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -255,20 +179,10 @@ def split_anchors(dataset: Dataset, train_ratio: float | None, seed: int) -> tup
             raise ValueError(f"dataset {dataset.name} has no train.tsv/test.tsv; give a train ratio (--train-ratio "
                              "0.2 draws a seeded 20% of anchors.tsv for training)")
         return dataset.train, dataset.test
-    return _ratio_split(dataset.anchors, train_ratio, seed)
+    return ratio_split(dataset.anchors, train_ratio, seed)
 
 
-def split_multi_anchors(dataset: MultiDataset, train_ratio: float | None, seed: int
-                        ) -> tuple[dict[tuple[str, str], np.ndarray], dict[tuple[str, str], np.ndarray]]:
-    """:func:`split_anchors` per pair of a multi-network dataset: its own split, or a seeded ``train_ratio``
-    share of every pair's anchors (each pair its own draw)."""
-    if train_ratio is None:
-        return dataset.train, dataset.test
-    parts = {pair: _ratio_split(rows, train_ratio, seed + k) for k, (pair, rows) in enumerate(dataset.anchors.items())}
-    return {p: t for p, (t, _) in parts.items()}, {p: t for p, (_, t) in parts.items()}
-
-
-def _ratio_split(anchors: np.ndarray, train_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def ratio_split(anchors: np.ndarray, train_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= train_ratio <= 1.0:
         raise ValueError(f"train ratio must be within [0, 1], got {train_ratio}")
     n = len(anchors)
@@ -308,23 +222,11 @@ def dataset_events(
         train = ds.train
     networks = [NetworkData(ds.source_net, ds.source_edges, ds.source_times, ds.source_attrs, ds.num_source),
                 NetworkData(ds.target_net, ds.target_edges, ds.target_times, ds.target_attrs, ds.num_target)]
-    return _network_events(ds.name, networks, [("anchor", ds.source_net, ds.target_net, train)], protocol,
+    return network_events(ds.name, networks, [("anchor", ds.source_net, ds.target_net, train)], protocol,
                            windows, seed, window_seconds, base_time)
 
 
-def multi_dataset_events(ds: MultiDataset, *, protocol: str = "stream", windows: int = 10, seed: int = 0,
-                         train: dict[tuple[str, str], np.ndarray] | None = None, window_seconds: float = 3600.0,
-                         base_time: float = BASE_TIME) -> Iterator[Event]:
-    """:func:`dataset_events` for a multi-network dataset: every network's edges on one clock, the ``train``
-    anchors of every pair (default: the dataset's train split) revealed together. Anchor event ids name the
-    pair (``anchor:a~b:i:j``): the same two node ids may be anchored in several pairs."""
-    train = ds.train if train is None else train
-    sets = [(f"anchor:{a}~{b}", a, b, train.get((a, b), np.empty((0, 2), dtype=np.int64))) for a, b in ds.anchors]
-    return _network_events(ds.name, list(ds.networks.values()), sets, protocol, windows, seed, window_seconds,
-                           base_time)
-
-
-def _network_events(name: str, networks: list[NetworkData], anchor_sets: list[tuple[str, str, str, np.ndarray]],
+def network_events(name: str, networks: list[NetworkData], anchor_sets: list[tuple[str, str, str, np.ndarray]],
                     protocol: str, windows: int, seed: int, window_seconds: float,
                     base_time: float) -> Iterator[Event]:
     """The replay of :func:`dataset_events` for any number of networks; ``anchor_sets`` are ``(id prefix,

@@ -1,6 +1,6 @@
 """``dynalign bench DIR --protocol multi``: many networks aligned at once, against each pair aligned alone.
 
-The static protocol on a multi-network folder (:func:`stream.datasets.load_multi_dataset`): every network and
+The static protocol on a multi-network folder (:func:`stream.multi_datasets.load_multi_dataset`): every network and
 every pair's train anchors as one snapshot, built through the service's event and snapshot code, and one
 aligner for all of it (``joint``): it aligns every pair joined through anchored pairs, a pair with no train
 anchors of its own included, through the others. Side by side, each in its own process (``alone``): every pair
@@ -51,7 +51,7 @@ def composed_anchors(train: dict[Pair, np.ndarray], a: str, c: str) -> np.ndarra
         return train[(y, x)][:, ::-1] if (y, x) in train else None
 
     nets = {n for pair in train for n in pair} - {a, c}
-    rows = set()
+    rows: set[tuple[int, int]] = set()
     for b in sorted(nets):
         ab, bc = oriented(a, b), oriented(b, c)
         if ab is None or bc is None:
@@ -68,7 +68,7 @@ def _snapshot(ds, networks: list[str], anchors: dict[Pair, np.ndarray]):
     import dataclasses
 
     from snapshots.cutter import SnapshotCutter, SnapshotPolicy
-    from stream.datasets import multi_dataset_events
+    from stream.multi_datasets import multi_dataset_events
 
     part = dataclasses.replace(ds, networks={n: ds.networks[n] for n in networks},
                                anchors={p: ds.anchors[p] for p in anchors})
@@ -101,7 +101,7 @@ def run_variant(dataset_dir: str, seed: int, cfg: Config, variant: MultiVariant,
     import torch
 
     from aligner.engine.factory import build_aligner
-    from stream.datasets import load_multi_dataset
+    from stream.multi_datasets import load_multi_dataset
 
     started = time.perf_counter()
     if cfg.service.threads:
@@ -136,7 +136,7 @@ def _directions(top1: dict[str, np.ndarray]) -> dict[Pair, np.ndarray]:
     return {tuple(key.split(">")): value for key, value in top1.items()}  # type: ignore[misc]
 
 
-def consistency_signal(ds, top1: dict[Pair, np.ndarray]) -> dict[str, dict[str, float]]:
+def consistency_signal(ds, top1: dict[Pair, np.ndarray]) -> dict[str, dict[str, float | None]]:
     """Per pair with a pivot, on its test anchors (source → target): the share of top-1s that agree with a
     composition through some pivot, and Hits@1 among those that agree and those that do not."""
     from aligner.matching.cycles import NO_MATCH
@@ -193,7 +193,7 @@ def run_seed(dataset_dir: str, seed: int, cfg: Config, variants: tuple[MultiVari
     """Every variant of one seed, each aligner in its own process."""
     from aligner.bench.static import in_own_process
     from aligner.matching.cycles import cycle_consistency
-    from stream.datasets import load_multi_dataset
+    from stream.multi_datasets import load_multi_dataset
 
     ds = load_multi_dataset(dataset_dir)
     trained = kept_train(ds.train, train_share or {}, seed)

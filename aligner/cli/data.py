@@ -21,13 +21,13 @@ from aligner.cli.app import cli, config_for, log
 def events(dataset_dir, protocol, windows, window_seconds, seed, train_ratio, output) -> None:
     """Write a dataset (exchange format: a pair folder, or a multi-network folder with networks/) as an event
     stream: edges, attributes and train anchors only."""
-    from stream import datasets
+    from stream import datasets, multi_datasets
 
     replay = dict(protocol=protocol, windows=windows, seed=seed, window_seconds=window_seconds)
     if datasets.is_multi_dataset(dataset_dir):
-        multi = datasets.load_multi_dataset(dataset_dir)
-        stream = datasets.multi_dataset_events(multi, train=datasets.split_multi_anchors(multi, train_ratio, seed)[0],
-                                               **replay)
+        multi = multi_datasets.load_multi_dataset(dataset_dir)
+        train = multi_datasets.split_multi_anchors(multi, train_ratio, seed)[0]
+        stream = multi_datasets.multi_dataset_events(multi, train=train, **replay)
     else:
         ds = datasets.load_dataset(dataset_dir)
         stream = datasets.dataset_events(ds, train=datasets.split_anchors(ds, train_ratio, seed)[0], **replay)

@@ -124,7 +124,8 @@ def bench(ctx, dataset_dir, protocol, seeds, train_ratio, full_steps, validation
         click.echo(format_suite_table(result))
     elif protocol == "multi":
         from aligner.bench.multi import MULTI_VARIANTS, bench_multi, format_multi_table, kept_train
-        from stream.datasets import MULTI_FORMAT_HINT, is_multi_dataset, load_multi_dataset
+        from stream.datasets import is_multi_dataset
+        from stream.multi_datasets import MULTI_FORMAT_HINT, load_multi_dataset
 
         if not is_multi_dataset(dataset_dir):
             raise click.BadParameter(f"{dataset_dir} has no networks/ folder; the multi protocol takes "

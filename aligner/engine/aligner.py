@@ -110,8 +110,6 @@ class Aligner:
 
     # -- the per-snapshot pipeline -------------------------------------------------------------------------
     def aligned_pairs(self, snapshot: Snapshot) -> list[tuple[str, str]]:
-        """The pairs to align (``"auto"``: every pair of the snapshot's networks); :func:`anchors_of` keeps those
-        with anchors, or joined through pairs with anchors."""
         if self.pairs_spec == "auto":
             return list(itertools.combinations(sorted(snapshot.networks), 2))
         return [p for p in parse_pairs(self.pairs_spec) or ()
@@ -163,10 +161,8 @@ class Aligner:
 
     def _with_stats(self, update: AlignmentUpdate, stats: dict, anchors: dict, started: float) -> AlignmentUpdate:
         """``update`` with the step's stats, the online quality metrics, the anchor count and the step's time."""
-        cycles = {f"{a}|{c}": round(rate, 4) for (a, c), rate in self.alignments.cycle_consistency().items()}
         update.stats = {**stats, **self.monitor.metrics(), "anchors": anchor_count(anchors),
-                        **({"cycle_consistency": cycles} if cycles else {}),
-                        "total_s": round(time.perf_counter() - started, 3)}
+                        **self.alignments.cycle_stats(), "total_s": round(time.perf_counter() - started, 3)}
         return update
 
     def fork(self) -> "Aligner":

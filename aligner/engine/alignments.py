@@ -147,6 +147,11 @@ class Alignments:
         top1 = {(s, d): self.top1(s, d) for a, b in self.matchers for s, d in ((a, b), (b, a))}
         return cycle_consistency(top1)
 
+    def cycle_stats(self) -> dict[str, dict[str, float]]:
+        """:meth:`cycle_consistency` as a step's stats: ``{"cycle_consistency": {"a|c": rate}}``, or nothing."""
+        rates = {f"{a}|{c}": round(rate, 4) for (a, c), rate in self.cycle_consistency().items()}
+        return {"cycle_consistency": rates} if rates else {}
+
     def evaluate(self, net: str, to: str, id_pairs: list[tuple[str, str]]) -> dict:
         """Ranking metrics of the current alignments on true pairs given as external ids; pairs whose nodes are
         not known here are counted in ``unknown`` and left out."""

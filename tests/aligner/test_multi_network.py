@@ -13,7 +13,7 @@ from aligner.config import AdaptConfig, MetaConfig, ModelConfig
 from aligner.engine.aligner import Aligner
 from aligner.matching.cycles import NO_MATCH, cycle_consistency
 from snapshots.cutter import SnapshotCutter, SnapshotPolicy
-from stream.datasets import load_multi_dataset, multi_dataset_events
+from stream.multi_datasets import load_multi_dataset, multi_dataset_events
 from tests.aligner.test_service import FAST
 from tests.synthetic import write_multi_dataset
 

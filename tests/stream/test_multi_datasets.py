@@ -9,14 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.datasets import (
-    dataset_events,
-    is_multi_dataset,
-    load_dataset,
-    load_multi_dataset,
-    multi_dataset_events,
-)
+from stream.datasets import dataset_events, is_multi_dataset, load_dataset
 from stream.events import ADD_ANCHOR, ADD_EDGE, SET_ATTR, parse_event
+from stream.multi_datasets import load_multi_dataset, multi_dataset_events
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -144,6 +144,8 @@ class Alignments:
     def cycle_consistency(self) -> dict[tuple[str, str], float]:
         """Per aligned pair with a pivot network aligned to both, the share of nodes whose top-1 agrees with the
         top-1 composed through the pivot (:mod:`aligner.matching.cycles`); empty for fewer than three networks."""
+        if len({net for pair in self.matchers for net in pair}) < 3:  # no pivot: spare every step the top-1 copies
+            return {}
         top1 = {(s, d): self.top1(s, d) for a, b in self.matchers for s, d in ((a, b), (b, a))}
         return cycle_consistency(top1)
 

@@ -8,19 +8,23 @@ from pathlib import Path
 import numpy as np
 
 
-def write_pair_dataset(root: Path, n: int = 150, seed: int = 0, edge_keep: float = 0.9, train_ratio: float = 0.3,
-                       attributes: bool = True, timestamps: bool = False) -> Path:
-    """A graph and a noisy, permuted copy of it: edges kept with ``edge_keep``, a few random ones added."""
-    rng = np.random.default_rng(seed)
-    # Preferential attachment gives the skewed degrees of social graphs.
-    edges = set()
+def preferential_attachment(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(m, 2)`` sorted undirected edges of an ``n``-node graph, each new node tied to up to 3 earlier ones by
+    degree: the skewed degrees of social graphs."""
+    edges = {(0, 1)}
     targets = [0, 1]
-    edges.add((0, 1))
     for v in range(2, n):
         for u in set(rng.choice(targets, size=min(3, len(targets)), replace=False).tolist()):
             edges.add((min(u, v), max(u, v)))
             targets += [u, v]
-    src = np.array(sorted(edges), dtype=np.int64)
+    return np.array(sorted(edges), dtype=np.int64)
+
+
+def write_pair_dataset(root: Path, n: int = 150, seed: int = 0, edge_keep: float = 0.9, train_ratio: float = 0.3,
+                       attributes: bool = True, timestamps: bool = False) -> Path:
+    """A graph and a noisy, permuted copy of it: edges kept with ``edge_keep``, a few random ones added."""
+    rng = np.random.default_rng(seed)
+    src = preferential_attachment(n, rng)
     perm = rng.permutation(n)
     kept = src[rng.random(len(src)) < edge_keep]
     extra = rng.integers(0, n, size=(max(1, len(src) // 20), 2))
@@ -64,13 +68,7 @@ def write_multi_dataset(root: Path, names: str = "abc", n: int = 150, seed: int 
     """Noisy, permuted views of one preferential-attachment graph in the multi-network format: every pair of
     views has all its true pairs as anchors, and only the ``trained`` pairs have train anchors."""
     rng = np.random.default_rng(seed)
-    edges = {(0, 1)}
-    targets = [0, 1]
-    for v in range(2, n):
-        for u in set(rng.choice(targets, size=min(3, len(targets)), replace=False).tolist()):
-            edges.add((min(u, v), max(u, v)))
-            targets += [u, v]
-    base = np.array(sorted(edges), dtype=np.int64)
+    base = preferential_attachment(n, rng)
     perms = {name: rng.permutation(n) for name in names}  # node i of the graph is node perms[name][i] of a view
     for name in names:
         kept = perms[name][base[rng.random(len(base)) < edge_keep]]
